@@ -1,0 +1,3 @@
+from tfkit.cli import main
+
+raise SystemExit(main())

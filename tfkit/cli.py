@@ -1,0 +1,282 @@
+"""The ``tfkit`` command: parse arguments, then call the Python API.
+
+Nothing here computes anything; every command is one call into the same
+functions a notebook uses. Stage modules are imported inside each command so
+``tfkit --help`` does not pay for importing TensorFlow.
+
+Errors that are the user's to fix (:class:`tfkit.utils.TfkitError`) are
+printed as one line, ``tfkit: error: ...``, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from tfkit import __version__
+from tfkit.utils import TfkitError
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip() != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,2, got {text!r}")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (every option has a default; see README)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config key, e.g. --set train.lr=3e-4 (repeatable)",
+    )
+
+
+def _load_cfg(args: argparse.Namespace):
+    from tfkit.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_datasets_export(args: argparse.Namespace) -> int:
+    from tfkit.datasets import export_dataset
+
+    paths = export_dataset(args.name, args.out, test_size=args.test_size, seed=args.seed, overwrite=args.overwrite)
+    for k, v in paths.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+def cmd_folds(args: argparse.Namespace) -> int:
+    from tfkit.folds import folds_from_csv
+
+    folds_from_csv(
+        args.csv, args.out, id_col=args.id_col, label_col=args.label_col, group_col=args.group_col,
+        n_folds=args.folds, seed=args.seed,
+    )
+    return 0
+
+
+def cmd_build_records(args: argparse.Namespace) -> int:
+    from tfkit.records import build_records
+
+    build_records(
+        csv=args.csv, images=args.images, out=args.out, id_col=args.id_col, path_col=args.path_col,
+        label_col=args.label_col, group_col=args.group_col, meta_cols=args.meta, n_folds=args.folds,
+        seed=args.seed, size=args.size, quality=args.quality, workers=args.workers, split=args.split,
+        shard_size=args.shard_size, skip_bad=args.skip_bad, overwrite=args.overwrite,
+        classes_from=args.classes_from,
+    )
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from tfkit.show import show
+
+    for path in show(args.records, _load_cfg(args), args.out, n_images=args.n, n_draws=args.draws):
+        print(path)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tfkit.train import train
+
+    train(_load_cfg(args), args.records, args.out, folds=args.folds)
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from tfkit.train import lr_find
+
+    lr_find(_load_cfg(args), args.records, args.out, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps)
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from tfkit.scheduler import plot_schedule
+
+    print(plot_schedule(_load_cfg(args).train, steps_per_epoch=args.steps_per_epoch, path=args.out))
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from tfkit.tune import tune
+
+    tune(
+        _load_cfg(args), args.space, args.records, args.out, tuner=args.tuner, max_trials=args.trials,
+        objective=args.objective, fold=args.fold, cv=args.cv,
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tfkit.predict import predict
+
+    predict(
+        args.run, out=args.out, records=args.records, images=args.images, csv=args.csv, tta=args.tta,
+        overrides=args.overrides,
+    )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tfkit.report import report
+
+    print(report(args.run, out=args.out, n_worst=args.worst, gradcam_ids=args.gradcam))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tfkit.demo import demo
+
+    demo(args.out, overwrite=args.overwrite, quick=args.quick)
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tfkit",
+        description="Kaggle-grade image classification: records, folds, augmentation, training, tuning, TTA.",
+    )
+    parser.add_argument("--version", action="version", version=f"tfkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    # datasets
+    p = sub.add_parser("datasets", help="embedded datasets that need no download", description="embedded datasets")
+    dsub = p.add_subparsers(dest="datasets_command", metavar="ACTION", required=True)
+    e = dsub.add_parser("export", help="write an embedded dataset as image files plus train.csv and test.csv")
+    e.add_argument("name", choices=["digits"], help="digits: scikit-learn's 1,797 handwritten digit scans")
+    e.add_argument("--out", required=True, help="folder to create")
+    e.add_argument("--test-size", type=float, default=0.2, help="held-out fraction for test.csv (default 0.2)")
+    e.add_argument("--seed", type=int, default=42, help="seed of the stratified train/test split")
+    e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    e.set_defaults(func=cmd_datasets_export)
+
+    # folds
+    p = add("folds", cmd_folds, "triple-stratified K-fold assignment (groups isolated, classes and group sizes balanced)")
+    p.add_argument("--csv", required=True, help="input CSV")
+    p.add_argument("--id-col", default="id", help="id column (default id)")
+    p.add_argument("--label-col", default="label", help="label column; a numeric target with many values is binned")
+    p.add_argument("--group-col", default=None, help="group column, e.g. patient_id; without it each row is its own group")
+    p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    p.add_argument("--seed", type=int, default=42, help="random seed (same seed, same folds)")
+    p.add_argument("--out", required=True, help="output CSV of id,fold")
+
+    # build-records
+    p = add("build-records", cmd_build_records, "images + CSV -> fold-sharded TFRecords with a manifest")
+    p.add_argument("--csv", required=True, help="CSV with one row per image")
+    p.add_argument("--images", required=True, help="images folder; every path must stay inside it")
+    p.add_argument("--out", default="records", help="output folder (default records/)")
+    p.add_argument("--id-col", default="id", help="id column (default id)")
+    p.add_argument("--path-col", default=None, help="column of image paths relative to --images; "
+                   "without it an image is <id>.<ext> for the first extension found")
+    p.add_argument("--label-col", default="label", help="label column (train split)")
+    p.add_argument("--group-col", default=None, help="group column kept together in one fold, e.g. patient_id")
+    p.add_argument("--meta", nargs="*", default=[], metavar="COL", help="extra metadata columns to store (numeric or categorical)")
+    p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    p.add_argument("--seed", type=int, default=42, help="fold seed (default 42)")
+    p.add_argument("--size", type=int, default=None, help="resize to SIZE x SIZE (see README for aspect handling); default keeps the original")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality when re-encoding (default 95)")
+    p.add_argument("--workers", type=int, default=0, help="worker processes (default 0 = all cores); output bytes do not depend on it")
+    p.add_argument("--split", choices=["train", "test"], default="train", help="train (labels, folds) or test (no labels)")
+    p.add_argument("--shard-size", type=int, default=2048, help="max examples per shard (default 2048)")
+    p.add_argument("--classes-from", default=None, help="test split: manifest.json of the train records, for the class list")
+    p.add_argument("--skip-bad", action="store_true", help="skip bad rows instead of failing; they are listed in the manifest")
+    p.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+
+    # show
+    p = add("show", cmd_show, "PNG plots: augmented image grid, class counts per fold, EDA of the records")
+    p.add_argument("--records", default="records", help="records folder")
+    p.add_argument("--out", default="show", help="folder for the PNGs")
+    p.add_argument("--n", type=int, default=8, help="images in the augmentation grid")
+    p.add_argument("--draws", type=int, default=4, help="augmentation draws per image")
+    _add_config_args(p)
+
+    # train
+    p = add("train", cmd_train, "train one model per fold; writes best models, oof.csv, cv.json and curves")
+    p.add_argument("--records", default="records", help="records folder")
+    p.add_argument("--out", required=True, help="run folder (re-running resumes)")
+    p.add_argument("--folds", type=_int_list, default=None, help="folds to train, e.g. 0,2 (default all)")
+    _add_config_args(p)
+
+    # lr-find
+    p = add("lr-find", cmd_lr_find, "exponential learning-rate sweep; plots loss vs LR and prints a suggestion")
+    p.add_argument("--records", default="records", help="records folder")
+    p.add_argument("--out", required=True, help="folder for lr_find.png and lr_find.csv")
+    p.add_argument("--min-lr", type=float, default=1e-7)
+    p.add_argument("--max-lr", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=100)
+    _add_config_args(p)
+
+    # schedule
+    p = add("schedule", cmd_schedule, "plot the learning-rate schedule a config describes")
+    p.add_argument("--steps-per-epoch", type=int, default=100)
+    p.add_argument("--out", default="schedule.png", help="PNG to write")
+    _add_config_args(p)
+
+    # tune
+    p = add("tune", cmd_tune, "Keras Tuner search over the K-fold setup; re-running resumes")
+    p.add_argument("--records", default="records", help="records folder")
+    p.add_argument("--space", required=True, help="YAML search space")
+    p.add_argument("--out", required=True, help="tuning folder")
+    p.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="random")
+    p.add_argument("--trials", type=int, default=10, help="max trials")
+    p.add_argument("--objective", default="val_accuracy", help="metric to optimise, e.g. val_auc")
+    p.add_argument("--fold", type=int, default=0, help="the fold scored when --cv is off")
+    p.add_argument("--cv", action="store_true", help="score each trial by the mean over all folds")
+    _add_config_args(p)
+
+    # predict
+    p = add("predict", cmd_predict, "TTA + fold-ensemble predictions into a submission CSV")
+    p.add_argument("--run", required=True, help="run folder written by tfkit train")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--records", help="test records folder")
+    src.add_argument("--images", help="folder of images")
+    p.add_argument("--csv", help="with --images: CSV of ids to predict (default every image)")
+    p.add_argument("--tta", type=int, default=None, help="views per image (default from the run's config)")
+    p.add_argument("--out", default="submission.csv", help="submission CSV")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a predict.* key, e.g. --set predict.average=gmean")
+
+    # report
+    p = add("report", cmd_report, "confusion matrix, per-class metrics, top losses, Grad-CAM, calibration")
+    p.add_argument("--run", required=True, help="run folder written by tfkit train")
+    p.add_argument("--out", default=None, help="report folder (default RUN/report)")
+    p.add_argument("--worst", type=int, default=16, help="most confidently wrong images to show")
+    p.add_argument("--gradcam", type=lambda s: s.split(","), default=None, help="comma-separated ids for Grad-CAM")
+
+    # demo
+    p = add("demo", cmd_demo, "the whole workflow offline on the embedded digits dataset")
+    p.add_argument("--out", default="demo", help="demo folder (default demo/)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--quick", action="store_true", help="tiny setting (seconds, for smoke tests)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TfkitError as e:
+        print(f"tfkit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tfkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

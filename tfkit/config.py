@@ -1,0 +1,351 @@
+"""One configuration object, threaded through every stage.
+
+A run is described by a single YAML file whose top-level sections mirror the
+stages of the data's journey (``data``, ``augment``, ``model``, ``train``,
+``predict``). Every key has a default here, so an empty file is a valid
+config. Unknown keys are an error that names the key and the keys allowed:
+a typo must never silently fall back to a default.
+
+Example:
+    >>> cfg = load_config(None, overrides=["train.epochs=3", "model.name=small_cnn"])
+    >>> cfg.train.epochs
+    3
+    >>> save_config(cfg, "run/config.yaml")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from tfkit.utils import TfkitError, atomic_write
+
+
+class ConfigError(TfkitError, ValueError):
+    """A config file or override names an unknown key or a value of the wrong type."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class DataConfig:
+    """How shards become batches (`tfkit.data`)."""
+
+    image_size: int = 32  # side of the square image the model sees, pixels
+    batch_size: int = 64  # per replica; the global batch is this times the replica count
+    shuffle_buffer: int = 2048
+    cache: bool = False  # cache decoded examples in memory (small datasets)
+    metadata: list[str] = field(default_factory=list)  # metadata features fed to the model
+    augment_on: str = "host"  # "host": in tf.data; "device": inside the model's train step
+    oversample: bool = False  # class-balanced sampling for imbalanced data
+    seed: int = 42
+
+
+@dataclass
+class AugmentConfig:
+    """Batched augmentation (`tfkit.augment`). Each op has a probability ``*_p``
+    (per image) and magnitudes; a probability of 0 turns the op off.
+
+    ``preset`` picks task defaults (see ``AUGMENT_PRESETS``); keys set explicitly
+    in the file or with ``--set`` override the preset.
+    """
+
+    preset: str = "none"
+    # geometry: folded into one resampling pass
+    dihedral_p: float = 0.0  # one of the 8 symmetries of the square, uniformly
+    hflip_p: float = 0.0
+    vflip_p: float = 0.0
+    affine_p: float = 0.0
+    rotate: float = 0.0  # max degrees
+    shear: float = 0.0  # max degrees
+    zoom: float = 0.0  # max relative zoom, e.g. 0.1 -> [0.9, 1.1]
+    shift: float = 0.0  # max shift as a fraction of the side
+    fill_mode: str = "reflect"  # reflect | wrap | nearest | constant
+    fill_value: float = 0.0
+    crop_p: float = 0.0  # random resized crop
+    crop_scale: list[float] = field(default_factory=lambda: [0.6, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])
+    # colour: folded into one per-image colour transform
+    hue_p: float = 0.0
+    hue: float = 0.0  # max shift, fraction of a full turn
+    saturation_p: float = 0.0
+    saturation: float = 0.0  # max relative change
+    contrast_p: float = 0.0
+    contrast: float = 0.0
+    brightness_p: float = 0.0
+    brightness: float = 0.0  # max additive shift on [0, 1] images
+    # pixel noise
+    noise_p: float = 0.0
+    noise_std: float = 0.0
+    blur_p: float = 0.0
+    blur_sigma: float = 0.0
+    # occlusion
+    cutout_p: float = 0.0
+    cutout_count: int = 1
+    cutout_size: float = 0.2  # side as a fraction of the image side
+    # label-mixing (batch level)
+    mixup_p: float = 0.0
+    mixup_alpha: float = 0.2
+    cutmix_p: float = 0.0
+    cutmix_alpha: float = 1.0
+
+
+# Task defaults. Dihedral symmetries are wrong for digits and text (a 6 is not
+# a 9) but free accuracy for microscopy and skin lesions, which have no "up".
+AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "digits": dict(
+        affine_p=0.9, rotate=12.0, shear=8.0, zoom=0.12, shift=0.08, fill_mode="constant",
+        brightness_p=0.3, brightness=0.1, contrast_p=0.3, contrast=0.2,
+        cutout_p=0.2, cutout_size=0.2,
+    ),
+    "photo": dict(
+        hflip_p=0.5, affine_p=0.7, rotate=15.0, shear=5.0, zoom=0.1, shift=0.08,
+        crop_p=0.5, hue_p=0.5, hue=0.03, saturation_p=0.5, saturation=0.3,
+        contrast_p=0.5, contrast=0.2, brightness_p=0.5, brightness=0.1,
+        cutout_p=0.3, cutout_size=0.2,
+    ),
+    "lesion": dict(
+        dihedral_p=1.0, affine_p=0.8, rotate=30.0, shear=5.0, zoom=0.15, shift=0.1,
+        crop_p=0.5, hue_p=0.5, hue=0.02, saturation_p=0.5, saturation=0.3,
+        contrast_p=0.5, contrast=0.2, brightness_p=0.5, brightness=0.1,
+        cutout_p=0.5, cutout_count=2, cutout_size=0.15,
+    ),
+    "microscopy": dict(
+        dihedral_p=1.0, affine_p=0.5, rotate=180.0, zoom=0.1, shift=0.05,
+        hue_p=0.5, hue=0.05, saturation_p=0.5, saturation=0.2,
+        contrast_p=0.5, contrast=0.2, brightness_p=0.5, brightness=0.1,
+        blur_p=0.2, blur_sigma=1.0,
+    ),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Which network (`tfkit.models.create_model`)."""
+
+    name: str = "small_cnn"
+    weights: str | None = None  # None, "imagenet", or a local .h5/.weights.h5/.keras file
+    pooling: str = "avg"  # avg | max | gem
+    dropout: float = 0.2
+    head_units: list[int] = field(default_factory=list)  # hidden dense layers of the head
+    meta_units: list[int] = field(default_factory=lambda: [32])  # metadata branch
+    task: str = "auto"  # auto | binary | multiclass | multilabel | regression
+    width: int = 32  # base width of small_cnn
+
+
+@dataclass
+class TrainConfig:
+    """K-fold training (`tfkit.train`)."""
+
+    epochs: int = 10
+    folds: list[int] | None = None  # None trains every fold
+    optimizer: str = "adamw"  # adamw | adam | sgd
+    lr: float = 1e-3  # peak learning rate for the global batch
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd only
+    schedule: str = "cosine"  # constant | cosine | onecycle | cosine_restarts | rampup | plateau
+    warmup_epochs: float = 1.0
+    min_lr: float = 1e-6
+    restart_epochs: float = 5.0  # cosine_restarts: first cycle length
+    restart_mult: float = 2.0  # cosine_restarts: cycle length multiplier
+    sustain_epochs: float = 0.0  # rampup: epochs held at the peak
+    decay: float = 0.8  # rampup: exponential decay per epoch after sustain
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    loss: str = "auto"  # auto | crossentropy | focal | mse
+    label_smoothing: float = 0.0
+    focal_gamma: float = 2.0
+    class_weight: str | None = None  # None | "balanced"
+    clip_norm: float | None = None
+    ema: float = 0.0  # decay of the weights' moving average; 0 turns EMA off
+    sam_rho: float = 0.0  # sharpness-aware minimisation radius; 0 turns SAM off
+    freeze_epochs: int = 0  # train the head only for this many epochs first
+    layer_lr_decay: float = 1.0  # discriminative LR: earlier blocks get lr * decay^depth
+    progressive: list[list[int]] = field(default_factory=list)  # [[epoch, image_size], ...]
+    monitor: str = "val_loss"
+    early_stopping: int = 0  # patience in epochs; 0 turns it off
+    metrics: list[str] = field(default_factory=lambda: ["accuracy", "auc", "f1", "log_loss", "qwk"])
+    mixed_precision: str = "auto"  # auto | off | float16 | bfloat16
+    steps_per_execution: int = 1
+    seed: int = 42
+    verbose: int = 1
+
+
+@dataclass
+class PredictConfig:
+    """Test-time augmentation and fold ensembling (`tfkit.predict`)."""
+
+    tta: int = 1  # number of views per image
+    tta_mode: str = "dihedral"  # dihedral | flips | augment
+    average: str = "mean"  # mean | gmean
+    fold_weights: str = "equal"  # equal | cv
+    id_column: str = "id"
+    label_columns: list[str] | None = None  # defaults to the class names
+    output: str = "proba"  # proba | label
+
+
+@dataclass
+class Config:
+    """The whole run. Every stage reads its own section and nothing else."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a field's annotation, converting ints to floats
+    and scalars to one-element lists where that is unambiguous."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        last: Exception | None = None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                last = e
+        raise last or ConfigError(f"{key}: invalid value {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        (item,) = args or (Any,)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if annotation is Any:
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
+    types = _field_types(type(obj))
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in types:
+            raise ConfigError(
+                f"unknown config key '{full}' (expected one of: {', '.join(sorted(types))})"
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, full)
+        else:
+            setattr(obj, key, _coerce(value, types[key], full))
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    # YAML parses the value so "3" is an int, "[1,2]" a list and "null" None.
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def config_from_dict(values: dict[str, Any] | None, overrides: Iterable[str] = ()) -> Config:
+    """Build a :class:`Config` from a nested mapping plus ``key=value`` overrides.
+
+    Args:
+        values: nested mapping as read from YAML (may be ``None``).
+        overrides: strings such as ``"train.lr=3e-4"``; applied last.
+
+    Returns:
+        The resolved config. The augmentation preset is applied first, then the
+        file's keys, then the overrides.
+
+    Raises:
+        ConfigError: on an unknown key or a value of the wrong type.
+    """
+    values = dict(values or {})
+    nested: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+    for text in overrides:
+        path, value = _parse_override(text)
+        node = nested
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: '{part}' is not a section")
+        node[path[-1]] = value
+    cfg = Config()
+    preset = (nested.get("augment") or {}).get("preset", cfg.augment.preset)
+    if preset not in AUGMENT_PRESETS:
+        raise ConfigError(
+            f"augment.preset: unknown preset {preset!r} (expected one of: {', '.join(AUGMENT_PRESETS)})"
+        )
+    _apply(cfg.augment, AUGMENT_PRESETS[preset], "augment")
+    _apply(cfg, nested, "")
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Read a YAML config (``yaml.safe_load``) and apply ``--set`` overrides.
+
+    Args:
+        path: YAML file, or ``None`` for the defaults.
+        overrides: ``"section.key=value"`` strings.
+
+    Returns:
+        The resolved :class:`Config`.
+
+    Example:
+        >>> load_config(None, ["data.image_size=48"]).data.image_size
+        48
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        with open(p, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections, got {type(values).__name__}")
+    return config_from_dict(values, overrides)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain nested dicts (what ``save_config`` writes)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the fully resolved config as YAML, atomically (temp name, then rename)."""
+    with atomic_write(path) as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)

@@ -1,0 +1,120 @@
+"""Small helpers every stage shares: the error type the CLI reports, atomic
+writes (nothing half-written ever looks complete), and seeding.
+
+Example:
+    >>> with atomic_write("out/cv.json") as f:  # doctest: +SKIP
+    ...     f.write("{}")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class TfkitError(Exception):
+    """A user-facing error: the CLI prints its one-line message and exits non-zero.
+
+    The message should name the row, file or option at fault and say what was
+    expected and what arrived.
+    """
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[Any]:
+    """Open a temporary sibling of ``path`` for writing; rename it over ``path``
+    only when the block finishes without an exception.
+
+    Args:
+        path: final file name.
+        mode: ``"w"`` (text) or ``"wb"`` (bytes).
+        encoding: text encoding (ignored for binary mode).
+
+    Yields:
+        The open file object.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+        f.write("\n")
+
+
+def _json_default(o: Any) -> Any:
+    # numpy scalars and arrays appear in metrics; json cannot serialise them.
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_csv(path: str | os.PathLike, frame: Any, **kwargs: Any) -> None:
+    """Write a pandas DataFrame to CSV atomically (``index=False`` unless given)."""
+    kwargs.setdefault("index", False)
+    with atomic_write(path) as f:
+        frame.to_csv(f, **kwargs)
+
+
+def prepare_out_dir(path: str | os.PathLike, overwrite: bool, what: str = "output folder") -> Path:
+    """Create ``path`` or refuse a non-empty one unless ``overwrite``.
+
+    Raises:
+        TfkitError: the folder exists, is not empty and ``overwrite`` is false.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise TfkitError(f"{what} {path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise TfkitError(f"{what} {path} is not empty (pass --overwrite to replace its contents)")
+        for child in path.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and (if imported) TensorFlow/Keras."""
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+    import sys
+
+    if "keras" in sys.modules:
+        sys.modules["keras"].utils.set_random_seed(seed)
+    elif "tensorflow" in sys.modules:
+        sys.modules["tensorflow"].random.set_seed(seed)
