@@ -215,14 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("lr-find", cmd_lr_find, "exponential learning-rate sweep; plots loss vs LR and prints a suggestion")
     p.add_argument("--records", default="records", help="records folder")
     p.add_argument("--out", required=True, help="folder for lr_find.png and lr_find.csv")
-    p.add_argument("--min-lr", type=float, default=1e-7)
-    p.add_argument("--max-lr", type=float, default=1.0)
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--min-lr", type=float, default=1e-7, help="first learning rate of the sweep (default 1e-7)")
+    p.add_argument("--max-lr", type=float, default=1.0, help="last learning rate of the sweep (default 1)")
+    p.add_argument("--steps", type=int, default=100, help="training steps in the sweep (default 100)")
     _add_config_args(p)
 
     # schedule
     p = add("schedule", cmd_schedule, "plot the learning-rate schedule a config describes")
-    p.add_argument("--steps-per-epoch", type=int, default=100)
+    p.add_argument("--steps-per-epoch", type=int, default=100, help="steps per epoch the schedule is drawn for")
     p.add_argument("--out", default="schedule.png", help="PNG to write")
     _add_config_args(p)
 
@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--records", default="records", help="records folder")
     p.add_argument("--space", required=True, help="YAML search space")
     p.add_argument("--out", required=True, help="tuning folder")
-    p.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="random")
+    p.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="random", help="search algorithm (default random)")
     p.add_argument("--trials", type=int, default=10, help="max trials")
     p.add_argument("--objective", default="val_accuracy", help="metric to optimise, e.g. val_auc")
     p.add_argument("--fold", type=int, default=0, help="the fold scored when --cv is off")

@@ -236,6 +236,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation is Any:
         return value
     if annotation is float:
+        if isinstance(value, str):
+            # PyYAML (YAML 1.1) reads "3e-4" as a string: it needs a dot to be a float.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)

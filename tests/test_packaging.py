@@ -1,0 +1,78 @@
+"""The project's promises about itself: CI runs the README's test command, the
+CLI documents every option, and the version is reported."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tfkit import __version__
+from tfkit.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_setup_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Set-up", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", section, flags=re.S)
+    return [line for block in blocks for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_readme_gives_exactly_two_setup_commands_and_ci_runs_the_test_one():
+    commands = _readme_setup_commands()
+    assert len(commands) == 2, commands
+    demo, tests = commands
+    assert "tfkit demo" in demo
+    assert "pytest" in tests
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert tests in ci, "the README's test command must appear verbatim in .ci/run"
+
+
+def test_ci_treats_no_tests_collected_as_failure():
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert re.search(r'"\$rc" -eq 5', ci) and "exit 1" in ci
+
+
+def test_version_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"tfkit {__version__}"
+
+
+def _subcommands(parser):
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            for name, sub in action.choices.items():
+                yield name, sub
+                yield from ((f"{name} {n}", s) for n, s in _subcommands(sub))
+
+
+def test_every_command_and_option_has_help():
+    commands = dict(_subcommands(build_parser()))
+    expected = {"datasets", "datasets export", "folds", "build-records", "show", "train", "lr-find",
+                "schedule", "tune", "predict", "report", "demo"}
+    assert expected <= set(commands)
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"tfkit {name} {action.option_strings[0]} has no help text"
+
+
+def test_console_script_help_runs_without_tensorflow():
+    # --help must not pay TensorFlow's import time.
+    code = "import sys; from tfkit.cli import main\ntry:\n main(['train','--help'])\nexcept SystemExit: pass\nprint('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"
+
+
+def test_user_error_exits_2_with_one_line(tmp_path, capsys):
+    rc = main(["train", "--records", str(tmp_path), "--out", str(tmp_path / "run"), "--set", "train.nope=1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("tfkit: error: ") and "train.nope" in err and "\n" not in err
