@@ -1,0 +1,478 @@
+"""tf.data pipelines from fold-sharded TFRecords (`tfkit.records` format).
+
+Training streams are built for throughput: shard files are read in parallel
+with an order-ignoring ``interleave``, examples are shuffled (seeded) and
+repeated, batched with ``drop_remainder=True`` so every tensor has a static
+shape (XLA/TPU), and augmented *per batch* with :func:`tfkit.augment.augment_batch`.
+Each batch's augmentation seed is derived from ``(cfg.data.seed, batch index)``,
+so the augmentation stream for a seed does not depend on how many workers
+the pipeline runs.
+
+Evaluation and prediction streams are deterministic: shard files sorted,
+a fixed-width deterministic interleave, no shuffle, no repeat, the last
+partial batch kept, and :func:`read_index` returns the ids in exactly the
+order the examples come out, so predictions line up with ids.
+
+Images enter models as float32 in [0, 1], shape ``[B, S, S, 3]`` with
+``S = cfg.data.image_size``. Targets are one-hot for multiclass/multilabel
+(so mixup/cutmix can mix them) and ``[B, 1]`` for binary/regression.
+
+**Iterator-destroy stall.** In TF 2.21 with autotune on, destroying a tf.data
+iterator can block for seconds; ``model.fit(ds, epochs=N)`` makes a new
+iterator per epoch and pays it every epoch. Train on the repeated stream
+(``repeat=True``, the default) with ``steps_per_epoch=steps_per_epoch(...)``.
+
+Example:
+    >>> cfg = load_config(None, ["data.image_size=32", "data.batch_size=16"])  # doctest: +SKIP
+    >>> train_ds = build_dataset("records", cfg, folds=[1, 2, 3, 4], mode="train")  # doctest: +SKIP
+    >>> val_ds = build_dataset("records", cfg, folds=[0], mode="eval")  # doctest: +SKIP
+    >>> model.fit(train_ds, epochs=5, validation_data=val_ds,
+    ...           steps_per_epoch=steps_per_epoch("records", [1, 2, 3, 4], 16))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from tfkit import augment as _augment
+from tfkit import records as _records
+from tfkit.config import Config
+from tfkit.utils import TfkitError
+
+AUTOTUNE = tf.data.AUTOTUNE
+TASKS = ("binary", "multiclass", "multilabel", "regression")
+MODES = ("train", "eval", "predict")
+# Eval/predict read this many shards at once, deterministically: a fixed width
+# (never AUTOTUNE, which depends on the machine's core count) keeps the example
+# order identical on every machine.
+EVAL_CYCLE = 4
+TRAIN_CYCLE = 16
+
+__all__ = [
+    "build_dataset",
+    "read_index",
+    "steps_per_epoch",
+    "metadata_dim",
+    "resolve_task",
+    "encode_targets",
+    "select_files",
+]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _manifest(records: str, manifest: dict | None) -> dict:
+    return manifest if manifest is not None else _records.load_manifest(records)
+
+
+def resolve_task(manifest: dict, task: str = "auto") -> str:
+    """The task a run trains for.
+
+    Args:
+        manifest: the records' manifest (its ``task`` is used when ``task`` is "auto").
+        task: ``cfg.model.task``: "auto", "binary", "multiclass", "multilabel" or "regression".
+
+    Returns:
+        One of :data:`TASKS`.
+
+    Example:
+        >>> resolve_task({"task": "multiclass", "classes": list("abc")})
+        'multiclass'
+    """
+    resolved = manifest.get("task", "multiclass") if task == "auto" else task
+    if resolved not in TASKS:
+        raise TfkitError(f"model.task: expected auto or one of {', '.join(TASKS)}, got {task!r}")
+    if resolved == "binary" and len(manifest.get("classes", [])) not in (0, 2):
+        raise TfkitError(
+            f"model.task=binary needs 2 classes, the records have {len(manifest['classes'])}: {manifest['classes']}"
+        )
+    return resolved
+
+
+def encode_targets(labels: tf.Tensor, task: str, num_classes: int) -> tf.Tensor:
+    """Class indices -> float32 targets of the contract's shape.
+
+    Args:
+        labels: int tensor of class indices, shape ``[...]`` (-1 = unknown gives an all-zero row).
+        task: one of :data:`TASKS`.
+        num_classes: number of classes.
+
+    Returns:
+        float32 ``[..., C]`` (one-hot) for multiclass/multilabel, ``[..., 1]`` for binary/regression.
+
+    Example:
+        >>> encode_targets(tf.constant([2, 0]), "multiclass", 3).numpy().tolist()
+        [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+    """
+    if task in ("multiclass", "multilabel"):
+        return tf.one_hot(tf.cast(labels, tf.int32), num_classes, dtype=tf.float32)
+    if task in ("binary", "regression"):
+        return tf.cast(labels, tf.float32)[..., None]
+    raise TfkitError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")
+
+
+def _meta_specs(manifest: dict, names: Sequence[str]) -> list[tuple[str, dict]]:
+    available = manifest.get("metadata") or {}
+    specs = []
+    for name in names:
+        if name not in available:
+            raise TfkitError(
+                f"data.metadata: column {name!r} is not in the records "
+                f"(available: {', '.join(available) or 'none; rebuild the records with --meta'})"
+            )
+        spec = available[name]
+        if spec.get("kind") not in ("numeric", "categorical"):
+            raise TfkitError(f"manifest metadata {name!r}: kind must be numeric or categorical, got {spec.get('kind')!r}")
+        specs.append((name, spec))
+    return specs
+
+
+def metadata_dim(manifest: dict, names: Sequence[str]) -> int:
+    """Width of the ``meta`` input: 1 per numeric column, the vocab size per categorical one.
+
+    Args:
+        manifest: the records' manifest.
+        names: metadata columns fed to the model (``cfg.data.metadata``).
+
+    Returns:
+        D, the last dimension of the float32 ``meta`` tensor (0 when ``names`` is empty).
+
+    Example:
+        >>> m = {"metadata": {"age": {"kind": "numeric", "mean": 50, "std": 10},
+        ...                   "site": {"kind": "categorical", "vocab": ["head", "torso", "leg"]}}}
+        >>> metadata_dim(m, ["age", "site"])
+        4
+    """
+    return sum(1 if spec["kind"] == "numeric" else len(spec["vocab"]) for _, spec in _meta_specs(manifest, names))
+
+
+def _meta_encoder(manifest: dict, names: Sequence[str]) -> Callable[[dict], tf.Tensor]:
+    """Per-example metadata encoder: numeric standardised with the manifest's
+    mean/std (NaN -> 0, i.e. the mean), categorical one-hot (-1 -> all zeros)."""
+    specs = _meta_specs(manifest, names)
+
+    def encode(meta: dict) -> tf.Tensor:
+        parts = []
+        for name, spec in specs:
+            value = meta[name]
+            if spec["kind"] == "numeric":
+                std = float(spec.get("std") or 1.0) or 1.0
+                x = (tf.cast(value, tf.float32) - float(spec.get("mean") or 0.0)) / std
+                parts.append(tf.reshape(tf.where(tf.math.is_nan(x), 0.0, x), [1]))
+            else:
+                parts.append(tf.reshape(tf.one_hot(tf.cast(value, tf.int32), len(spec["vocab"]), dtype=tf.float32), [-1]))
+        return tf.concat(parts, axis=0)
+
+    return encode
+
+
+def select_files(records: str, folds: Sequence[int] | None = None, manifest: dict | None = None) -> list[str]:
+    """The sorted shard files of the chosen folds (local path or gs://).
+
+    Args:
+        records: records folder.
+        folds: fold numbers to read; None reads every shard of the split.
+        manifest: the loaded manifest (read from ``records`` when None).
+
+    Returns:
+        Sorted list of shard paths.
+
+    Raises:
+        TfkitError: a fold is out of range, or no shard matches.
+
+    Example:
+        >>> select_files("records", folds=[0])  # doctest: +SKIP
+        ['records/train00-000-360.tfrec']
+    """
+    manifest = _manifest(records, manifest)
+    split = manifest.get("split", "train")
+    if folds is not None:
+        folds = [int(f) for f in folds]
+        if split != "train":
+            raise TfkitError(f"{records}: folds={folds} asked of {split} records, which have no folds")
+        n_folds = int((manifest.get("folds") or {}).get("n_folds") or 0)
+        bad = [f for f in folds if not 0 <= f < n_folds]
+        if bad:
+            raise TfkitError(f"{records}: fold(s) {bad} out of range, the records have folds 0..{n_folds - 1}")
+    files = sorted(_records.shard_files(records, folds=folds, split=split))
+    if not files:
+        raise TfkitError(f"{records}: no {split} shard files for folds={folds}")
+    return files
+
+
+def steps_per_epoch(records: str, folds: Sequence[int] | None, global_batch: int) -> int:
+    """Full batches per epoch of the training stream (``drop_remainder=True``), from shard names.
+
+    Args:
+        records: records folder.
+        folds: folds trained on (None: all).
+        global_batch: batch size summed over replicas.
+
+    Returns:
+        ``n_examples // global_batch`` (at least 1).
+
+    Raises:
+        TfkitError: the folds hold fewer examples than one batch.
+
+    Example:
+        >>> steps_per_epoch("records", [1, 2, 3, 4], 64)  # doctest: +SKIP
+        22
+    """
+    n = _records.count_from_names(select_files(records, folds))
+    if n < global_batch:
+        raise TfkitError(f"{records}: folds {folds} hold {n} examples, fewer than one batch of {global_batch}")
+    return n // global_batch
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _examples(files: list[str], parse: Callable, train: bool, seed: int, deterministic: bool) -> tf.data.Dataset:
+    """Parsed (not decoded) examples of ``files``."""
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if train:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        cycle = min(len(files), TRAIN_CYCLE)
+    else:
+        cycle = min(len(files), EVAL_CYCLE)
+    ds = ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
+        cycle_length=cycle, block_length=1, num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic or not train,
+    )
+    return ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic or not train)
+
+
+def _decoder(manifest: dict, image_size: int) -> Callable[[dict], dict]:
+    size = (manifest.get("image") or {}).get("size")
+
+    def decode(ex: dict) -> dict:
+        ex = dict(ex)
+        image = tf.io.decode_jpeg(ex["image"], channels=3)
+        if size:
+            # A static shape from the manifest; a shard that disagrees fails loudly here.
+            image = tf.ensure_shape(image, [int(size[0]), int(size[1]), 3])
+        else:
+            # Sizes vary: one resize per example so examples can be batched; kept
+            # uint8 so shuffle buffers and caches stay 4x smaller than float.
+            image = tf.image.resize(image, [image_size, image_size], antialias=True)
+            image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+            image = tf.ensure_shape(image, [image_size, image_size, 3])
+        ex["image"] = image
+        return ex
+
+    return decode
+
+
+def _balanced(ds: tf.data.Dataset, labels: np.ndarray, num_classes: int, seed: int, buffer: int) -> tf.data.Dataset:
+    """Infinite class-balanced stream: uniform over the classes present."""
+    present = [c for c in range(num_classes) if np.any(labels == c)]
+    if not present:
+        raise TfkitError("data.oversample: no labelled examples in the chosen folds")
+    streams = []
+    for c in present:
+        n_c = int(np.sum(labels == c))
+        s = ds.filter(lambda ex, c=c: tf.equal(ex["label"], c))
+        streams.append(s.shuffle(min(buffer, n_c), seed=seed + 1 + c, reshuffle_each_iteration=True).repeat())
+    weights = [1.0 / len(present)] * len(present)
+    return tf.data.Dataset.sample_from_datasets(streams, weights=weights, seed=seed)
+
+
+def read_index(
+    records: str,
+    folds: Sequence[int] | None = None,
+    manifest: dict | None = None,
+    extra: bool = False,
+) -> pd.DataFrame:
+    """The examples' ids in exactly the order eval/predict datasets yield them.
+
+    Args:
+        records: records folder (local or gs://).
+        folds: folds to read (None: all).
+        manifest: the loaded manifest (read from ``records`` when None).
+        extra: also return ``height``, ``width`` (of the stored JPEG, read from
+            its header without decoding) and one column per metadata feature
+            (numeric as float with NaN when missing, categorical as the vocab
+            string or None).
+
+    Returns:
+        DataFrame with columns id, label, fold, group (+ extras), one row per example.
+
+    Example:
+        >>> idx = read_index("records", folds=[0])  # doctest: +SKIP
+        >>> proba = model.predict(build_dataset("records", cfg, [0], mode="eval"))  # doctest: +SKIP
+        >>> idx["p"] = proba[:, 1]  # row i of proba is idx.id[i]  # doctest: +SKIP
+    """
+    manifest = _manifest(records, manifest)
+    files = select_files(records, folds, manifest)
+    parse = _records.make_parser(manifest)
+    meta_cols = list((manifest.get("metadata") or {}).keys()) if extra else []
+
+    def slim(ex: dict) -> dict:
+        out = {"id": ex["id"], "label": ex["label"], "fold": ex["fold"], "group": ex["group"]}
+        if extra:
+            shape = tf.io.extract_jpeg_shape(ex["image"])
+            out["height"], out["width"] = shape[0], shape[1]
+            for c in meta_cols:
+                out[f"meta/{c}"] = ex["meta"][c]
+        return out
+
+    ds = _examples(files, parse, train=False, seed=0, deterministic=True).map(slim).batch(4096)
+    cols: dict[str, list] = {}
+    total = math.ceil(_records.count_from_names(files) / 4096)
+    for batch in tqdm(ds.as_numpy_iterator(), total=total, desc="read index", leave=False, disable=total < 3):
+        for k, v in batch.items():
+            cols.setdefault(k, []).append(v)
+    if not cols:
+        return pd.DataFrame(columns=["id", "label", "fold", "group"])
+    data = {k: np.concatenate(v) for k, v in cols.items()}
+    frame = pd.DataFrame({
+        "id": [b.decode("utf-8") for b in data["id"]],
+        "label": data["label"].astype(np.int64),
+        "fold": data["fold"].astype(np.int64),
+        "group": [b.decode("utf-8") for b in data["group"]],
+    })
+    if extra:
+        frame["height"] = data["height"].astype(np.int64)
+        frame["width"] = data["width"].astype(np.int64)
+        for c in meta_cols:
+            spec = manifest["metadata"][c]
+            v = data[f"meta/{c}"]
+            if spec["kind"] == "numeric":
+                frame[c] = v.astype(np.float64)
+            else:
+                vocab = spec["vocab"]
+                frame[c] = [vocab[i] if 0 <= i < len(vocab) else None for i in v.astype(np.int64)]
+    return frame
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def build_dataset(
+    records: str,
+    cfg: Config,
+    folds: Sequence[int] | None = None,
+    mode: str = "train",
+    manifest: dict | None = None,
+    batch_size: int | None = None,
+    augment: bool = True,
+    repeat: bool = True,
+    deterministic: bool = False,
+    with_ids: bool = False,
+) -> tf.data.Dataset:
+    """A batched ``tf.data.Dataset`` over the shards of ``folds``.
+
+    Args:
+        records: records folder (local or gs://).
+        cfg: the run config; reads ``cfg.data``, ``cfg.augment`` and ``cfg.model.task``.
+        folds: folds to read (None: every shard of the split).
+        mode: "train" (shuffled, repeated, ``drop_remainder``, augmented),
+            "eval" (yields ``(x, y)`` in :func:`read_index` order, last partial batch kept)
+            or "predict" (yields ``x`` in the same order).
+        manifest: the loaded manifest (read from ``records`` when None).
+        batch_size: global batch size (default ``cfg.data.batch_size``).
+        augment: train mode: apply ``cfg.augment`` on the host (ignored when
+            ``cfg.data.augment_on == "device"``: the model augments, the host only resizes).
+        repeat: train mode: repeat forever (train with ``steps_per_epoch``; see the module
+            note on the iterator-destroy stall). False gives one epoch
+            (with oversampling: as many examples as the folds hold).
+        deterministic: train mode: make the whole stream (file order, interleave,
+            shuffle, augmentation) a function of ``cfg.data.seed``, at some cost in
+            speed. Without it only the augmentation stream is seeded per batch index.
+        with_ids: also yield the ids: eval ``(x, y, ids)``, predict ``(x, ids)``,
+            train ``(x, y, ids)`` (for inspection; Keras would read a 3rd element as
+            sample weights).
+
+    Returns:
+        Dataset of ``(x, y)`` (train/eval) or ``x`` (predict), where ``x`` is float32
+        ``[B, S, S, 3]`` in [0, 1], or ``{"image": ..., "meta": float32 [B, D]}`` when
+        ``cfg.data.metadata`` names columns; ``y`` is float32 ``[B, C]`` or ``[B, 1]``.
+
+    Raises:
+        TfkitError: unknown mode, bad folds, missing metadata column, no shards.
+
+    Example:
+        >>> ds = build_dataset("records", cfg, folds=[1, 2, 3, 4], mode="train")  # doctest: +SKIP
+        >>> x, y = next(iter(ds))  # doctest: +SKIP
+        >>> x.shape, y.shape  # doctest: +SKIP
+        (TensorShape([64, 32, 32, 3]), TensorShape([64, 10]))
+    """
+    if mode not in MODES:
+        raise TfkitError(f"build_dataset: mode must be one of {', '.join(MODES)}, got {mode!r}")
+    dcfg = cfg.data
+    if dcfg.augment_on not in ("host", "device"):
+        raise TfkitError(f"data.augment_on: expected host or device, got {dcfg.augment_on!r}")
+    manifest = _manifest(records, manifest)
+    files = select_files(records, folds, manifest)
+    train = mode == "train"
+    batch = int(batch_size or dcfg.batch_size)
+    if batch < 1:
+        raise TfkitError(f"data.batch_size: expected a positive integer, got {batch}")
+    size = int(dcfg.image_size)
+    seed = int(dcfg.seed)
+    task = resolve_task(manifest, cfg.model.task)
+    num_classes = len(manifest.get("classes") or [])
+    meta_names = list(dcfg.metadata or [])
+    encode_meta = _meta_encoder(manifest, meta_names) if meta_names else None
+
+    ds = _examples(files, _records.make_parser(manifest), train, seed, deterministic)
+    decode = _decoder(manifest, size)
+    decoded = False
+    if dcfg.cache:
+        # Cache after decode (decoding is the costly step), before shuffle, so every
+        # epoch reshuffles the cached examples.
+        ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic or not train).cache()
+        decoded = True
+    if train:
+        if dcfg.oversample:
+            labels = read_index(records, folds, manifest)["label"].to_numpy()
+            ds = _balanced(ds, labels, num_classes, seed, dcfg.shuffle_buffer)
+            if not repeat:
+                ds = ds.take(len(labels))
+        else:
+            ds = ds.shuffle(dcfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+            if repeat:
+                ds = ds.repeat()
+    if not decoded:
+        # Decoding after the shuffle keeps only encoded JPEG bytes in the shuffle buffer.
+        ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic or not train)
+
+    def to_batchable(ex: dict) -> dict:
+        out = {"image": ex["image"], "y": encode_targets(ex["label"], task, num_classes), "id": ex["id"]}
+        if encode_meta is not None:
+            out["meta"] = encode_meta(ex["meta"])
+        return out
+
+    ds = ds.map(to_batchable, num_parallel_calls=AUTOTUNE, deterministic=deterministic or not train)
+    ds = ds.batch(batch, drop_remainder=train)
+
+    host_augment = train and augment and dcfg.augment_on == "host"
+    acfg = cfg.augment
+
+    def finish(step: tf.Tensor, b: dict):
+        if host_augment:
+            # Stateless per-batch seed: batch i gets the same random parameters
+            # whatever the number of parallel workers.
+            op_seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)])
+            image, y = _augment.augment_batch(b["image"], b["y"], acfg, size, op_seed)
+        else:
+            image, y = _augment.resize_batch(b["image"], size), b["y"]
+        x = {"image": image, "meta": b["meta"]} if encode_meta is not None else image
+        if mode == "predict":
+            return (x, b["id"]) if with_ids else x
+        return (x, y, b["id"]) if with_ids else (x, y)
+
+    ds = ds.enumerate().map(finish, num_parallel_calls=AUTOTUNE, deterministic=deterministic or not train)
+    ds = ds.prefetch(AUTOTUNE)
+    options = tf.data.Options()
+    # Training ignores example order for speed; eval keeps it so ids align.
+    options.deterministic = bool(deterministic or not train)
+    return ds.with_options(options)
