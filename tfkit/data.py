@@ -62,6 +62,7 @@ __all__ = [
     "resolve_task",
     "encode_targets",
     "select_files",
+    "load_examples",
 ]
 
 
@@ -351,6 +352,54 @@ def read_index(
                 vocab = spec["vocab"]
                 frame[c] = [vocab[i] if 0 <= i < len(vocab) else None for i in v.astype(np.int64)]
     return frame
+
+
+def load_examples(
+    records: str,
+    ids: Sequence[str],
+    manifest: dict | None = None,
+    image_size: int = 32,
+) -> dict[str, np.ndarray]:
+    """Decoded images of the examples with the given ids (for plots and inspection).
+
+    Args:
+        records: records folder (local or gs://).
+        ids: example ids to fetch; every one must exist in the records.
+        manifest: the loaded manifest (read from ``records`` when None).
+        image_size: side used only when stored sizes vary (images are then
+            resized per example, as the training pipeline does).
+
+    Returns:
+        ``{"image": uint8 [n, H, W, 3], "label": int64 [n], "id": str [n]}`` in the order of ``ids``.
+
+    Raises:
+        TfkitError: an id is not in the records.
+
+    Example:
+        >>> ex = load_examples("records", ["img_0001", "img_0002"])  # doctest: +SKIP
+        >>> ex["image"].shape  # doctest: +SKIP
+        (2, 32, 32, 3)
+    """
+    manifest = _manifest(records, manifest)
+    wanted = [str(i) for i in ids]
+    if not wanted:
+        raise TfkitError("load_examples: no ids given")
+    files = select_files(records, None, manifest)
+    table = tf.constant(wanted)
+    ds = _examples(files, _records.make_parser(manifest), train=False, seed=0, deterministic=True)
+    ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["id"], table)))
+    ds = ds.map(_decoder(manifest, image_size), num_parallel_calls=AUTOTUNE, deterministic=True)
+    found: dict[str, tuple[np.ndarray, int]] = {}
+    for ex in ds.map(lambda ex: {"image": ex["image"], "label": ex["label"], "id": ex["id"]}).as_numpy_iterator():
+        found.setdefault(ex["id"].decode("utf-8"), (ex["image"], int(ex["label"])))
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise TfkitError(f"{records}: id(s) not found in the records: {missing[:5]}")
+    return {
+        "image": np.stack([found[i][0] for i in wanted]),
+        "label": np.array([found[i][1] for i in wanted], dtype=np.int64),
+        "id": np.array(wanted),
+    }
 
 
 # --------------------------------------------------------------------------- datasets

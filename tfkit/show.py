@@ -1,0 +1,325 @@
+"""``tfkit show``: the plots a person looks at before training.
+
+Three PNGs, plus the numbers behind them so they can be checked:
+
+- ``augment_grid.png``: rows are training images (one per class in turn),
+  columns are the resized original then ``n_draws`` augmentation draws of the
+  same image with the run's ``augment`` config, each captioned with its
+  (possibly mixed) label.
+- ``class_counts.png``: examples per class and fold as grouped bars; the
+  numbers are in ``class_counts.csv`` (rows = classes, one column per fold, total).
+- ``eda.png``: stored image sizes, examples per class, and one panel per
+  metadata column (histogram for numeric, bars for categorical, with the
+  missing count); the numbers are in ``eda.json``.
+
+Example:
+    >>> paths = show("records", load_config(None, ["augment.preset=digits"]), "show")  # doctest: +SKIP
+    >>> [p.name for p in paths]  # doctest: +SKIP
+    ['augment_grid.png', 'class_counts.png', 'class_counts.csv', 'eda.png', 'eda.json']
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tfkit.config import Config
+from tfkit.utils import TfkitError, atomic_write, write_csv, write_json
+
+MAX_SIZE_BARS = 12  # more distinct stored sizes than this: histograms instead of bars
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def class_counts(index: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Examples per class and fold.
+
+    Args:
+        index: :func:`tfkit.data.read_index` output (columns label, fold).
+        classes: class names; label ``i`` is ``classes[i]`` (-1 is counted as "(unlabelled)").
+
+    Returns:
+        DataFrame indexed by class name with one column per fold (``fold0``...,
+        or ``test`` for fold -1) and a ``total`` column; every class appears, zeros included.
+
+    Example:
+        >>> idx = pd.DataFrame({"label": [0, 1, 1], "fold": [0, 0, 1]})
+        >>> class_counts(idx, ["a", "b"])["total"].tolist()
+        [1, 2]
+    """
+    names = list(classes) + (["(unlabelled)"] if (index["label"] < 0).any() else [])
+    label_name = index["label"].map(lambda i: classes[i] if 0 <= i < len(classes) else "(unlabelled)")
+    fold_name = index["fold"].map(lambda f: f"fold{f}" if f >= 0 else "test")
+    table = pd.crosstab(pd.Categorical(label_name, categories=names), fold_name, dropna=False)
+    table = table.reindex(index=names, fill_value=0)
+    table = table[sorted(table.columns, key=lambda c: (c == "test", int(c[4:]) if c != "test" else 0))]
+    table.index.name = "class"
+    table.columns.name = None
+    table["total"] = table.sum(axis=1)
+    return table.astype(np.int64)
+
+
+def _caption(y: np.ndarray, classes: list[str], task: str) -> str:
+    if task == "regression":
+        return f"{float(y[0]):.2f}"
+    if y.shape[-1] == 1:  # binary: P(class 1)
+        p = float(y[0])
+        name = classes[int(p >= 0.5)] if len(classes) == 2 else str(int(p >= 0.5))
+        return name if p in (0.0, 1.0) else f"{classes[1] if len(classes) == 2 else 1} p={p:.2f}"
+    top = int(np.argmax(y))
+    w = float(y[top])
+    name = classes[top] if top < len(classes) else str(top)
+    return name if w >= 0.999 else f"{name} {w:.2f}"
+
+
+def _pick_ids(index: pd.DataFrame, n: int) -> list[str]:
+    """Up to n ids, one class after the other, so the grid shows every class it can."""
+    groups = [g["id"].tolist() for _, g in index.groupby("label", sort=True)]
+    picked: list[str] = []
+    depth = 0
+    while len(picked) < n and any(depth < len(g) for g in groups):
+        picked += [g[depth] for g in groups if depth < len(g)][: n - len(picked)]
+        depth += 1
+    return picked
+
+
+def plot_augment_grid(records: str, cfg: Config, index: pd.DataFrame, manifest: dict, path: Path,
+                      n_images: int = 8, n_draws: int = 4) -> Path:
+    """Write the grid of original + augmented draws of the same images.
+
+    Args:
+        records: records folder.
+        cfg: run config (``augment`` section, ``data.image_size``, ``data.seed``).
+        index: :func:`tfkit.data.read_index` of the records.
+        manifest: the records' manifest.
+        path: PNG to write.
+        n_images: rows (images).
+        n_draws: augmented columns per image.
+
+    Returns:
+        ``path``.
+
+    Example:
+        >>> plot_augment_grid("records", cfg, read_index("records"), manifest, Path("grid.png"))  # doctest: +SKIP
+    """
+    import tensorflow as tf
+
+    from tfkit import augment, data
+
+    ids = _pick_ids(index, n_images)
+    ex = data.load_examples(records, ids, manifest=manifest, image_size=cfg.data.image_size)
+    task = data.resolve_task(manifest, cfg.model.task)
+    classes = list(manifest.get("classes") or [])
+    y = data.encode_targets(tf.constant(np.maximum(ex["label"], 0)), task, len(classes))
+    size = int(cfg.data.image_size)
+    columns = [(augment.resize_batch(tf.constant(ex["image"]), size).numpy(), y.numpy(), "original")]
+    for d in range(n_draws):
+        seed = tf.constant([int(cfg.data.seed), 1_000_003 + d], tf.int64)
+        img, lab = augment.augment_batch(tf.constant(ex["image"]), y, cfg.augment, size, seed)
+        columns.append((img.numpy(), lab.numpy(), f"draw {d + 1}"))
+
+    plt = _plt()
+    rows, cols = len(ids), len(columns)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.0 * rows), squeeze=False)
+    for r in range(rows):
+        for c, (imgs, labs, title) in enumerate(columns):
+            ax = axes[r][c]
+            ax.imshow(np.clip(imgs[r], 0.0, 1.0), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(_caption(labs[r], classes, task), fontsize=8)
+            if r == 0:
+                ax.set_xlabel(title, fontsize=8)
+                ax.xaxis.set_label_position("top")
+            if c == 0:
+                ax.set_ylabel(str(ex["id"][r])[:18], fontsize=7)
+    fig.suptitle(f"augment preset={cfg.augment.preset!r}, size {size}px: original, then {n_draws} draws", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_class_counts(counts: pd.DataFrame, path: Path) -> Path:
+    """Grouped bar chart of :func:`class_counts` (bars = folds, groups = classes).
+
+    Args:
+        counts: output of :func:`class_counts`.
+        path: PNG to write.
+
+    Returns:
+        ``path``.
+
+    Example:
+        >>> plot_class_counts(class_counts(idx, classes), Path("class_counts.png"))  # doctest: +SKIP
+    """
+    plt = _plt()
+    folds = [c for c in counts.columns if c != "total"]
+    n_cls = len(counts)
+    width = 0.8 / max(1, len(folds))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * n_cls * max(1, len(folds)) ** 0.5 + 2), 4))
+    x = np.arange(n_cls)
+    for i, f in enumerate(folds):
+        ax.bar(x + (i - (len(folds) - 1) / 2) * width, counts[f].to_numpy(), width, label=f)
+    ax.set_xticks(x)
+    ax.set_xticklabels([str(c)[:14] for c in counts.index], rotation=45 if n_cls > 8 else 0, ha="right" if n_cls > 8 else "center")
+    ax.set_ylabel("examples")
+    ax.set_title(f"class counts per fold ({int(counts['total'].sum())} examples)")
+    ax.legend(fontsize=8, ncol=min(len(folds), 5))
+    return _save(fig, path)
+
+
+def eda_summary(index: pd.DataFrame, manifest: dict) -> dict:
+    """Numbers behind ``eda.png``.
+
+    Args:
+        index: :func:`tfkit.data.read_index` with ``extra=True``.
+        manifest: the records' manifest.
+
+    Returns:
+        ``{"n_examples", "image_sizes": {"HxW": count}, "class_counts": {name: count},
+        "metadata": {col: {"kind", "missing", numeric: "min/mean/max" | categorical: "counts"}}}``.
+
+    Example:
+        >>> eda_summary(read_index("records", extra=True), manifest)["n_examples"]  # doctest: +SKIP
+        1437
+    """
+    classes = list(manifest.get("classes") or [])
+    sizes = (index["height"].astype(str) + "x" + index["width"].astype(str)).value_counts()
+    summary: dict[str, Any] = {
+        "n_examples": int(len(index)),
+        "image_sizes": {k: int(v) for k, v in sizes.items()},
+        "class_counts": {name: int((index["label"] == i).sum()) for i, name in enumerate(classes)},
+        "metadata": {},
+    }
+    for col, spec in (manifest.get("metadata") or {}).items():
+        v = index[col]
+        entry: dict[str, Any] = {"kind": spec["kind"], "missing": int(v.isna().sum())}
+        if spec["kind"] == "numeric":
+            ok = v.dropna()
+            if len(ok):
+                entry.update(min=float(ok.min()), mean=float(ok.mean()), max=float(ok.max()))
+        else:
+            entry["counts"] = {str(k): int((v == k).sum()) for k in spec["vocab"]}
+        summary["metadata"][col] = entry
+    return summary
+
+
+def plot_eda(index: pd.DataFrame, manifest: dict, summary: dict, path: Path) -> Path:
+    """Write the EDA panels: image sizes, per-class counts, metadata distributions.
+
+    Args:
+        index: :func:`tfkit.data.read_index` with ``extra=True``.
+        manifest: the records' manifest.
+        summary: :func:`eda_summary` of the same index.
+        path: PNG to write.
+
+    Returns:
+        ``path``.
+
+    Example:
+        >>> plot_eda(idx, manifest, eda_summary(idx, manifest), Path("eda.png"))  # doctest: +SKIP
+    """
+    plt = _plt()
+    meta = list((manifest.get("metadata") or {}).items())
+    n_panels = 2 + len(meta)
+    ncols = min(3, n_panels)
+    nrows = math.ceil(n_panels / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+
+    ax = flat[0]
+    sizes = summary["image_sizes"]
+    if len(sizes) <= MAX_SIZE_BARS:
+        ax.bar(list(sizes), list(sizes.values()))
+        ax.set_xlabel("stored size (H x W)")
+        ax.tick_params(axis="x", labelrotation=30)
+    else:
+        ax.hist([index["height"], index["width"]], bins=30, label=["height", "width"])
+        ax.set_xlabel("stored size, pixels")
+        ax.legend(fontsize=8)
+    ax.set_ylabel("images")
+    ax.set_title(f"image sizes ({len(sizes)} distinct)")
+
+    ax = flat[1]
+    cc = summary["class_counts"]
+    ax.bar(range(len(cc)), list(cc.values()))
+    ax.set_xticks(range(len(cc)))
+    ax.set_xticklabels([str(k)[:12] for k in cc], rotation=45 if len(cc) > 8 else 0, fontsize=8)
+    ax.set_title(f"examples per class ({summary['n_examples']} total)")
+
+    for ax, (col, spec) in zip(flat[2:], meta):
+        entry = summary["metadata"][col]
+        if spec["kind"] == "numeric":
+            ax.hist(index[col].dropna().to_numpy(), bins=30)
+        else:
+            counts = entry["counts"]
+            ax.bar(range(len(counts)), list(counts.values()))
+            ax.set_xticks(range(len(counts)))
+            ax.set_xticklabels([k[:12] for k in counts], rotation=45, fontsize=7, ha="right")
+        ax.set_title(f"{col} ({spec['kind']}, {entry['missing']} missing)", fontsize=9)
+    for ax in flat[n_panels:]:
+        ax.axis("off")
+    fig.suptitle(f"records EDA: {manifest.get('split', '?')} split", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def show(records: str, cfg: Config, out: str | os.PathLike, n_images: int = 8, n_draws: int = 4) -> list[Path]:
+    """Write the augmentation grid, class counts per fold and EDA plots of ``records``.
+
+    Args:
+        records: records folder (local or gs://).
+        cfg: run config; the grid uses ``cfg.augment``, ``cfg.data.image_size`` and ``cfg.data.seed``.
+        out: folder for the files (created; existing files of the same names are replaced).
+        n_images: images (rows) in the augmentation grid.
+        n_draws: augmentation draws (columns after the original) per image.
+
+    Returns:
+        Paths written: ``augment_grid.png``, ``class_counts.png``, ``class_counts.csv``,
+        ``eda.png``, ``eda.json``.
+
+    Raises:
+        TfkitError: bad ``n_images``/``n_draws``, or unreadable records.
+
+    Example:
+        >>> show("records", load_config(None, ["augment.preset=digits"]), "show", n_images=4)  # doctest: +SKIP
+    """
+    from tfkit import data, records as records_mod
+
+    if n_images < 1 or n_draws < 0:
+        raise TfkitError(f"show: expected n_images >= 1 and n_draws >= 0, got {n_images} and {n_draws}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = records_mod.load_manifest(records)
+    index = data.read_index(records, manifest=manifest, extra=True)
+    if index.empty:
+        raise TfkitError(f"{records}: the records hold no examples")
+    classes = list(manifest.get("classes") or [])
+
+    paths = [plot_augment_grid(records, cfg, index, manifest, out / "augment_grid.png", n_images, n_draws)]
+    counts = class_counts(index, classes)
+    paths.append(plot_class_counts(counts, out / "class_counts.png"))
+    write_csv(out / "class_counts.csv", counts.reset_index())
+    paths.append(out / "class_counts.csv")
+    summary = eda_summary(index, manifest)
+    paths.append(plot_eda(index, manifest, summary, out / "eda.png"))
+    write_json(out / "eda.json", summary)
+    paths.append(out / "eda.json")
+    return paths
