@@ -190,6 +190,8 @@ class PredictConfig:
     id_column: str = "id"
     label_columns: list[str] | None = None  # defaults to the class names
     output: str = "proba"  # proba | label
+    batch_size: int | None = None  # images per batch before TTA (V views -> V x this per forward pass); default data.batch_size
+    seed: int = 0  # seed of tta_mode=augment (same seed, same predictions)
 
 
 @dataclass

@@ -1,0 +1,722 @@
+"""Test-time augmentation (TTA) and fold ensembling: trained folds -> submission.
+
+Every image is predicted under ``n_views`` views (dihedral symmetries, flips,
+or seeded random augmentation passes). All views of a batch are stacked into
+the batch dimension and go through each fold's model in **one** forward pass
+inside one ``tf.function``; the outputs are reshaped back to
+``[views, batch, classes]`` and averaged (arithmetic or geometric mean). Folds
+are then averaged with equal weights or weights proportional to each fold's
+CV score.
+
+Example:
+    >>> from tfkit.predict import predict
+    >>> sub = predict("runs/digits", out="submission.csv", records="records/test", tta=4)  # doctest: +SKIP
+    >>> sub.columns[:3].tolist()  # doctest: +SKIP
+    ['id', '0', '1']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from tfkit.config import Config, PredictConfig, load_config
+from tfkit.utils import TfkitError, read_json, write_csv, write_json
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+TTA_MODES = ("dihedral", "flips", "augment")
+MAX_VIEWS = {"dihedral": 8, "flips": 4}
+AVERAGES = ("mean", "gmean")
+# Metrics where a smaller value is better: their fold weight is 1 / score.
+_LOWER_IS_BETTER = ("log_loss", "loss", "mse", "rmse", "mae")
+_EPS = 1e-7
+
+
+# --------------------------------------------------------------------------- run folder
+
+
+def load_run(run: str | os.PathLike, overrides: Iterable[str] = ()) -> tuple[Config, dict]:
+    """Read a run folder's resolved config (plus ``--set`` overrides) and manifest.
+
+    Args:
+        run: folder written by :func:`tfkit.train.train`.
+        overrides: ``"predict.tta=8"``-style strings applied on top of ``RUN/config.yaml``.
+
+    Returns:
+        ``(cfg, manifest)``.
+
+    Raises:
+        TfkitError: the folder, its config or its manifest is missing.
+
+    Example:
+        >>> cfg, manifest = load_run("runs/digits", ["predict.average=gmean"])  # doctest: +SKIP
+    """
+    run = Path(run)
+    if not run.is_dir():
+        raise TfkitError(f"run folder not found: {run}")
+    for name in ("config.yaml", "manifest.json"):
+        if not (run / name).is_file():
+            raise TfkitError(f"{run}: missing {name} (expected a run folder written by `tfkit train`)")
+    cfg = load_config(run / "config.yaml", overrides)
+    return cfg, read_json(run / "manifest.json")
+
+
+def run_folds(run: str | os.PathLike) -> list[int]:
+    """Folds of a run that finished training (``fold{k}/done.json`` and ``model.keras`` exist).
+
+    Args:
+        run: run folder.
+
+    Returns:
+        Sorted fold indices.
+
+    Raises:
+        TfkitError: no fold has finished.
+
+    Example:
+        >>> run_folds("runs/digits")  # doctest: +SKIP
+        [0, 1, 2, 3, 4]
+    """
+    run = Path(run)
+    folds = []
+    for d in run.glob("fold*"):
+        suffix = d.name[4:]
+        if d.is_dir() and suffix.isdigit() and (d / "done.json").is_file() and (d / "model.keras").is_file():
+            folds.append(int(suffix))
+    if not folds:
+        raise TfkitError(f"{run}: no finished fold (expected fold<k>/model.keras and fold<k>/done.json)")
+    return sorted(folds)
+
+
+def load_models(run: str | os.PathLike, folds: Sequence[int] | None = None) -> list[Any]:
+    """Load the best model of each fold with ``safe_mode=True``.
+
+    Args:
+        run: run folder.
+        folds: folds to load (default every finished fold).
+
+    Returns:
+        Keras models, in the order of ``folds``.
+
+    Example:
+        >>> models = load_models("runs/digits", folds=[0, 1])  # doctest: +SKIP
+    """
+    import keras
+
+    import tfkit.models  # noqa: F401  registers tfkit's serialisable layers before loading
+
+    run = Path(run)
+    folds = run_folds(run) if folds is None else list(folds)
+    models = []
+    for k in folds:
+        path = run / f"fold{k}" / "model.keras"
+        if not path.is_file():
+            raise TfkitError(f"{path}: model not found (fold {k} has not finished training)")
+        models.append(keras.models.load_model(path, compile=False, safe_mode=True))
+    return models
+
+
+def fold_weights(run: str | os.PathLike, folds: Sequence[int], how: str = "equal") -> np.ndarray:
+    """Weights of each fold's model in the ensemble, summing to 1.
+
+    Args:
+        run: run folder (``cv.json`` is read for ``how="cv"``).
+        folds: the folds being ensembled.
+        how: ``"equal"``, or ``"cv"``: proportional to each fold's primary CV metric
+            (``1 / score`` for metrics where lower is better, such as log loss).
+
+    Returns:
+        float64 array of ``len(folds)`` weights.
+
+    Example:
+        >>> fold_weights("runs/digits", [0, 1], "cv")  # doctest: +SKIP
+        array([0.49, 0.51])
+    """
+    n = len(folds)
+    if how == "equal":
+        return np.full(n, 1.0 / n)
+    if how != "cv":
+        raise TfkitError(f"predict.fold_weights: expected 'equal' or 'cv', got {how!r}")
+    path = Path(run) / "cv.json"
+    if not path.is_file():
+        raise TfkitError(f"predict.fold_weights=cv needs {path}, which does not exist")
+    cv = read_json(path)
+    primary = cv.get("primary")
+    scores = []
+    for k in folds:
+        fold = (cv.get("folds") or {}).get(str(k)) or {}
+        score = fold.get(primary)
+        if score is None or not np.isfinite(score):
+            raise TfkitError(f"{path}: fold {k} has no finite '{primary}' score for predict.fold_weights=cv")
+        scores.append(float(score))
+    scores = np.asarray(scores, dtype=np.float64)
+    if primary in _LOWER_IS_BETTER:
+        if np.any(scores <= 0):
+            raise TfkitError(f"{path}: '{primary}' must be positive to weight folds by 1/score, got {scores.tolist()}")
+        scores = 1.0 / scores
+    elif np.any(scores < 0) or scores.sum() <= 0:
+        raise TfkitError(f"{path}: '{primary}' scores must be non-negative to weight folds, got {scores.tolist()}")
+    return scores / scores.sum()
+
+
+# --------------------------------------------------------------------------- TTA core
+
+
+def check_tta(n_views: int, mode: str, average: str, task: str = "multiclass") -> None:
+    """Validate TTA options; raise a one-line :class:`TfkitError` naming the bad option."""
+    if mode not in TTA_MODES:
+        raise TfkitError(f"predict.tta_mode: expected one of {', '.join(TTA_MODES)}, got {mode!r}")
+    if average not in AVERAGES:
+        raise TfkitError(f"predict.average: expected one of {', '.join(AVERAGES)}, got {average!r}")
+    if not isinstance(n_views, int) or n_views < 1:
+        raise TfkitError(f"predict.tta: expected an integer >= 1, got {n_views!r}")
+    if mode in MAX_VIEWS and n_views > MAX_VIEWS[mode]:
+        raise TfkitError(f"predict.tta={n_views}: tta_mode={mode} has only {MAX_VIEWS[mode]} distinct views")
+    if average == "gmean" and task == "regression":
+        raise TfkitError("predict.average=gmean is undefined for regression outputs (use mean)")
+
+
+def _tta_augment_config(aug_cfg: Any) -> Any:
+    # TTA never mixes images: mixup/cutmix would blend two test images together.
+    return dataclasses.replace(aug_cfg, mixup_p=0.0, cutmix_p=0.0)
+
+
+def _views(images, n_views: int, mode: str, aug_cfg: Any, seed):
+    """``[n_views, B, H, W, 3]`` views of a batch; view 0 is always the identity."""
+    import tensorflow as tf
+
+    from tfkit import augment
+
+    if mode in ("dihedral", "flips"):
+        return augment.tta_views(images, n_views, mode=mode)
+    views = [images]
+    size = int(images.shape[1])
+    labels = tf.zeros([tf.shape(images)[0], 1], tf.float32)
+    for v in range(1, n_views):
+        aug, _ = augment.augment_batch(images, labels, aug_cfg, size, seed + tf.constant([0, v], tf.int32))
+        views.append(tf.cast(aug, images.dtype))
+    return tf.stack(views, axis=0)
+
+
+def _average_views(out, average: str, multiclass: bool):
+    """Average ``[V, B, C]`` model outputs over views."""
+    import tensorflow as tf
+
+    if average == "mean":
+        return tf.reduce_mean(out, axis=0)
+    p = tf.clip_by_value(out, _EPS, 1.0 - _EPS)
+    if multiclass:
+        # geometric mean over views, renormalised to a distribution over classes
+        g = tf.exp(tf.reduce_mean(tf.math.log(p), axis=0))
+        return g / tf.reduce_sum(g, axis=-1, keepdims=True)
+    # independent sigmoid outputs: geometric mean of p and of 1 - p, renormalised
+    gp = tf.exp(tf.reduce_mean(tf.math.log(p), axis=0))
+    gq = tf.exp(tf.reduce_mean(tf.math.log(1.0 - p), axis=0))
+    return gp / (gp + gq)
+
+
+def make_tta_step(
+    models: Sequence[Any],
+    n_views: int,
+    mode: str = "dihedral",
+    average: str = "mean",
+    task: str = "multiclass",
+    augment_cfg: Any = None,
+):
+    """Build the ``tf.function`` that predicts one batch under TTA with every model.
+
+    The views of the batch are stacked into the batch dimension (``V * B``
+    images), each model sees them in a single call, and its output is reshaped
+    to ``[V, B, C]`` and averaged over views.
+
+    Args:
+        models: Keras models taking the image tensor (or ``{"image", "meta"}``).
+        n_views: views per image.
+        mode: ``dihedral`` | ``flips`` | ``augment``.
+        average: ``mean`` | ``gmean``.
+        task: the run's task; decides how a geometric mean is renormalised.
+        augment_cfg: :class:`tfkit.config.AugmentConfig` for ``mode="augment"``.
+
+    Returns:
+        ``step(x, seed) -> (tta [M, B, C], identity [M, B, C])`` where ``seed`` is
+        an int32 ``[2]`` tensor (used by ``mode="augment"`` only) and ``identity``
+        is each model's prediction on the untransformed view.
+
+    Example:
+        >>> step = make_tta_step([model], n_views=8)  # doctest: +SKIP
+        >>> tta, plain = step(images, tf.constant([0, 0]))  # doctest: +SKIP
+    """
+    import tensorflow as tf
+
+    check_tta(n_views, mode, average, task)
+    if mode == "augment":
+        if augment_cfg is None:
+            raise TfkitError("predict.tta_mode=augment needs the run's augment config")
+        augment_cfg = _tta_augment_config(augment_cfg)
+    models = list(models)
+
+    @tf.function(reduce_retracing=True)
+    def step(x, seed):
+        images = x["image"] if isinstance(x, dict) else x
+        images = tf.convert_to_tensor(images)
+        if images.dtype != tf.float32:
+            images = tf.cast(images, tf.float32)
+        batch = tf.shape(images)[0]
+        if n_views == 1:
+            flat = images
+        else:
+            views = _views(images, n_views, mode, augment_cfg, seed)
+            flat = tf.reshape(views, [-1, *images.shape[1:]])
+        inputs = flat
+        if isinstance(x, dict):
+            inputs = dict(x)
+            inputs["image"] = flat
+            for key, value in x.items():
+                if key != "image":
+                    # every view of an image keeps that image's metadata
+                    inputs[key] = tf.tile(value, [n_views] + [1] * (len(value.shape) - 1))
+        tta, plain = [], []
+        for model in models:
+            out = tf.cast(model(inputs, training=False), tf.float32)
+            out = tf.reshape(out, [n_views, batch, -1])
+            multiclass = task == "multiclass" and out.shape[-1] != 1
+            tta.append(_average_views(out, average, multiclass))
+            plain.append(out[0])
+        return tf.stack(tta), tf.stack(plain)
+
+    return step
+
+
+def predict_proba(
+    models: Sequence[Any],
+    dataset: Any,
+    n_views: int = 1,
+    mode: str = "dihedral",
+    average: str = "mean",
+    weights: Sequence[float] | None = None,
+    task: str = "multiclass",
+    augment_cfg: Any = None,
+    seed: int = 0,
+    per_model: bool = False,
+    progress: bool = True,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Predict a dataset with TTA and a weighted ensemble of models.
+
+    Args:
+        models: Keras models (e.g. one per fold).
+        dataset: ``tf.data.Dataset`` yielding image batches (float32 ``[B, S, S, 3]`` in
+            ``[0, 1]``) or ``{"image", "meta"}`` dicts; ``(x, y)`` pairs are accepted and
+            ``y`` is ignored.
+        n_views: views per image (1 = no TTA).
+        mode: ``dihedral`` | ``flips`` | ``augment`` (seeded random augmentation passes).
+        average: ``mean`` or ``gmean`` over views.
+        weights: one weight per model (default equal); normalised to sum to 1.
+        task: the run's task (``multiclass``, ``binary``, ``multilabel``, ``regression``).
+        augment_cfg: augmentation config for ``mode="augment"``.
+        seed: base seed of ``mode="augment"``; same seed, same predictions.
+        per_model: also return each model's TTA and untransformed predictions.
+        progress: show a progress bar.
+
+    Returns:
+        ``[N, C]`` float32 ensemble predictions; with ``per_model=True`` the tuple
+        ``(ensemble [N, C], tta [M, N, C], identity [M, N, C])``.
+
+    Example:
+        >>> proba = predict_proba(models, ds, n_views=8, mode="dihedral", average="gmean")  # doctest: +SKIP
+    """
+    import tensorflow as tf
+    from tqdm.auto import tqdm
+
+    models = list(models)
+    if not models:
+        raise TfkitError("predict_proba: no models given")
+    w = np.full(len(models), 1.0 / len(models)) if weights is None else np.asarray(weights, np.float64)
+    if w.shape != (len(models),) or np.any(w < 0) or w.sum() <= 0:
+        raise TfkitError(f"predict_proba: expected {len(models)} non-negative weights, got {list(np.ravel(w))}")
+    w = w / w.sum()
+    step = make_tta_step(models, n_views, mode, average, task, augment_cfg)
+    tta_parts, plain_parts = [], []
+    for i, batch in enumerate(tqdm(dataset, desc=f"predict x{n_views} views", disable=not progress, leave=False)):
+        if isinstance(batch, tuple):
+            batch = batch[0]
+        tta, plain = step(batch, tf.constant([seed, i], tf.int32))
+        tta_parts.append(tta.numpy())
+        plain_parts.append(plain.numpy())
+    if not tta_parts:
+        raise TfkitError("predict_proba: the dataset yielded no images")
+    tta = np.concatenate(tta_parts, axis=1)
+    plain = np.concatenate(plain_parts, axis=1)
+    ensemble = np.tensordot(w, tta.astype(np.float64), axes=1).astype(np.float32)
+    if per_model:
+        return ensemble, tta, plain
+    return ensemble
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def list_images(folder: str | os.PathLike, csv: str | os.PathLike | None = None, id_column: str = "id") -> pd.DataFrame:
+    """Resolve the images to predict in a plain folder.
+
+    Without ``csv`` every ``.jpg/.jpeg/.png/.bmp`` file directly in ``folder`` is
+    used and its id is the file stem. With ``csv`` the rows (and their order) come
+    from the CSV's ``id_column``; a ``path`` column, if present, names each file
+    relative to ``folder``, otherwise the file is ``<id>.<ext>``. Every path must
+    stay inside ``folder``.
+
+    Args:
+        folder: images folder.
+        csv: optional CSV (e.g. Kaggle's ``sample_submission.csv``).
+        id_column: id column of the CSV.
+
+    Returns:
+        DataFrame with columns ``id`` and ``path`` (absolute).
+
+    Example:
+        >>> list_images("test_images").head(2)  # doctest: +SKIP
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise TfkitError(f"--images: folder not found: {root}")
+    root = root.resolve()
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    by_stem: dict[str, Path] = {}
+    for p in files:
+        if p.stem in by_stem:
+            raise TfkitError(f"--images: two files share the id {p.stem!r}: {by_stem[p.stem].name} and {p.name}")
+        by_stem[p.stem] = p
+    if csv is None:
+        if not files:
+            raise TfkitError(f"--images: no {'/'.join(IMAGE_EXTENSIONS)} files in {root}")
+        return pd.DataFrame({"id": list(by_stem), "path": [str(p) for p in by_stem.values()]})
+    csv = Path(csv)
+    if not csv.is_file():
+        raise TfkitError(f"--csv: file not found: {csv}")
+    frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    if id_column not in frame.columns:
+        raise TfkitError(f"{csv}: no id column {id_column!r} (columns: {', '.join(frame.columns)})")
+    paths = []
+    for row, (rid, rel) in enumerate(zip(frame[id_column], frame.get("path", [None] * len(frame))), start=2):
+        if rel:
+            path = (root / rel).resolve()
+            if not path.is_relative_to(root):
+                raise TfkitError(f"{csv} line {row}: path {rel!r} leaves the images folder {root}")
+            if not path.is_file():
+                raise TfkitError(f"{csv} line {row}: image not found: {path}")
+        else:
+            path = by_stem.get(rid)
+            if path is None:
+                raise TfkitError(
+                    f"{csv} line {row}: no image named {rid}.<{'|'.join(e[1:] for e in IMAGE_EXTENSIONS)}> in {root}"
+                )
+        paths.append(str(path))
+    if frame[id_column].duplicated().any():
+        dup = frame[id_column][frame[id_column].duplicated()].iloc[0]
+        raise TfkitError(f"{csv}: id {dup!r} appears more than once")
+    return pd.DataFrame({"id": frame[id_column].tolist(), "path": paths})
+
+
+def image_folder_dataset(paths: Sequence[str], image_size: int, batch_size: int) -> Any:
+    """A deterministic ``tf.data`` pipeline of image files -> float32 ``[B, S, S, 3]`` in ``[0, 1]``.
+
+    Files are decoded by TensorFlow (JPEG/PNG/BMP, grayscale and RGBA converted to
+    RGB, no animation frames) and resized with :func:`tfkit.augment.resize_batch`,
+    the same resampling the evaluation pipeline uses.
+
+    Args:
+        paths: image files.
+        image_size: side ``S`` of the model input.
+        batch_size: images per batch (the last batch may be smaller).
+
+    Returns:
+        ``tf.data.Dataset`` of image batches, in the order of ``paths``.
+
+    Example:
+        >>> ds = image_folder_dataset(["a.png", "b.jpg"], 32, 64)  # doctest: +SKIP
+    """
+    import tensorflow as tf
+
+    from tfkit.augment import resize_batch
+
+    def load(path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False, dtype=tf.uint8)
+        image.set_shape([None, None, 3])
+        return resize_batch(image[None], image_size)[0]
+
+    ds = tf.data.Dataset.from_tensor_slices(list(paths))
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _task(cfg: Config, manifest: dict) -> str:
+    return manifest.get("task", "multiclass") if cfg.model.task == "auto" else cfg.model.task
+
+
+def _batch_size(cfg: Config) -> int:
+    return int(cfg.predict.batch_size or cfg.data.batch_size)
+
+
+def records_dataset(records: str | os.PathLike, cfg: Config, manifest: dict, folds: Sequence[int] | None = None):
+    """Deterministic predict-mode dataset of a records folder plus its aligned index.
+
+    Args:
+        records: records folder (local or ``gs://``).
+        cfg: the run's config (image size, metadata columns).
+        manifest: the run's (training) manifest: metadata standardisation and vocab.
+        folds: folds to read (``None``: all shards).
+
+    Returns:
+        ``(dataset, index)`` where ``index`` has columns id, label, fold, group in
+        the order the dataset yields images.
+
+    Example:
+        >>> ds, index = records_dataset("records/test", cfg, manifest)  # doctest: +SKIP
+    """
+    from tfkit import data
+
+    ds = data.build_dataset(
+        str(records), cfg, folds=folds, mode="predict", manifest=manifest,
+        batch_size=_batch_size(cfg), augment=False, repeat=False,
+    )
+    index = data.read_index(str(records), folds=folds, manifest=manifest)
+    return ds, index
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def full_proba(out: np.ndarray, task: str) -> np.ndarray:
+    """Model outputs as one column per class: a binary ``[N, 1]`` becomes ``[1 - p, p]``."""
+    out = np.asarray(out, dtype=np.float64)
+    if task == "binary" and out.shape[-1] == 1:
+        return np.concatenate([1.0 - out, out], axis=1)
+    return out
+
+
+def submission_frame(ids: Sequence[str], out: np.ndarray, classes: Sequence[str], task: str, pcfg: PredictConfig) -> pd.DataFrame:
+    """The competition CSV as a DataFrame: the id column plus probabilities or labels.
+
+    Args:
+        ids: image ids, aligned with ``out``.
+        out: ``[N, C]`` model outputs (binary: ``[N, 1]`` probability of ``classes[1]``).
+        classes: class names from the manifest.
+        task: the run's task.
+        pcfg: ``predict`` config: ``id_column``, ``label_columns``, ``output``.
+
+    Returns:
+        DataFrame. ``output="proba"``: one column per class named by ``label_columns``
+        (default the class names; a binary task writes the positive class only unless
+        two names are given). ``output="label"``: one column (default ``label``) with the
+        predicted class name.
+
+    Example:
+        >>> submission_frame(["a"], np.array([[0.2, 0.8]]), ["cat", "dog"], "multiclass", PredictConfig())
+          id  cat  dog
+        0  a  0.2  0.8
+    """
+    out = np.asarray(out)
+    ids = [str(i) for i in ids]
+    if len(ids) != len(out):
+        raise TfkitError(f"predict: {len(ids)} ids but {len(out)} predictions")
+    names = list(pcfg.label_columns) if pcfg.label_columns else None
+    frame = pd.DataFrame({pcfg.id_column: ids})
+    if pcfg.output == "label":
+        if task == "regression":
+            values = out[:, 0]
+        elif task == "multilabel":
+            raise TfkitError("predict.output=label is ambiguous for multilabel tasks (use proba)")
+        else:
+            values = np.asarray(classes, dtype=object)[full_proba(out, task).argmax(axis=1)]
+        col = names[0] if names else "label"
+        if names and len(names) != 1:
+            raise TfkitError(f"predict.label_columns: output=label takes one name, got {names}")
+        frame[col] = values
+        return frame
+    if pcfg.output != "proba":
+        raise TfkitError(f"predict.output: expected 'proba' or 'label', got {pcfg.output!r}")
+    if task == "binary" and out.shape[1] == 1 and (names is None or len(names) == 1):
+        values, default = out, [str(classes[-1])]
+    elif task == "regression":
+        values, default = out, ["target"]
+    else:
+        values = full_proba(out, task)
+        default = [str(c) for c in classes]
+    cols = names or default
+    if len(cols) != values.shape[1]:
+        raise TfkitError(f"predict.label_columns: expected {values.shape[1]} names, got {len(cols)}: {cols}")
+    if pcfg.id_column in cols:
+        raise TfkitError(f"predict.label_columns: {pcfg.id_column!r} is already the id column")
+    for j, c in enumerate(cols):
+        frame[c] = values[:, j]
+    return frame
+
+
+def _known_labels(index: pd.DataFrame) -> np.ndarray | None:
+    if "label" not in index or len(index) == 0:
+        return None
+    labels = index["label"].to_numpy()
+    return labels if np.all(labels >= 0) else None
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _resolve(cfg: Config, tta: int | None) -> PredictConfig:
+    pcfg = cfg.predict
+    if tta is not None:
+        pcfg = dataclasses.replace(pcfg, tta=int(tta))
+    return pcfg
+
+
+def predict(
+    run: str | os.PathLike,
+    out: str | os.PathLike | None = "submission.csv",
+    records: str | os.PathLike | None = None,
+    images: str | os.PathLike | None = None,
+    csv: str | os.PathLike | None = None,
+    tta: int | None = None,
+    overrides: Iterable[str] = (),
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Predict test records or a folder of images with every fold and TTA; write the submission.
+
+    Args:
+        run: run folder written by :func:`tfkit.train.train`.
+        out: submission CSV, written atomically (``None``: do not write).
+        records: test records folder (``tfkit build-records --split test``).
+        images: a plain folder of images instead of records.
+        csv: with ``images``: CSV whose id column lists the images (and their order).
+        tta: views per image (default ``predict.tta`` of the run's config).
+        overrides: ``"predict.average=gmean"``-style config overrides.
+        progress: show progress bars.
+
+    Returns:
+        The submission DataFrame. When the test records carry labels,
+        ``frame.attrs["metrics"]`` holds the held-out metrics of the ensemble.
+
+    Raises:
+        TfkitError: neither or both of ``records``/``images``, a bad option, or a missing file.
+
+    Example:
+        >>> sub = predict("runs/digits", "submission.csv", records="records/test", tta=4)  # doctest: +SKIP
+    """
+    if (records is None) == (images is None):
+        raise TfkitError("predict: give exactly one of --records or --images")
+    if csv is not None and images is None:
+        raise TfkitError("predict: --csv is used with --images only")
+    cfg, manifest = load_run(run, overrides)
+    pcfg = _resolve(cfg, tta)
+    task = _task(cfg, manifest)
+    check_tta(pcfg.tta, pcfg.tta_mode, pcfg.average, task)
+    folds = run_folds(run)
+    weights = fold_weights(run, folds, pcfg.fold_weights)
+    if records is not None:
+        ds, index = records_dataset(records, cfg, manifest)
+        ids = index["id"].tolist()
+    else:
+        if cfg.data.metadata:
+            raise TfkitError(
+                f"predict --images: the model also needs metadata ({', '.join(cfg.data.metadata)}); predict test records instead"
+            )
+        index = list_images(images, csv, id_column=pcfg.id_column)
+        ids = index["id"].tolist()
+        ds = image_folder_dataset(index["path"].tolist(), cfg.data.image_size, _batch_size(cfg))
+    models = load_models(run, folds)
+    proba = predict_proba(
+        models, ds, pcfg.tta, pcfg.tta_mode, pcfg.average, weights=weights, task=task,
+        augment_cfg=cfg.augment, seed=pcfg.seed, progress=progress,
+    )
+    if len(proba) != len(ids):
+        raise TfkitError(f"predict: {len(proba)} predictions for {len(ids)} ids (records index and data disagree)")
+    frame = submission_frame(ids, proba, manifest["classes"], task, pcfg)
+    labels = _known_labels(index) if records is not None else None
+    if labels is not None:
+        from tfkit.metrics import compute_metrics
+
+        frame.attrs["metrics"] = compute_metrics(labels, full_proba(proba, task), task)
+    if out is not None:
+        write_csv(out, frame)
+    msg = f"predicted {len(frame)} images with {len(folds)} folds x {pcfg.tta} {pcfg.tta_mode} views ({pcfg.average})"
+    if "metrics" in frame.attrs:
+        msg += "; held-out " + ", ".join(f"{k}={v:.4f}" for k, v in frame.attrs["metrics"].items())
+    print(msg + (f" -> {out}" if out is not None else ""))
+    return frame
+
+
+def oof_tta(
+    run: str | os.PathLike,
+    records: str | os.PathLike,
+    tta: int | None = None,
+    overrides: Iterable[str] = (),
+    progress: bool = True,
+) -> dict:
+    """Recompute out-of-fold predictions with TTA; report the CV score with and without it.
+
+    Each fold's model predicts its own held-out fold of the training records,
+    under the same views and averaging as :func:`predict`. The untransformed
+    view of the same forward pass gives the no-TTA predictions, so both scores
+    come from one pipeline. Writes ``RUN/oof_tta.csv`` (id, fold, label,
+    ``p_<class>``...) and ``RUN/cv_tta.json``.
+
+    Args:
+        run: run folder.
+        records: the training records the run was trained on.
+        tta: views per image (default ``predict.tta`` of the run's config).
+        overrides: config overrides (``predict.*``).
+        progress: show progress bars.
+
+    Returns:
+        The ``cv_tta.json`` dict: ``{"n_views", "mode", "average", "primary",
+        "no_tta": {...}, "tta": {...}, "folds": {k: {"no_tta", "tta"}}}``.
+
+    Example:
+        >>> oof_tta("runs/digits", "records/train", tta=4)["tta"]["accuracy"]  # doctest: +SKIP
+    """
+    from tfkit.metrics import compute_metrics
+
+    cfg, manifest = load_run(run, overrides)
+    pcfg = _resolve(cfg, tta)
+    task = _task(cfg, manifest)
+    check_tta(pcfg.tta, pcfg.tta_mode, pcfg.average, task)
+    classes = [str(c) for c in manifest["classes"]]
+    frames, tta_all, plain_all, labels_all = [], [], [], []
+    result: dict[str, Any] = {"n_views": pcfg.tta, "mode": pcfg.tta_mode, "average": pcfg.average, "folds": {}}
+    for k, model in zip(run_folds(run), load_models(run)):
+        ds, index = records_dataset(records, cfg, manifest, folds=[k])
+        labels = _known_labels(index)
+        if labels is None:
+            raise TfkitError(f"{records}: fold {k} has examples without labels; OOF needs labelled training records")
+        _, tta_out, plain_out = predict_proba(
+            [model], ds, pcfg.tta, pcfg.tta_mode, pcfg.average, task=task, augment_cfg=cfg.augment,
+            seed=pcfg.seed, per_model=True, progress=progress,
+        )
+        p_tta, p_plain = full_proba(tta_out[0], task), full_proba(plain_out[0], task)
+        result["folds"][str(k)] = {
+            "no_tta": compute_metrics(labels, p_plain, task),
+            "tta": compute_metrics(labels, p_tta, task),
+        }
+        frame = pd.DataFrame({"id": index["id"].astype(str), "fold": k, "label": labels})
+        for j, c in enumerate(classes if p_tta.shape[1] == len(classes) else range(p_tta.shape[1])):
+            frame[f"p_{c}"] = p_tta[:, j]
+        frames.append(frame)
+        tta_all.append(p_tta)
+        plain_all.append(p_plain)
+        labels_all.append(labels)
+    labels = np.concatenate(labels_all)
+    result["no_tta"] = compute_metrics(labels, np.concatenate(plain_all), task)
+    result["tta"] = compute_metrics(labels, np.concatenate(tta_all), task)
+    cv_path = Path(run) / "cv.json"
+    result["primary"] = read_json(cv_path).get("primary") if cv_path.is_file() else None
+    write_csv(Path(run) / "oof_tta.csv", pd.concat(frames, ignore_index=True))
+    write_json(Path(run) / "cv_tta.json", result)
+    primary = result["primary"] or next(iter(result["tta"]))
+    print(
+        f"OOF {primary}: {result['no_tta'][primary]:.4f} without TTA, {result['tta'][primary]:.4f} with "
+        f"{pcfg.tta} {pcfg.tta_mode} views ({pcfg.average}) -> {Path(run) / 'cv_tta.json'}"
+    )
+    return result
