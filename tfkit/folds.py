@@ -71,12 +71,11 @@ def _strata(labels: pd.Series, n_bins: int = DEFAULT_BINS) -> _Strata:
         uniq = np.unique(values)
         non_integer = bool(np.any(np.asarray(uniq, dtype=float) % 1 != 0))
         if (non_integer and len(uniq) > n_bins) or len(uniq) > MAX_INTEGER_CLASSES:
-            codes, edges = pd.qcut(values.astype(float), q=n_bins, labels=False, retbins=True, duplicates="drop")
+            codes = pd.qcut(values.astype(float), q=n_bins, labels=False, duplicates="drop")
             codes = np.asarray(codes, dtype=np.int64)
-            names = [f"q{i}" for i in range(len(edges) - 1)]
             # qcut may leave a bin empty after dropping duplicate edges: renumber densely.
             used, codes = np.unique(codes, return_inverse=True)
-            return _Strata(codes.astype(np.int64), [names[i] for i in used], "numeric")
+            return _Strata(codes.astype(np.int64), [f"q{i}" for i in range(len(used))], "numeric")
     uniq, codes = np.unique(values.astype(str) if not numeric else values, return_inverse=True)
     names = [str(u.item() if hasattr(u, "item") else u) for u in uniq]
     return _Strata(codes.astype(np.int64), names, "binary" if len(uniq) == 2 else "multiclass")
@@ -122,8 +121,27 @@ def _greedy(X: np.ndarray, T: np.ndarray, w: np.ndarray, n_folds: int, rng: np.r
     return assign
 
 
+def _profiles(X: np.ndarray, members: np.ndarray, rng: np.random.Generator, limit: int) -> np.ndarray:
+    """One representative per distinct group profile (swapping identical groups changes
+    nothing), at most ``limit`` of them (a seeded sample) to bound the swap search."""
+    if len(members) == 0:
+        return members
+    _, first = np.unique(X[members], axis=0, return_index=True)
+    reps = members[np.sort(first)]
+    if len(reps) > limit:
+        reps = np.sort(rng.choice(reps, size=limit, replace=False))
+    return reps
+
+
 def _local_search(
-    X: np.ndarray, T: np.ndarray, w: np.ndarray, assign: np.ndarray, n_folds: int, max_iter: int = 2000
+    X: np.ndarray,
+    T: np.ndarray,
+    w: np.ndarray,
+    assign: np.ndarray,
+    n_folds: int,
+    rng: np.random.Generator,
+    max_iter: int = 1000,
+    max_candidates: int = 1024,
 ) -> np.ndarray:
     """Apply the best single move or pairwise swap of groups while the objective drops."""
     assign = assign.copy()
@@ -146,7 +164,7 @@ def _local_search(
             best = (move[g, b], ("move", int(g), int(b)))
         # Swaps g (in a) <-> h (in b): with d = x_g - x_h moving from a to b the change is
         # sum_j w_j (2 d_j (F_bj - F_aj) + 2 d_j^2)  =  A_g + B_h - 4 sum_j w_j x_gj x_hj.
-        members = [np.flatnonzero(assign == k) for k in range(n_folds)]
+        members = [_profiles(X, np.flatnonzero(assign == k), rng, max_candidates) for k in range(n_folds)]
         for a in range(n_folds):
             for b in range(a + 1, n_folds):
                 ga, hb = members[a], members[b]
@@ -242,7 +260,7 @@ def assign_folds(
     rng = np.random.default_rng(seed)
     assign = _greedy(X, T, w, n_folds, rng)
     if refine:
-        assign = _local_search(X, T, w, assign, n_folds)
+        assign = _local_search(X, T, w, assign, n_folds, rng)
     assign = _fill_empty(X, assign, n_folds)
     return assign[groups]
 
