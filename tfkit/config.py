@@ -68,7 +68,8 @@ class AugmentConfig:
     zoom: float = 0.0  # max relative zoom, e.g. 0.1 -> [0.9, 1.1]
     shift: float = 0.0  # max shift as a fraction of the side
     fill_mode: str = "reflect"  # reflect | wrap | nearest | constant
-    fill_value: float = 0.0
+    fill_value: float = 0.0  # constant fill, on the [0, 1] scale
+    interpolation: str = "nearest"  # nearest (one gather) | bilinear (four gathers)
     crop_p: float = 0.0  # random resized crop
     crop_scale: list[float] = field(default_factory=lambda: [0.6, 1.0])
     crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])
@@ -169,6 +170,7 @@ class TrainConfig:
     sam_rho: float = 0.0  # sharpness-aware minimisation radius; 0 turns SAM off
     freeze_epochs: int = 0  # train the head only for this many epochs first
     layer_lr_decay: float = 1.0  # discriminative LR: earlier blocks get lr * decay^depth
+    layer_lr_groups: int = 5  # backbone layers are cut into this many groups for layer_lr_decay
     progressive: list[list[int]] = field(default_factory=list)  # [[epoch, image_size], ...]
     monitor: str = "val_loss"
     early_stopping: int = 0  # patience in epochs; 0 turns it off
