@@ -1,0 +1,341 @@
+"""Metrics, twice: numpy (``compute_metrics``, on out-of-fold predictions,
+the numbers a CV score is built from) and Keras streaming metrics
+(``keras_metrics``, logged during training).
+
+The numpy metrics are our own implementations (tests check them against
+scikit-learn): accuracy, ROC AUC (binary; macro one-vs-rest for multiclass and
+multilabel), F1 (positive class for binary, macro otherwise), log loss and
+quadratic weighted kappa (Keras has none; ``QuadraticWeightedKappa`` streams it).
+
+Example:
+    >>> import numpy as np
+    >>> compute_metrics(np.array([0, 1, 1]), np.array([0.2, 0.7, 0.4]), "binary")["accuracy"]
+    0.6666666666666666
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+from keras import ops
+
+from tfkit.utils import TfkitError
+
+METRICS = ("accuracy", "auc", "f1", "log_loss", "qwk", "rmse", "mae")
+# Clip probabilities before the log like scikit-learn, so a confident wrong
+# prediction costs a large but finite amount.
+_EPS = 1e-15
+
+
+# --------------------------------------------------------------------------- numpy
+
+
+def binary_auc(y_true: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC by the rank-sum (Mann-Whitney) formula; ties count one half.
+
+    Args:
+        y_true: 0/1 labels.
+        score: higher means more likely positive.
+
+    Returns:
+        AUC in [0, 1], or NaN when only one class is present.
+
+    Example:
+        >>> binary_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
+        0.75
+    """
+    from scipy.stats import rankdata
+
+    y = np.asarray(y_true).astype(bool).reshape(-1)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(np.asarray(score, dtype=np.float64).reshape(-1))
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    denom = 2 * tp + fp + fn
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+
+
+def quadratic_weighted_kappa(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int | None = None) -> float:
+    """Cohen's kappa with quadratic weights over ratings ``0..num_classes-1``.
+
+    ``1 - sum(W * O) / sum(W * E)`` with ``O`` the confusion matrix, ``E`` the
+    outer product of the two rating histograms over ``n`` and
+    ``W[i, j] = (i - j)**2``. Equals ``sklearn.metrics.cohen_kappa_score(...,
+    weights="quadratic", labels=range(num_classes))``.
+
+    Args:
+        y_true: integer ratings.
+        y_pred: integer ratings.
+        num_classes: number of ratings; defaults to ``max(y_true, y_pred) + 1``.
+
+    Returns:
+        Kappa in [-1, 1]; 1.0 when both vectors are the same constant (no
+        disagreement is possible: scikit-learn returns NaN there).
+
+    Example:
+        >>> quadratic_weighted_kappa([0, 1, 2, 3], [0, 1, 2, 3])
+        1.0
+    """
+    t = np.asarray(y_true, dtype=np.int64).reshape(-1)
+    p = np.asarray(y_pred, dtype=np.int64).reshape(-1)
+    if t.shape != p.shape:
+        raise TfkitError(f"quadratic_weighted_kappa: {t.size} labels but {p.size} predictions")
+    if t.size == 0:
+        raise TfkitError("quadratic_weighted_kappa: no ratings")
+    if min(t.min(), p.min()) < 0:
+        raise TfkitError("quadratic_weighted_kappa: ratings must be >= 0")
+    k = int(num_classes or max(t.max(), p.max()) + 1)
+    observed = np.zeros((k, k), dtype=np.float64)
+    np.add.at(observed, (t, p), 1.0)
+    return _kappa_from_confusion(observed)
+
+
+def _kappa_from_confusion(observed: np.ndarray) -> float:
+    k = observed.shape[0]
+    idx = np.arange(k, dtype=np.float64)
+    weights = (idx[:, None] - idx[None, :]) ** 2
+    n = observed.sum()
+    expected = np.outer(observed.sum(1), observed.sum(0)) / max(n, 1.0)
+    denom = float((weights * expected).sum())
+    return 1.0 if denom == 0 else float(1.0 - (weights * observed).sum() / denom)
+
+
+def _as_2d(proba: np.ndarray) -> np.ndarray:
+    proba = np.asarray(proba, dtype=np.float64)
+    return proba[:, None] if proba.ndim == 1 else proba
+
+
+def compute_metrics(
+    labels: Any, proba: Any, task: str, names: Sequence[str] | None = None, num_classes: int | None = None
+) -> dict[str, float]:
+    """Metrics of predictions against labels, in numpy.
+
+    Args:
+        labels: class indices ``[N]`` (binary, multiclass; one-hot ``[N, C]``
+            is accepted), multi-hot ``[N, C]`` (multilabel) or targets ``[N]``
+            (regression).
+        proba: ``[N, C]`` probabilities (multiclass, multilabel); ``[N]``,
+            ``[N, 1]`` (P(class 1)) or ``[N, 2]`` (binary); ``[N]`` predictions
+            (regression).
+        task: ``binary | multiclass | multilabel | regression``.
+        names: metrics to return (default: all that apply to the task).
+        num_classes: ratings for QWK (default from the data).
+
+    Returns:
+        ``{name: float}``. binary: accuracy (threshold 0.5), auc, f1 (positive
+        class), log_loss, qwk. multiclass: accuracy (argmax), auc (macro
+        one-vs-rest over classes with positives and negatives), f1 (macro over
+        classes in labels or predictions, like scikit-learn), log_loss, qwk of
+        the argmax. multilabel: accuracy (per label, threshold 0.5), auc and
+        f1 (macro over labels), log_loss (mean binary cross-entropy).
+        regression: rmse, mae, qwk (predictions rounded and clipped to the
+        label range).
+
+    Raises:
+        TfkitError: shape mismatch, unknown task or metric name.
+
+    Example:
+        >>> m = compute_metrics([0, 2, 1], [[.8, .1, .1], [.1, .2, .7], [.3, .4, .3]], "multiclass")
+        >>> m["accuracy"], m["qwk"]
+        (1.0, 1.0)
+    """
+    if names is not None:
+        unknown = [n for n in names if n not in METRICS]
+        if unknown:
+            raise TfkitError(f"metrics: unknown metric {unknown[0]!r} (expected some of: {', '.join(METRICS)})")
+    y = np.asarray(labels)
+    out: dict[str, float] = {}
+    if task in ("binary", "multiclass"):
+        p = _as_2d(proba)
+        if y.ndim == 2:
+            y = y.argmax(1) if y.shape[1] > 1 else y[:, 0]
+        y = y.astype(np.int64).reshape(-1)
+        if p.shape[0] != y.size:
+            raise TfkitError(f"compute_metrics: {y.size} labels but {p.shape[0]} predictions")
+        if task == "binary":
+            if p.shape[1] > 2:
+                raise TfkitError(f"compute_metrics: binary task but predictions have {p.shape[1]} columns")
+            p1 = p[:, -1]
+            pred = (p1 >= 0.5).astype(np.int64)
+            pc = np.clip(p1, _EPS, 1 - _EPS)
+            tp, fp, fn = np.sum((pred == 1) & (y == 1)), np.sum((pred == 1) & (y == 0)), np.sum((pred == 0) & (y == 1))
+            out = {
+                "accuracy": float(np.mean(pred == y)),
+                "auc": binary_auc(y, p1),
+                "f1": float(_f1(np.array(tp), np.array(fp), np.array(fn))),
+                "log_loss": float(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))),
+                "qwk": quadratic_weighted_kappa(y, pred, 2),
+            }
+        else:
+            c = p.shape[1]
+            if y.size and (y.min() < 0 or y.max() >= c):
+                raise TfkitError(f"compute_metrics: label outside 0..{c - 1}")
+            pred = p.argmax(1)
+            aucs = [binary_auc(y == k, p[:, k]) for k in range(c)]
+            aucs = [a for a in aucs if not np.isnan(a)]
+            onehot_t, onehot_p = np.eye(c)[y], np.eye(c)[pred]
+            tp = (onehot_t * onehot_p).sum(0)
+            fp = onehot_p.sum(0) - tp
+            fn = onehot_t.sum(0) - tp
+            present = (onehot_t.sum(0) + onehot_p.sum(0)) > 0
+            pc = np.clip(p, _EPS, 1 - _EPS)
+            pc = pc / pc.sum(1, keepdims=True)
+            out = {
+                "accuracy": float(np.mean(pred == y)),
+                "auc": float(np.mean(aucs)) if aucs else float("nan"),
+                "f1": float(_f1(tp, fp, fn)[present].mean()),
+                "log_loss": float(-np.mean(np.log(pc[np.arange(y.size), y]))),
+                "qwk": quadratic_weighted_kappa(y, pred, num_classes or c),
+            }
+    elif task == "multilabel":
+        p = _as_2d(proba)
+        y = y.astype(np.int64).reshape(p.shape)
+        pred = (p >= 0.5).astype(np.int64)
+        pc = np.clip(p, _EPS, 1 - _EPS)
+        tp = ((pred == 1) & (y == 1)).sum(0)
+        fp = ((pred == 1) & (y == 0)).sum(0)
+        fn = ((pred == 0) & (y == 1)).sum(0)
+        aucs = [a for a in (binary_auc(y[:, k], p[:, k]) for k in range(p.shape[1])) if not np.isnan(a)]
+        out = {
+            "accuracy": float(np.mean(pred == y)),
+            "auc": float(np.mean(aucs)) if aucs else float("nan"),
+            "f1": float(_f1(tp, fp, fn).mean()),
+            "log_loss": float(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))),
+        }
+    elif task == "regression":
+        t = y.astype(np.float64).reshape(-1)
+        p = np.asarray(proba, dtype=np.float64).reshape(-1)
+        if p.size != t.size:
+            raise TfkitError(f"compute_metrics: {t.size} labels but {p.size} predictions")
+        err = p - t
+        out = {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
+        if np.all(np.mod(t, 1) == 0) and t.min() >= 0:
+            lo, hi = int(t.min()), int(t.max())
+            rounded = np.clip(np.rint(p), lo, hi).astype(np.int64)
+            out["qwk"] = quadratic_weighted_kappa(t.astype(np.int64), rounded, num_classes)
+    else:
+        raise TfkitError(f"compute_metrics: unknown task {task!r}")
+    if names is not None:
+        out = {n: out[n] for n in names if n in out}
+    return out
+
+
+# --------------------------------------------------------------------------- keras
+
+
+@keras.saving.register_keras_serializable(package="tfkit")
+class QuadraticWeightedKappa(keras.metrics.Metric):
+    """Streaming quadratic weighted kappa: accumulates a ``C x C`` confusion
+    matrix over batches (one-hot matmul: XLA- and TPU-friendly), kappa at the end.
+
+    Args:
+        num_classes: number of ratings.
+        task: ``multiclass`` (argmax of one-hot targets and probabilities),
+            ``binary`` ([B, 1] targets, threshold 0.5) or ``regression``
+            (targets and predictions rounded, clipped to ``0..C-1``).
+        name: metric name.
+
+    Example:
+        >>> m = QuadraticWeightedKappa(3)
+        >>> m.update_state(np.eye(3)[[0, 1, 2]], np.eye(3)[[0, 1, 2]])
+        >>> float(m.result())
+        1.0
+    """
+
+    def __init__(self, num_classes: int, task: str = "multiclass", name: str = "qwk", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.num_classes = int(num_classes) if task != "binary" else 2
+        self.task = task
+        self.confusion = self.add_variable(
+            shape=(self.num_classes, self.num_classes), initializer="zeros", name="confusion", dtype="float32"
+        )
+
+    def _ratings(self, v: Any, is_pred: bool) -> Any:
+        v = ops.cast(v, "float32")
+        if self.task == "multiclass":
+            return ops.argmax(v, axis=-1)
+        v = ops.reshape(v, (-1,))
+        if self.task == "binary":
+            return ops.cast(v >= 0.5, "int32")
+        return ops.cast(ops.clip(ops.round(v), 0, self.num_classes - 1), "int32")
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        t = ops.one_hot(self._ratings(y_true, False), self.num_classes, dtype="float32")
+        p = ops.one_hot(self._ratings(y_pred, True), self.num_classes, dtype="float32")
+        if sample_weight is not None:
+            t = t * ops.reshape(ops.cast(sample_weight, "float32"), (-1, 1))
+        self.confusion.assign_add(ops.matmul(ops.transpose(t), p))
+
+    def result(self) -> Any:
+        o = ops.convert_to_tensor(self.confusion)
+        idx = ops.cast(ops.arange(self.num_classes), "float32")
+        w = ops.square(idx[:, None] - idx[None, :])
+        n = ops.maximum(ops.sum(o), 1.0)
+        e = ops.outer(ops.sum(o, axis=1), ops.sum(o, axis=0)) / n
+        num, den = ops.sum(w * o), ops.sum(w * e)
+        return ops.where(den > 0, 1.0 - num / ops.where(den > 0, den, 1.0), 1.0)
+
+    def reset_state(self) -> None:
+        self.confusion.assign(ops.zeros((self.num_classes, self.num_classes), dtype="float32"))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "num_classes": self.num_classes, "task": self.task}
+
+
+def keras_metrics(names: Sequence[str], task: str, num_classes: int) -> list[keras.metrics.Metric]:
+    """Keras metric objects for ``compile(metrics=...)``, named like the numpy ones.
+
+    Args:
+        names: e.g. ``["accuracy", "auc", "f1", "log_loss", "qwk"]``; names that
+            do not apply to the task (e.g. ``rmse`` for multiclass, ``qwk`` for
+            multilabel) are skipped.
+        task: ``binary | multiclass | multilabel | regression``.
+        num_classes: number of classes (ratings for regression QWK).
+
+    Returns:
+        A list of metrics; logged as ``accuracy``, ``auc``, ``f1``, ``log_loss``,
+        ``qwk``, ``rmse``, ``mae`` (``val_`` prefixed on validation data).
+
+    Raises:
+        TfkitError: an unknown name.
+
+    Example:
+        >>> [m.name for m in keras_metrics(["accuracy", "qwk"], "multiclass", 5)]
+        ['accuracy', 'qwk']
+    """
+    out: list[keras.metrics.Metric] = []
+    for name in names:
+        if name not in METRICS:
+            raise TfkitError(f"train.metrics: unknown metric {name!r} (expected some of: {', '.join(METRICS)})")
+        m: keras.metrics.Metric | None = None
+        if task == "regression":
+            if name == "rmse":
+                m = keras.metrics.RootMeanSquaredError(name="rmse")
+            elif name == "mae":
+                m = keras.metrics.MeanAbsoluteError(name="mae")
+            elif name == "qwk" and num_classes >= 2:
+                m = QuadraticWeightedKappa(num_classes, task="regression")
+        elif name == "accuracy":
+            m = (keras.metrics.CategoricalAccuracy if task == "multiclass" else keras.metrics.BinaryAccuracy)(name="accuracy")
+        elif name == "auc":
+            if task == "binary":
+                m = keras.metrics.AUC(name="auc")
+            else:  # mean of per-class AUCs = macro one-vs-rest
+                m = keras.metrics.AUC(multi_label=True, num_labels=num_classes, name="auc")
+        elif name == "f1":
+            # threshold None = argmax row-wise (multiclass); 0.5 for sigmoid outputs.
+            m = keras.metrics.F1Score(average="macro", threshold=None if task == "multiclass" else 0.5, name="f1")
+        elif name == "log_loss":
+            m = (keras.metrics.CategoricalCrossentropy if task == "multiclass" else keras.metrics.BinaryCrossentropy)(name="log_loss")
+        elif name == "qwk" and task in ("binary", "multiclass"):
+            m = QuadraticWeightedKappa(num_classes, task=task)
+        if m is not None:
+            out.append(m)
+    return out
