@@ -1,0 +1,882 @@
+"""Hyperparameter search over the K-fold setup with Keras Tuner.
+
+A *search space* is a YAML mapping of dotted config keys to specs, applied on
+top of a base training config::
+
+    model.name: {choice: [small_cnn, efficientnet_b0]}
+    train.lr: {min: 1.0e-4, max: 1.0e-2, log: true}
+    model.dropout: {min: 0.0, max: 0.5, step: 0.1}
+    data.image_size: {choice: [32, 48]}
+    train.ema: {choice: [0.0, 0.999]}
+    augment.mixup_p: {min: 0.0, max: 0.5}
+    data.cache: {boolean: true}
+    train.epochs: 3                     # a fixed value (or {fixed: 3})
+
+Each trial builds a full :class:`tfkit.config.Config` (base + the trial's
+values), trains it with :func:`tfkit.train.train_fold` on one fold (fast) or on
+every fold (``cv=True``: the objective is the mean of the per-fold scores) and
+reports the score to a Keras Tuner oracle (random, Bayesian or Hyperband).
+
+The parts are pluggable: :func:`build_oracle` (or any ``keras_tuner.Oracle``),
+:class:`SpaceHyperModel` (a ``keras_tuner.HyperModel`` whose ``build`` returns
+the trial's Config), and :class:`KFoldTuner` (the tuner; its ``train_fn`` is
+``train_fold`` by default).
+
+Re-running the same command resumes: finished trials are kept, an interrupted
+trial is run again, and ``max_trials`` may be raised to extend a search.
+Setting ``KERASTUNER_TUNER_ID`` / ``KERASTUNER_ORACLE_IP`` /
+``KERASTUNER_ORACLE_PORT`` runs Keras Tuner's chief/worker mode: the chief
+(``KERASTUNER_TUNER_ID=chief``) serves the oracle and writes the outputs; each
+worker (``tuner0``, ``tuner1``, ...) runs trials. Workers share ``out``.
+
+Outputs in ``out``: ``trials.csv`` (ranked), ``best_config.yaml`` (a full
+config for ``tfkit train --config``), ``best.json``, ``score_by_trial.png``,
+``score_vs_hparams.png``; Keras Tuner's state lives in ``out/search`` and each
+trial's training run in ``out/search/trial_<id>/run``.
+
+Example:
+    >>> summary = tune(load_config("base.yaml"), "space.yaml", "records", "tune_out",
+    ...                tuner="bayesian", max_trials=20, objective="val_auc", cv=True)  # doctest: +SKIP
+    >>> summary["best_score"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import math
+import os
+import sys
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from tfkit.config import (
+    AUGMENT_PRESETS,
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    save_config,
+)
+from tfkit.utils import TfkitError, prepare_out_dir, read_json, write_csv, write_json
+
+SPEC_KEYS = ("choice", "min", "max", "step", "log", "boolean", "fixed", "default")
+TUNERS = ("random", "bayesian", "hyperband")
+PROJECT = "search"  # Keras Tuner's project folder inside ``out``
+_STATE_FILE = "tune_spec.json"  # what this search was started with (guards resume)
+_TRIAL_FILE = "tfkit_trial.json"  # per-trial record written by whoever ran it
+
+
+# --------------------------------------------------------------------------- space
+
+
+@dataclass(frozen=True)
+class Param:
+    """One tuned config key.
+
+    Attributes:
+        key: dotted config key, e.g. ``"train.lr"`` (also the hyperparameter name).
+        kind: ``"choice"``, ``"int"``, ``"float"`` or ``"boolean"``.
+        values: the choices (``kind == "choice"``), already coerced to the field's type.
+        min, max, step: range bounds and optional step (``int`` / ``float``).
+        log: sample the range log-uniformly.
+        default: the value Keras Tuner starts from (``None``: its own default).
+        encoded: choices that are not plain scalars (lists, ``None``) travel
+            through Keras Tuner as JSON strings.
+    """
+
+    key: str
+    kind: str
+    values: tuple = ()
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    log: bool = False
+    default: Any = None
+    encoded: bool = False
+
+    def declare(self, hp: Any) -> None:
+        """Register this parameter on a ``keras_tuner.HyperParameters``."""
+        sampling = "log" if self.log else "linear"
+        if self.kind == "choice":
+            values = [json.dumps(v) for v in self.values] if self.encoded else list(self.values)
+            default = json.dumps(self.default) if self.encoded and self.default is not None else self.default
+            hp.Choice(self.key, values, default=default)
+        elif self.kind == "int":
+            hp.Int(self.key, int(self.min), int(self.max), step=None if self.step is None else int(self.step),
+                   sampling=sampling, default=self.default)
+        elif self.kind == "float":
+            hp.Float(self.key, float(self.min), float(self.max), step=self.step, sampling=sampling,
+                     default=self.default)
+        else:
+            hp.Boolean(self.key, default=bool(self.default))
+
+    def decode(self, raw: Any) -> Any:
+        """The config value for a raw Keras Tuner value."""
+        return json.loads(raw) if self.encoded else raw
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search space: tuned parameters plus fixed overrides.
+
+    Build it with :func:`load_space`.
+    """
+
+    params: tuple[Param, ...]
+    fixed: Mapping[str, Any]
+    source: str = "search space"
+
+    @property
+    def keys(self) -> list[str]:
+        """The tuned config keys, in file order."""
+        return [p.key for p in self.params]
+
+    def declare(self, hp: Any) -> None:
+        """Register every tuned parameter on ``hp`` (``keras_tuner.HyperParameters``)."""
+        for p in self.params:
+            p.declare(hp)
+
+    def values_from(self, hp_values: Mapping[str, Any]) -> dict[str, Any]:
+        """Config values (decoded) of the tuned keys present in ``hp_values``."""
+        return {p.key: p.decode(hp_values[p.key]) for p in self.params if p.key in hp_values}
+
+    def config_for(self, base: Config, values: Mapping[str, Any]) -> Config:
+        """The full config of one trial: ``base``, then the fixed keys, then ``values``.
+
+        Choosing ``augment.preset`` resets the augment section to that preset
+        (the base's own augment keys describe another preset); other
+        ``augment.*`` keys of the space still apply on top.
+
+        Args:
+            base: the base training config.
+            values: dotted key -> config value (as from :meth:`values_from`).
+
+        Returns:
+            A new :class:`Config`; ``base`` is not modified.
+        """
+        merged = {**self.fixed, **values}
+        nested = config_to_dict(base)
+        if "augment.preset" in merged:
+            nested["augment"] = {}
+        for key, value in merged.items():
+            section, name = key.split(".", 1)
+            nested[section][name] = value
+        try:
+            return config_from_dict(nested)
+        except ConfigError as e:
+            raise TfkitError(f"{self.source}: {e}") from None
+
+
+def _field_type(section: str, name: str) -> Any:
+    section_cls = type(getattr(Config(), section))
+    return typing.get_type_hints(section_cls)[name]
+
+
+def _number_kind(annotation: Any) -> str | None:
+    """'int' / 'float' for numeric fields (Optional allowed), else None."""
+    args = typing.get_args(annotation) or (annotation,)
+    args = [a for a in args if a is not type(None)]
+    if args == [int]:
+        return "int"
+    if args == [float]:
+        return "float"
+    return None
+
+
+def _check_value(source: str, key: str, value: Any) -> Any:
+    """Coerce ``value`` for ``key`` through tfkit.config; a clear error otherwise."""
+    section, name = key.split(".", 1)
+    try:
+        cfg = config_from_dict({section: {name: value}})
+    except ConfigError as e:
+        raise TfkitError(f"{source}: {e}") from None
+    return getattr(getattr(cfg, section), name)
+
+
+def _flatten(source: str, mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys, accepting nested sections (``train: {lr: ...}``) too."""
+    sections = {f.name for f in dataclasses.fields(Config)}
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        key = str(key)
+        if key in sections and isinstance(value, Mapping) and not (set(value) & set(SPEC_KEYS)):
+            for sub, spec in value.items():
+                flat[f"{key}.{sub}"] = spec
+        else:
+            flat[key] = value
+    for key in flat:
+        parts = key.split(".")
+        if len(parts) != 2 or parts[0] not in sections:
+            raise TfkitError(
+                f"{source}: unknown config key '{key}' (expected section.key with a section among: "
+                f"{', '.join(sorted(sections))})"
+            )
+        fields = {f.name for f in dataclasses.fields(type(getattr(Config(), parts[0])))}
+        if parts[1] not in fields:
+            raise TfkitError(
+                f"{source}: unknown config key '{key}' (expected one of: "
+                f"{', '.join(f'{parts[0]}.{f}' for f in sorted(fields))})"
+            )
+        if dataclasses.is_dataclass(getattr(getattr(Config(), parts[0]), parts[1])):
+            raise TfkitError(f"{source}: '{key}' is a section, not a key")
+    return flat
+
+
+def _parse_param(source: str, key: str, spec: Mapping[str, Any]) -> Param | tuple[str, Any]:
+    unknown = sorted(set(map(str, spec)) - set(SPEC_KEYS))
+    where = f"{source}: {key}"
+    if unknown:
+        raise TfkitError(f"{where}: unknown spec key(s) {unknown} (expected some of: {', '.join(SPEC_KEYS)})")
+    forms = [f for f in ("choice", "boolean", "fixed") if f in spec] + (["range"] if {"min", "max"} & set(spec) else [])
+    if len(forms) != 1:
+        raise TfkitError(
+            f"{where}: expected exactly one of {{choice: [...]}}, {{min: .., max: ..}}, {{boolean: true}}, "
+            f"{{fixed: value}}; got {dict(spec)!r}"
+        )
+    form = forms[0]
+    extra = {"choice": {"step", "log", "min", "max"}, "boolean": {"step", "log", "min", "max"},
+             "fixed": {"step", "log", "min", "max", "default"}, "range": set()}[form] & set(spec)
+    if extra:
+        raise TfkitError(f"{where}: {sorted(extra)} cannot be used with {form}")
+    default = spec.get("default")
+    if form == "fixed":
+        return key, _check_value(source, key, spec["fixed"])
+    if form == "boolean":
+        if spec["boolean"] is not True:
+            raise TfkitError(f"{where}: write {{boolean: true}} to tune a true/false key, got {spec['boolean']!r}")
+        if _field_type(*key.split(".", 1)) is not bool:
+            raise TfkitError(f"{where}: {{boolean: true}} needs a true/false key; {key} is {_field_type(*key.split('.', 1))}")
+        if default is not None:
+            _check_value(source, key, default)
+        return Param(key, "boolean", default=default)
+    if form == "choice":
+        raw = spec["choice"]
+        if not isinstance(raw, list) or not raw:
+            raise TfkitError(f"{where}: choice expects a non-empty list, got {raw!r}")
+        values = [_check_value(source, key, v) for v in raw]
+        if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+            raise TfkitError(f"{where}: choice has duplicate values {raw!r}")
+        if key == "augment.preset":
+            bad = [v for v in values if v not in AUGMENT_PRESETS]
+            if bad:
+                raise TfkitError(f"{where}: unknown preset(s) {bad} (expected some of: {', '.join(AUGMENT_PRESETS)})")
+        if key == "model.name":
+            from tfkit.models import list_models
+
+            known = list_models()
+            bad = [v for v in values if v not in known]
+            if bad:
+                raise TfkitError(f"{where}: unknown model(s) {bad} (see tfkit.models.list_models())")
+        scalar_types = {type(v) for v in values}
+        encoded = not (len(scalar_types) == 1 and scalar_types <= {int, float, str, bool})
+        if default is not None:
+            default = _check_value(source, key, default)
+            if default not in values:
+                raise TfkitError(f"{where}: default {default!r} is not among the choices {values!r}")
+        return Param(key, "choice", values=tuple(values), default=default, encoded=encoded)
+    # range
+    kind = _number_kind(_field_type(*key.split(".", 1)))
+    if kind is None:
+        raise TfkitError(f"{where}: min/max needs a numeric key; use {{choice: [...]}} for {key}")
+    if "min" not in spec or "max" not in spec:
+        raise TfkitError(f"{where}: a range needs both min and max, got {dict(spec)!r}")
+    lo, hi, step, log = spec["min"], spec["max"], spec.get("step"), spec.get("log", False)
+    for name, v in (("min", lo), ("max", hi)) + ((("step", step),) if step is not None else ()):
+        ok = isinstance(v, int) if kind == "int" else isinstance(v, (int, float))
+        if isinstance(v, bool) or not ok:
+            raise TfkitError(f"{where}: {name} must be {'an integer' if kind == 'int' else 'a number'}, got {v!r}")
+    if not isinstance(log, bool):
+        raise TfkitError(f"{where}: log must be true or false, got {log!r}")
+    if not lo < hi:
+        raise TfkitError(f"{where}: min must be below max, got min={lo!r} max={hi!r}")
+    if step is not None and step <= 0:
+        raise TfkitError(f"{where}: step must be positive, got {step!r}")
+    if log and lo <= 0:
+        raise TfkitError(f"{where}: log sampling needs min > 0, got min={lo!r}")
+    if log and step is not None and step <= 1:
+        raise TfkitError(f"{where}: with log: true, step is a multiplier and must exceed 1, got {step!r}")
+    for v in (lo, hi):
+        _check_value(source, key, v)
+    if default is not None:
+        default = _check_value(source, key, default)
+        if not lo <= default <= hi:
+            raise TfkitError(f"{where}: default {default!r} is outside [{lo}, {hi}]")
+    return Param(key, kind, min=lo, max=hi, step=step, log=log, default=default)
+
+
+def load_space(space: str | os.PathLike | Mapping[str, Any]) -> SearchSpace:
+    """Read and validate a search space.
+
+    Args:
+        space: a YAML file (``yaml.safe_load``) or an already-parsed mapping of
+            dotted config keys (or nested sections) to specs: ``{choice: [...]}``,
+            ``{min, max[, step][, log]}`` (int or float by the key's type),
+            ``{boolean: true}``, ``{fixed: value}`` or a bare fixed value. Any
+            spec may add ``default``.
+
+    Returns:
+        The validated :class:`SearchSpace`.
+
+    Raises:
+        TfkitError: an unknown key (named), a malformed spec, a value of the
+            wrong type for its key, or a space that tunes nothing.
+
+    Example:
+        >>> s = load_space({"train.lr": {"min": 1e-4, "max": 1e-2, "log": True}, "train.epochs": 2})
+        >>> s.keys, dict(s.fixed)
+        (['train.lr'], {'train.epochs': 2})
+    """
+    if isinstance(space, Mapping):
+        source, mapping = "search space", space
+    else:
+        path = Path(space)
+        source = str(path)
+        if not path.is_file():
+            raise TfkitError(f"search space file not found: {path}")
+        with open(path, encoding="utf-8") as f:
+            try:
+                mapping = yaml.safe_load(f)
+            except yaml.YAMLError as e:
+                raise TfkitError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(mapping, Mapping):
+        raise TfkitError(f"{source}: expected a mapping of config keys to specs, got {type(mapping).__name__}")
+    params: list[Param] = []
+    fixed: dict[str, Any] = {}
+    for key, spec in _flatten(source, mapping).items():
+        if isinstance(spec, Mapping):
+            parsed = _parse_param(source, key, spec)
+        else:
+            parsed = (key, _check_value(source, key, spec))
+        if isinstance(parsed, Param):
+            params.append(parsed)
+        else:
+            fixed[parsed[0]] = parsed[1]
+    if not params:
+        raise TfkitError(f"{source}: the space tunes nothing (give at least one key a choice, range or boolean)")
+    return SearchSpace(tuple(params), fixed, source)
+
+
+# --------------------------------------------------------------------------- objective / oracle
+
+
+def parse_objective(objective: str) -> Any:
+    """``"val_auc"`` or ``"val_auc:max"`` -> ``keras_tuner.Objective``.
+
+    Without a direction, names containing ``loss`` (or ``error``) are minimised
+    and everything else is maximised.
+
+    Example:
+        >>> parse_objective("val_loss").direction, parse_objective("val_qwk:max").direction
+        ('min', 'max')
+    """
+    import keras_tuner
+
+    text = str(objective).strip()
+    name, _, direction = text.partition(":")
+    name, direction = name.strip(), direction.strip().lower()
+    if not name:
+        raise TfkitError(f"--objective: expected a metric name such as val_auc or val_loss:min, got {objective!r}")
+    if not direction:
+        direction = "min" if ("loss" in name or "error" in name) else "max"
+    if direction not in ("min", "max"):
+        raise TfkitError(f"--objective {objective!r}: direction must be min or max, got {direction!r}")
+    return keras_tuner.Objective(name, direction)
+
+
+def build_oracle(name: str, objective: Any, max_trials: int, seed: int = 42, max_epochs: int = 10) -> Any:
+    """A Keras Tuner oracle by name.
+
+    Args:
+        name: ``"random"``, ``"bayesian"`` or ``"hyperband"``.
+        objective: a ``keras_tuner.Objective`` (see :func:`parse_objective`).
+        max_trials: trial budget (Hyperband also stops at its own bracket plan).
+        seed: oracle seed.
+        max_epochs: Hyperband's largest epoch budget (trials train
+            ``tuner/epochs`` epochs, mapped onto ``train.epochs``).
+
+    Returns:
+        A ``keras_tuner.Oracle``.
+
+    Example:
+        >>> build_oracle("random", parse_objective("val_loss"), max_trials=5)  # doctest: +ELLIPSIS
+        <...RandomSearchOracle object at ...>
+    """
+    import keras_tuner
+
+    if not isinstance(max_trials, int) or max_trials < 1:
+        raise TfkitError(f"--trials: expected a positive integer, got {max_trials!r}")
+    common = dict(objective=objective, seed=seed, max_retries_per_trial=0, max_consecutive_failed_trials=3)
+    if name == "random":
+        return keras_tuner.oracles.RandomSearchOracle(max_trials=max_trials, **common)
+    if name == "bayesian":
+        return keras_tuner.oracles.BayesianOptimizationOracle(
+            max_trials=max_trials, num_initial_points=min(max_trials, 3), **common
+        )
+    if name == "hyperband":
+        if max_epochs < 2:
+            raise TfkitError(f"hyperband needs train.epochs >= 2 as its epoch budget, got {max_epochs}")
+        oracle = keras_tuner.oracles.HyperbandOracle(max_epochs=max_epochs, factor=3, **common)
+        oracle.max_trials = max_trials  # cap: create_trial stops at max_trials
+        return oracle
+    raise TfkitError(f"--tuner: expected one of {', '.join(TUNERS)}, got {name!r}")
+
+
+# --------------------------------------------------------------------------- hypermodel + tuner
+
+
+def _hypermodel_base() -> type:
+    import keras_tuner
+
+    return keras_tuner.HyperModel
+
+
+class SpaceHyperModel(_hypermodel_base()):  # type: ignore[misc]
+    """A ``keras_tuner.HyperModel`` whose ``build(hp)`` returns the trial's Config.
+
+    Args:
+        base: base training config.
+        space: a :class:`SearchSpace`.
+
+    Example:
+        >>> hm = SpaceHyperModel(Config(), load_space({"train.lr": {"choice": [0.1, 0.01]}}))
+        >>> import keras_tuner; hp = keras_tuner.HyperParameters(); hm.declare_hyperparameters(hp)
+        >>> hm.build(hp).train.lr
+        0.1
+    """
+
+    def __init__(self, base: Config, space: SearchSpace) -> None:
+        super().__init__(name="tfkit", tunable=True)
+        self.base = base
+        self.space = space
+
+    def declare_hyperparameters(self, hp: Any) -> None:
+        self.space.declare(hp)
+
+    def build(self, hp: Any) -> Config:  # returns a Config, not a model: KFoldTuner trains it
+        cfg = self.space.config_for(self.base, self.space.values_from(hp.values))
+        if "tuner/epochs" in hp.values:  # Hyperband's budget for this trial
+            cfg.train.epochs = int(hp.values["tuner/epochs"])
+        return cfg
+
+
+def _fatal_error_type() -> type:
+    from keras_tuner.errors import FatalError
+
+    class TfkitFatalError(FatalError):
+        """A user-fixable error inside a trial: stop the search, do not retry."""
+
+    return TfkitFatalError
+
+
+def fold_score(result: Mapping[str, Any], name: str) -> float:
+    """The objective's value in one fold's summary (as returned by ``train_fold``).
+
+    ``val_<m>`` (or ``<m>``) reads ``result["metrics"][m]``: the metric of the
+    fold's best checkpoint on its validation fold. A name equal to the fold's
+    monitor (e.g. ``val_loss``) reads ``result["best"]``, the monitored value
+    at the best epoch.
+
+    Raises:
+        TfkitError: the metric is not reported; the message lists what is.
+
+    Example:
+        >>> fold_score({"metrics": {"auc": 0.91}, "monitor": "val_loss", "best": 0.3}, "val_auc")
+        0.91
+    """
+    metrics = result.get("metrics") if isinstance(result.get("metrics"), Mapping) else {}
+    short = name[4:] if name.startswith("val_") else name
+    for where, key in ((metrics, short), (metrics, name), (result, name)):
+        value = where.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    if result.get("monitor") == name and isinstance(result.get("best"), (int, float)):
+        return float(result["best"])
+    available = [f"val_{k}" for k in sorted(metrics)] + ([str(result["monitor"])] if result.get("monitor") else [])
+    raise TfkitError(
+        f"--objective {name!r}: the fold reports {available}; pick one of them "
+        "(validation metrics come from train.metrics and the task; the monitor from train.monitor)"
+    )
+
+
+def _base_tuner() -> type:
+    from keras_tuner.engine.base_tuner import BaseTuner
+
+    return BaseTuner
+
+
+class KFoldTuner(_base_tuner()):  # type: ignore[misc]
+    """Keras Tuner tuner whose trials are tfkit K-fold training runs.
+
+    ``run_trial`` builds the trial's Config with the hypermodel, trains each
+    of ``folds`` with ``train_fn`` into ``<project>/trial_<id>/run`` and returns
+    ``{objective: mean fold score, "fold<k>_<objective>": score_k, ...}``.
+    The Keras session is cleared and garbage collected after every fold so
+    memory does not grow across trials.
+
+    Args:
+        oracle: a ``keras_tuner.Oracle`` (see :func:`build_oracle`).
+        hypermodel: a :class:`SpaceHyperModel` (or any HyperModel whose
+            ``build`` returns a Config).
+        records: records folder.
+        folds: the folds each trial trains and scores.
+        manifest: the records' manifest (passed to ``train_fn``).
+        train_fn: ``train_fn(cfg, records, fold, out, manifest=...) -> dict``;
+            defaults to :func:`tfkit.train.train_fold`.
+        directory, project_name: where Keras Tuner keeps its state.
+
+    Example:
+        >>> tuner = KFoldTuner(oracle, SpaceHyperModel(cfg, space), "records", folds=[0],
+        ...                    directory="out", project_name="search")  # doctest: +SKIP
+        >>> tuner.search()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        oracle: Any,
+        hypermodel: Any,
+        records: str | os.PathLike,
+        folds: list[int],
+        manifest: dict | None = None,
+        train_fn: Callable[..., Mapping[str, Any]] | None = None,
+        directory: str | os.PathLike | None = None,
+        project_name: str = PROJECT,
+    ) -> None:
+        super().__init__(oracle, hypermodel, directory=str(directory), project_name=project_name, overwrite=False)
+        self.records = str(records)
+        self.folds = list(folds)
+        self.manifest = manifest
+        if train_fn is None:
+            from tfkit.train import train_fold as train_fn
+        self.train_fn = train_fn
+
+    def trial_run_dir(self, trial_id: str) -> Path:
+        """The training run folder of one trial."""
+        return Path(self.project_dir) / f"trial_{trial_id}" / "run"
+
+    def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
+        name = self.oracle.objective.name
+        start = time.time()
+        try:
+            cfg = self.hypermodel.build(trial.hyperparameters)
+            run_dir = self.trial_run_dir(trial.trial_id)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            # A trial's folder is a tfkit run: `tfkit predict --run` works on it.
+            save_config(cfg, run_dir / "config.yaml")
+            if self.manifest is not None:
+                write_json(run_dir / "manifest.json", self.manifest)
+            scores: dict[int, float] = {}
+            for k in self.folds:
+                result = self.train_fn(cfg, self.records, k, run_dir, manifest=self.manifest)
+                scores[k] = fold_score(result, name)
+                _release_memory()
+        except TfkitError as e:
+            raise _fatal_error_type()(str(e)) from e
+        score = sum(scores.values()) / len(scores)
+        write_json(run_dir / _TRIAL_FILE, {
+            "trial_id": trial.trial_id, "tuner_id": self.tuner_id, "objective": name, "score": score,
+            "fold_scores": {str(k): v for k, v in scores.items()}, "seconds": round(time.time() - start, 3),
+            "epochs": cfg.train.epochs,
+        })
+        return {name: score, **{f"fold{k}_{name}": v for k, v in scores.items()}}
+
+    def on_trial_end(self, trial: Any) -> None:
+        super().on_trial_end(trial)
+        _release_memory()
+        if str(trial.status) not in ("COMPLETED", "TrialStatus.COMPLETED"):
+            last = (trial.message or "").strip().splitlines()[-1:] or ["no message"]
+            print(f"tfkit tune: trial {trial.trial_id} {trial.status}: {last[0]}", file=sys.stderr)
+
+    def save_model(self, trial_id: str, model: Any, step: int = 0) -> None:
+        """Models are saved by ``train_fn`` in the trial's run folder."""
+
+    def load_model(self, trial: Any) -> Any:
+        """Not supported: load ``trial_<id>/run/fold<k>/model.keras`` with tfkit.predict."""
+        raise TfkitError("KFoldTuner keeps models in each trial's run folder; use tfkit predict --run on it")
+
+
+def _release_memory() -> None:
+    import keras
+
+    keras.backend.clear_session()
+    gc.collect()
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _status(trial: Any) -> str:
+    return str(getattr(trial.status, "value", trial.status)).replace("TrialStatus.", "")
+
+
+def trials_table(oracle: Any, space: SearchSpace, directory: str | os.PathLike, folds: list[int]) -> Any:
+    """Every trial as a ``pandas.DataFrame`` ranked by score (best first).
+
+    Columns: ``rank`` (completed trials only), ``trial_id``, ``status``,
+    ``score``, ``score_fold<k>`` per fold, ``tuner_id``, ``seconds``,
+    ``epochs``, then each tuned key (decoded config values).
+    """
+    import pandas as pd
+
+    name, direction = oracle.objective.name, oracle.objective.direction
+    rows = []
+    for tid in oracle.start_order:
+        trial = oracle.trials[tid]
+        row: dict[str, Any] = {"trial_id": tid, "status": _status(trial)}
+        done = row["status"] == "COMPLETED"
+        row["score"] = trial.score if done else math.nan
+        for k in folds:
+            mname = f"fold{k}_{name}"
+            row[f"score_fold{k}"] = trial.metrics.get_last_value(mname) if done and trial.metrics.exists(mname) else math.nan
+        info_path = Path(directory) / PROJECT / f"trial_{tid}" / "run" / _TRIAL_FILE
+        info = read_json(info_path) if info_path.is_file() else {}
+        row["tuner_id"] = info.get("tuner_id", "")
+        row["seconds"] = info.get("seconds", math.nan)
+        row["epochs"] = info.get("epochs", math.nan)
+        for key, value in space.values_from(trial.hyperparameters.values).items():
+            row[key] = json.dumps(value) if isinstance(value, (list, dict)) or value is None else value
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=["trial_id", "status", "score"] + [f"score_fold{k}" for k in folds]
+                         + ["tuner_id", "seconds", "epochs"] + space.keys)
+    if frame.empty:
+        frame.insert(0, "rank", [])
+        return frame
+    completed = frame["status"] == "COMPLETED"
+    order = frame[completed].sort_values("score", ascending=direction == "min", kind="stable")
+    ranked = pd.concat([order, frame[~completed]])
+    ranked.insert(0, "rank", list(range(1, len(order) + 1)) + [None] * int((~completed).sum()))
+    ranked["rank"] = ranked["rank"].astype("Int64")
+    return ranked.reset_index(drop=True)
+
+
+def _plot(frame: Any, space: SearchSpace, objective: Any, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+
+    from tfkit.utils import atomic_write
+
+    done = frame[frame["status"] == "COMPLETED"].copy()
+    done["order"] = [int(t) for t in done["trial_id"]]
+    done = done.sort_values("order")
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(done["order"], done["score"], "o", label="trial")
+    best = done["score"].cummin() if objective.direction == "min" else done["score"].cummax()
+    ax.step(done["order"], best, where="post", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(objective.name)
+    ax.set_title(f"{objective.name} ({objective.direction}) by trial")
+    ax.legend()
+    fig.tight_layout()
+    path = out / "score_by_trial.png"
+    with atomic_write(path, "wb", encoding=None) as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    paths.append(path)
+
+    n = len(space.params)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    for ax, p in zip(axes.flat, space.params):
+        values = done[p.key]
+        if p.kind in ("int", "float"):
+            ax.plot(pd.to_numeric(values), done["score"], "o")
+            if p.log:
+                ax.set_xscale("log")
+        else:
+            labels = [str(v) for v in (json.dumps(v) if p.encoded else v for v in p.values)] if p.kind == "choice" \
+                else ["False", "True"]
+            pos = {lab: i for i, lab in enumerate(labels)}
+            x = np.array([pos.get(str(v), -1) for v in values], dtype=float)
+            jitter = (np.random.default_rng(0).random(len(x)) - 0.5) * 0.2
+            ax.plot(x + jitter, done["score"], "o")
+            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        ax.set_xlabel(p.key)
+        ax.set_ylabel(objective.name)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = out / "score_vs_hparams.png"
+    with atomic_write(path, "wb", encoding=None) as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    paths.append(path)
+    return paths
+
+
+def write_outputs(tuner: KFoldTuner, space: SearchSpace, base: Config, out: str | os.PathLike) -> dict[str, Any]:
+    """Write trials.csv, best_config.yaml, best.json and the plots from the tuner's oracle.
+
+    Returns:
+        Summary dict: ``best_trial``, ``best_score``, ``best_values``,
+        ``n_trials``, ``n_completed``, ``objective``, ``direction`` and the paths.
+
+    Raises:
+        TfkitError: no trial completed (the message carries the last failure).
+    """
+    out = Path(out)
+    oracle = tuner.oracle
+    frame = trials_table(oracle, space, out, tuner.folds)
+    write_csv(out / "trials.csv", frame)
+    completed = frame[frame["status"] == "COMPLETED"]
+    summary: dict[str, Any] = {
+        "objective": oracle.objective.name, "direction": oracle.objective.direction,
+        "n_trials": len(frame), "n_completed": len(completed), "trials_csv": str(out / "trials.csv"),
+    }
+    if completed.empty:
+        failed = [oracle.trials[t] for t in oracle.start_order if oracle.trials[t].message]
+        last = (failed[-1].message.strip().splitlines()[-1] if failed else "no trial ran")
+        raise TfkitError(f"tune: no trial completed in {out} (last failure: {last})")
+    best = oracle.trials[str(completed.iloc[0]["trial_id"])]
+    cfg = tuner.hypermodel.build(best.hyperparameters)
+    save_config(cfg, out / "best_config.yaml")
+    best_values = space.values_from(best.hyperparameters.values)
+    summary.update(
+        best_trial=best.trial_id, best_score=float(best.score), best_values=best_values,
+        best_fold_scores={c[len("score_fold"):]: float(completed.iloc[0][c]) for c in frame if c.startswith("score_fold")},
+        best_config=str(out / "best_config.yaml"), best_run=str(tuner.trial_run_dir(best.trial_id)),
+    )
+    write_json(out / "best.json", summary)
+    summary["plots"] = [str(p) for p in _plot(frame, space, oracle.objective, out)]
+    return summary
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _role() -> str:
+    from keras_tuner.src.distribute import utils as dist_utils
+
+    if not dist_utils.has_chief_oracle():
+        return "local"
+    return "chief" if dist_utils.is_chief_oracle() else "worker"
+
+
+def tune(
+    cfg: Config,
+    space: str | os.PathLike | Mapping[str, Any] | SearchSpace,
+    records: str | os.PathLike,
+    out: str | os.PathLike,
+    tuner: str | Any = "random",
+    max_trials: int = 10,
+    objective: str = "val_accuracy",
+    fold: int = 0,
+    cv: bool = False,
+    overwrite: bool = False,
+    train_fn: Callable[..., Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Search hyperparameters over the K-fold setup; re-running resumes.
+
+    Args:
+        cfg: base training config (the space's keys are applied on top).
+        space: search-space YAML path, mapping, or :class:`SearchSpace`.
+        records: train records folder.
+        out: tuning folder. Re-running with the same arguments continues the
+            search (finished trials are kept; an interrupted one runs again;
+            a larger ``max_trials`` extends it).
+        tuner: ``"random"``, ``"bayesian"``, ``"hyperband"`` or a
+            ``keras_tuner.Oracle`` instance.
+        max_trials: total trial budget (over all runs of this search).
+        objective: metric name, direction inferred (``*loss*`` -> min) or
+            given as ``"val_auc:max"``.
+        fold: the fold scored when ``cv`` is false.
+        cv: score each trial by the mean over ``cfg.train.folds`` (default: all folds).
+        overwrite: discard an existing search in ``out`` and start afresh.
+        train_fn: replaces :func:`tfkit.train.train_fold` (same signature).
+
+    Returns:
+        On the chief (or a single process): the summary of
+        :func:`write_outputs`. On a worker: ``{"role": "worker", "trials": [...]}``
+        listing the trial ids it ran.
+
+    Raises:
+        TfkitError: bad space/objective/fold, a search in ``out`` started with
+            different settings, or no trial completed.
+
+    Example:
+        >>> tune(load_config("base.yaml"), "space.yaml", "records", "tune", tuner="hyperband",
+        ...      max_trials=30, objective="val_loss", cv=True)  # doctest: +SKIP
+    """
+    import keras_tuner
+
+    from tfkit.records import load_manifest
+
+    search_space = space if isinstance(space, SearchSpace) else load_space(space)
+    obj = parse_objective(objective)
+    manifest = load_manifest(records)
+    n_folds = int(manifest["folds"]["n_folds"])
+    if cv:
+        folds = list(cfg.train.folds) if cfg.train.folds is not None else list(range(n_folds))
+    else:
+        folds = [fold]
+    bad = [k for k in folds if not 0 <= k < n_folds]
+    if bad:
+        raise TfkitError(f"--fold/train.folds: fold(s) {bad} do not exist in {records} (it has folds 0..{n_folds - 1})")
+
+    role = _role()
+    out = Path(out)
+    tuner_name = tuner if isinstance(tuner, str) else type(tuner).__name__
+    spec = {
+        "space": {"params": [dataclasses.asdict(p) for p in search_space.params], "fixed": dict(search_space.fixed)},
+        "base": config_to_dict(cfg), "objective": [obj.name, obj.direction], "tuner": tuner_name,
+        "folds": folds, "records": str(Path(records).resolve()),
+    }
+    spec["base"]["train"].pop("verbose", None)  # printing more or less does not change the search
+    spec = json.loads(json.dumps(spec))  # tuples -> lists, as read back from disk
+    state_path = out / _STATE_FILE
+    if role != "worker":
+        if overwrite or not state_path.is_file():
+            prepare_out_dir(out, overwrite=overwrite, what="tuning folder")
+            write_json(state_path, spec)
+    if state_path.is_file():
+        saved = read_json(state_path)
+        changed = sorted(k for k in spec if saved.get(k) != spec[k])
+        if changed:
+            raise TfkitError(
+                f"{out} holds a search started with different {', '.join(changed)}; "
+                "re-run with the original settings to resume, choose another --out, or pass --overwrite"
+            )
+
+    oracle = tuner if not isinstance(tuner, str) else build_oracle(
+        tuner, obj, max_trials, seed=cfg.train.seed, max_epochs=cfg.train.epochs
+    )
+    oracle.max_trials = max_trials  # not part of the saved state: a re-run may raise the budget
+    kt = KFoldTuner(
+        oracle, SpaceHyperModel(cfg, search_space), records, folds, manifest=manifest, train_fn=train_fn,
+        directory=out, project_name=PROJECT,
+    )
+    try:
+        kt.search()
+    except keras_tuner.errors.FatalError as e:
+        cause = e.__cause__ if isinstance(e.__cause__, TfkitError) else None
+        raise TfkitError(str(cause or e)) from e
+    except RuntimeError as e:  # Keras Tuner's "too many consecutive failed trials"
+        if "failed" not in str(e):
+            raise
+        raise TfkitError(f"tune: {str(e).splitlines()[0]}") from e
+    if role == "worker":
+        ran = []
+        for info in sorted((out / PROJECT).glob(f"trial_*/run/{_TRIAL_FILE}")):
+            data = read_json(info)
+            if data.get("tuner_id") == kt.tuner_id:
+                ran.append(data["trial_id"])
+        return {"role": "worker", "tuner_id": kt.tuner_id, "trials": ran}
+    summary = write_outputs(kt, search_space, cfg, out)
+    summary["role"] = role
+    print(
+        f"tfkit tune: {summary['n_completed']}/{summary['n_trials']} trials completed; best trial "
+        f"{summary['best_trial']} {obj.name}={summary['best_score']:.6g} -> {summary['best_config']}"
+    )
+    return summary
