@@ -244,7 +244,7 @@ def _examples(files: list[str], parse: Callable, train: bool, seed: int, determi
     else:
         cycle = min(len(files), EVAL_CYCLE)
     ds = ds.interleave(
-        lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
+        tf.data.TFRecordDataset,
         cycle_length=cycle, block_length=1, num_parallel_calls=AUTOTUNE,
         deterministic=deterministic or not train,
     )
