@@ -56,7 +56,7 @@ def cmd_folds(args: argparse.Namespace) -> int:
 
     folds_from_csv(
         args.csv, args.out, id_col=args.id_col, label_col=args.label_col, group_col=args.group_col,
-        n_folds=args.folds, seed=args.seed,
+        n_folds=args.folds, seed=args.seed, n_bins=args.bins,
     )
     return 0
 
@@ -108,7 +108,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     tune(
         _load_cfg(args), args.space, args.records, args.out, tuner=args.tuner, max_trials=args.trials,
-        objective=args.objective, fold=args.fold, cv=args.cv,
+        objective=args.objective, fold=args.fold, cv=args.cv, overwrite=args.overwrite,
     )
     return 0
 
@@ -172,7 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-col", default=None, help="group column, e.g. patient_id; without it each row is its own group")
     p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
     p.add_argument("--seed", type=int, default=42, help="random seed (same seed, same folds)")
-    p.add_argument("--out", required=True, help="output CSV of id,fold")
+    p.add_argument(
+        "--bins", type=int, default=10,
+        help="quantile bins for a numeric label with non-integer values or more than 50 distinct values "
+        "(default 10); 0 never bins, e.g. for integer-coded labels of more than 50 classes",
+    )
+    p.add_argument("--out", required=True, help="output CSV of id,fold (the id column keeps its --id-col name)")
 
     # build-records
     p = add("build-records", cmd_build_records, "images + CSV -> fold-sharded TFRecords with a manifest")
@@ -232,10 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", required=True, help="YAML search space")
     p.add_argument("--out", required=True, help="tuning folder")
     p.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="random", help="search algorithm (default random)")
-    p.add_argument("--trials", type=int, default=10, help="max trials")
-    p.add_argument("--objective", default="val_accuracy", help="metric to optimise, e.g. val_auc")
+    p.add_argument("--trials", type=int, default=10, help="max trials in all (re-run with more to extend a search)")
+    p.add_argument("--objective", default="val_accuracy",
+                   help="metric to optimise, e.g. val_auc or val_log_loss; *loss* is minimised, "
+                   "else maximised, or say so: val_qwk:max")
     p.add_argument("--fold", type=int, default=0, help="the fold scored when --cv is off")
-    p.add_argument("--cv", action="store_true", help="score each trial by the mean over all folds")
+    p.add_argument("--cv", action="store_true", help="score each trial by the mean over all folds (train.folds)")
+    p.add_argument("--overwrite", action="store_true", help="discard the search in --out and start afresh")
     _add_config_args(p)
 
     # predict

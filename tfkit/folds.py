@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,7 @@ def _strata(labels: pd.Series, n_bins: int = DEFAULT_BINS) -> _Strata:
     if pd.api.types.is_bool_dtype(labels):
         values = values.astype(int)
     numeric = pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(labels)
-    if numeric:
+    if numeric and n_bins > 0:
         uniq = np.unique(values)
         non_integer = bool(np.any(np.asarray(uniq, dtype=float) % 1 != 0))
         if (non_integer and len(uniq) > n_bins) or len(uniq) > MAX_INTEGER_CLASSES:
@@ -92,6 +93,14 @@ def _group_codes(df: pd.DataFrame, group_col: str | None) -> np.ndarray:
         raise TfkitError(f"group ({group_col!r}) missing at row {row}: every row needs a group")
     _, codes = np.unique(groups.astype(str).to_numpy(), return_inverse=True)
     return codes.astype(np.int64)
+
+
+def _single_thread_blas() -> contextlib.AbstractContextManager:
+    try:
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _objective(F: np.ndarray, T: np.ndarray, w: np.ndarray) -> float:
@@ -141,7 +150,7 @@ def _local_search(
     n_folds: int,
     rng: np.random.Generator,
     max_iter: int = 1000,
-    max_candidates: int = 1024,
+    max_candidates: int = 512,
 ) -> np.ndarray:
     """Apply the best single move or pairwise swap of groups while the objective drops."""
     assign = assign.copy()
@@ -152,7 +161,9 @@ def _local_search(
     n_in = np.bincount(assign, minlength=n_folds)
     tol = 1e-9
     for _ in range(max_iter):
-        best = (-tol, None)
+        # The objective is a sum over folds, so changes touching disjoint folds add up
+        # exactly: each round applies the best candidates that share no fold.
+        candidates: list[tuple[float, tuple[int, int], tuple[str, int, int]]] = []
         # Moves g: a -> b change the objective by 2 sum_j w_j x_j (F_bj - F_aj) + 2 sum_j w_j x_j^2.
         D = wX @ (F - T).T  # [G, K]
         own = D[np.arange(len(assign)), assign]
@@ -160,8 +171,8 @@ def _local_search(
         move[np.arange(len(assign)), assign] = np.inf
         move[n_in[assign] <= 1] = np.inf  # never empty a fold
         g, b = np.unravel_index(int(np.argmin(move)), move.shape)
-        if move[g, b] < best[0]:
-            best = (move[g, b], ("move", int(g), int(b)))
+        if move[g, b] < -tol:
+            candidates.append((float(move[g, b]), (int(assign[g]), int(b)), ("move", int(g), int(b))))
         # Swaps g (in a) <-> h (in b): with d = x_g - x_h moving from a to b the change is
         # sum_j w_j (2 d_j (F_bj - F_aj) + 2 d_j^2)  =  A_g + B_h - 4 sum_j w_j x_gj x_hj.
         members = [_profiles(X, np.flatnonzero(assign == k), rng, max_candidates) for k in range(n_folds)]
@@ -175,25 +186,29 @@ def _local_search(
                 B = -2.0 * (wX[hb] @ diff) + self_term[hb]
                 delta = A[:, None] + B[None, :] - 4.0 * (wX[ga] @ X[hb].T)
                 i, j = np.unravel_index(int(np.argmin(delta)), delta.shape)
-                if delta[i, j] < best[0]:
-                    best = (delta[i, j], ("swap", int(ga[i]), int(hb[j])))
-        if best[1] is None:
+                if delta[i, j] < -tol:
+                    candidates.append((float(delta[i, j]), (a, b), ("swap", int(ga[i]), int(hb[j]))))
+        if not candidates:
             break
-        op = best[1]
-        if op[0] == "move":
-            _, g, b = op
-            a = assign[g]
-            F[a] -= X[g]
-            F[b] += X[g]
-            n_in[a] -= 1
-            n_in[b] += 1
-            assign[g] = b
-        else:
-            _, g, h = op
-            a, b = assign[g], assign[h]
-            F[a] += X[h] - X[g]
-            F[b] += X[g] - X[h]
-            assign[g], assign[h] = b, a
+        touched: set[int] = set()
+        for _, folds, op in sorted(candidates, key=lambda c: c[0]):
+            if touched.intersection(folds):
+                continue
+            touched.update(folds)
+            if op[0] == "move":
+                _, g, b = op
+                a = assign[g]
+                F[a] -= X[g]
+                F[b] += X[g]
+                n_in[a] -= 1
+                n_in[b] += 1
+                assign[g] = b
+            else:
+                _, g, h = op
+                a, b = assign[g], assign[h]
+                F[a] += X[h] - X[g]
+                F[b] += X[g] - X[h]
+                assign[g], assign[h] = b, a
     return assign
 
 
@@ -220,7 +235,8 @@ def assign_folds(
         group_col: group column (e.g. ``patient_id``); ``None``: each row is its own group.
         seed: same seed, same folds; ties between equally good choices are broken
             by a generator seeded with it.
-        n_bins: quantile bins for a numeric target.
+        n_bins: quantile bins for a numeric target; 0 never bins (an integer-coded
+            label with more than 50 classes then stays classes).
         refine: run the local search (moves and swaps) after the greedy pass.
 
     Returns:
@@ -258,9 +274,12 @@ def assign_folds(
     w[n_classes + 1] = GROUP_WEIGHT / T[n_classes + 1]
 
     rng = np.random.default_rng(seed)
-    assign = _greedy(X, T, w, n_folds, rng)
-    if refine:
-        assign = _local_search(X, T, w, assign, n_folds, rng)
+    # The matrices here are small: a multi-threaded BLAS only adds contention
+    # (measured 15x slower on a busy 2-core machine), so run it on one thread.
+    with _single_thread_blas():
+        assign = _greedy(X, T, w, n_folds, rng)
+        if refine:
+            assign = _local_search(X, T, w, assign, n_folds, rng)
     assign = _fill_empty(X, assign, n_folds)
     return assign[groups]
 
@@ -289,7 +308,7 @@ def fold_table(
         folds: one fold per row (from :func:`assign_folds`).
         label_col: label column.
         group_col: group column, or ``None`` (each row its own group).
-        n_bins: quantile bins for a numeric target (as in :func:`assign_folds`).
+        n_bins: quantile bins for a numeric target, 0 never bins (as in :func:`assign_folds`).
 
     Returns:
         DataFrame indexed by fold with columns ``images``, ``groups``, one
@@ -313,20 +332,19 @@ def fold_table(
     np.add.at(counts, (folds, strata.codes), 1)
     images = counts.sum(axis=1)
     n_groups = np.array([len(np.unique(groups[folds == k])) for k in range(n_folds)])
-    table = pd.DataFrame({"images": images, "groups": n_groups}, index=pd.RangeIndex(n_folds, name="fold"))
-    for c, name in enumerate(strata.names):
-        table[f"n[{name}]"] = counts[:, c]
+    columns: dict[str, np.ndarray] = {"images": images, "groups": n_groups}
+    columns.update({f"n[{name}]": counts[:, c] for c, name in enumerate(strata.names)})
     with np.errstate(invalid="ignore", divide="ignore"):
         if strata.kind == "binary":
-            table["pos_rate"] = counts[:, 1] / images
+            columns["pos_rate"] = counts[:, 1] / images
         elif strata.kind == "multiclass":
             overall = counts.sum(axis=0) / counts.sum()
-            table["max_share_dev"] = np.abs(counts / images[:, None] - overall).max(axis=1)
+            columns["max_share_dev"] = np.abs(counts / images[:, None] - overall).max(axis=1)
         else:
             target = df[label_col].astype(float).to_numpy()
-            table["mean"] = [target[folds == k].mean() for k in range(n_folds)]
-            table["std"] = [target[folds == k].std() for k in range(n_folds)]
-    return table
+            columns["mean"] = np.array([target[folds == k].mean() for k in range(n_folds)])
+            columns["std"] = np.array([target[folds == k].std() for k in range(n_folds)])
+    return pd.DataFrame(columns, index=pd.RangeIndex(n_folds, name="fold"))
 
 
 def format_fold_table(table: pd.DataFrame) -> str:
@@ -363,6 +381,7 @@ def folds_from_csv(
     group_col: str | None = None,
     n_folds: int = 5,
     seed: int = 42,
+    n_bins: int = DEFAULT_BINS,
 ) -> pd.DataFrame:
     """Read a CSV, assign triple-stratified folds, write ``<id_col>,fold`` and print the balance table.
 
@@ -374,6 +393,7 @@ def folds_from_csv(
         group_col: group column, or ``None`` (each row its own group).
         n_folds: number of folds.
         seed: random seed (same seed, same folds).
+        n_bins: quantile bins for a numeric target; 0 never bins.
 
     Returns:
         The written DataFrame (``id_col``, ``fold``) in the CSV's row order.
@@ -420,10 +440,12 @@ def folds_from_csv(
     if n_folds < 2 or n_folds > n_groups:
         what = f"groups in {group_col!r}" if group_col else "rows"
         raise TfkitError(f"--folds must be between 2 and the {n_groups} {what} of {csv}, got {n_folds}")
-    folds = assign_folds(df, n_folds, label_col, group_col=group_col, seed=seed)
+    if n_bins < 0:
+        raise TfkitError(f"--bins must be 0 (never bin) or a positive number of quantile bins, got {n_bins}")
+    folds = assign_folds(df, n_folds, label_col, group_col=group_col, seed=seed, n_bins=n_bins)
     result = pd.DataFrame({id_col: ids.to_numpy(), "fold": folds})
     write_csv(out, result)
-    table = fold_table(df, folds, label_col, group_col)
+    table = fold_table(df, folds, label_col, group_col, n_bins=n_bins)
     print(f"{n_folds} folds of {len(df)} images, {n_groups} groups (label {label_col!r}"
           f"{f', group {group_col!r}' if group_col else ''}, seed {seed}) -> {out}")
     print(format_fold_table(table))
