@@ -1,0 +1,91 @@
+"""Shared pytest fixtures (owner: records engineer; others append small fixtures at the end).
+
+Session fixtures build real data once per test session:
+
+* ``digits_dir``: the embedded digits dataset exported (1,797 real 8x8 scans as PNG,
+  train.csv / test.csv).
+* ``digits_records``: train records of the exported digits, ``--size 32``, 5 folds,
+  seed 42 (about 1,437 examples in 5 shards).
+* ``digits_test_records``: the held-out test.csv as test-split records with the train
+  class list (labels kept as indices).
+* ``small_records``: a tiny train set (60 digits, 32 px, 3 folds, metadata columns
+  ``age`` numeric and ``site`` categorical, groups) for fast tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder with images/, train.csv, test.csv of the exported digits dataset."""
+    from tfkit.datasets import export_dataset
+
+    out = tmp_path_factory.mktemp("digits_export") / "digits"
+    export_dataset("digits", out, test_size=0.2, seed=42)
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_records(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Train records of the digits: 32 px, 5 folds, seed 42. Returns the records folder."""
+    from tfkit.records import build_records
+
+    out = tmp_path_factory.mktemp("digits_records") / "records"
+    build_records(
+        csv=digits_dir / "train.csv", images=digits_dir / "images", out=out, size=32, n_folds=5,
+        seed=42, workers=2, progress=False,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_test_records(digits_dir: Path, digits_records: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Test-split records of the held-out digits (labels as indices of the train classes)."""
+    from tfkit.records import build_records
+
+    out = tmp_path_factory.mktemp("digits_test_records") / "records"
+    build_records(
+        csv=digits_dir / "test.csv", images=digits_dir / "images", out=out, size=32, split="test",
+        classes_from=digits_records / "manifest.json", workers=2, progress=False,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_csv(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CSV of 60 digits (6 per class) with group, numeric ``age`` (some missing) and categorical ``site``."""
+    import numpy as np
+    import pandas as pd
+
+    train = pd.read_csv(digits_dir / "train.csv", dtype={"id": str})
+    small = train.groupby("label", group_keys=False).head(6).sort_values("id").reset_index(drop=True)
+    rng = np.random.default_rng(0)
+    small["group"] = [f"p{k // 2:03d}" for k in range(len(small))]
+    age = rng.integers(20, 80, len(small)).astype(float)
+    age[::7] = np.nan
+    small["age"] = age
+    small["site"] = rng.choice(["head", "torso", "leg", ""], len(small))
+    path = tmp_path_factory.mktemp("small_csv") / "small.csv"
+    small.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_records(small_csv: Path, digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 digits, 32 px, 3 folds, group column and metadata ``age`` (numeric) + ``site`` (categorical)."""
+    from tfkit.records import build_records
+
+    out = tmp_path_factory.mktemp("small_records") / "records"
+    build_records(
+        csv=small_csv, images=digits_dir / "images", out=out, group_col="group", meta_cols=["age", "site"],
+        size=32, n_folds=3, seed=42, workers=1, progress=False,
+    )
+    return out
