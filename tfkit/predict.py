@@ -196,9 +196,9 @@ def _views(images, n_views: int, mode: str, aug_cfg: Any, seed):
         return augment.tta_views(images, n_views, mode=mode)
     views = [images]
     size = int(images.shape[1])
-    labels = tf.zeros([tf.shape(images)[0], 1], tf.float32)
     for v in range(1, n_views):
-        aug, _ = augment.augment_batch(images, labels, aug_cfg, size, seed + tf.constant([0, v], tf.int32))
+        view_seed = tf.random.experimental.stateless_fold_in(seed, v)
+        aug, _ = augment.augment_batch(images, None, aug_cfg, size, view_seed)
         views.append(tf.cast(aug, images.dtype))
     return tf.stack(views, axis=0)
 
@@ -425,8 +425,10 @@ def image_folder_dataset(paths: Sequence[str], image_size: int, batch_size: int)
     """A deterministic ``tf.data`` pipeline of image files -> float32 ``[B, S, S, 3]`` in ``[0, 1]``.
 
     Files are decoded by TensorFlow (JPEG/PNG/BMP, grayscale and RGBA converted to
-    RGB, no animation frames) and resized with :func:`tfkit.augment.resize_batch`,
-    the same resampling the evaluation pipeline uses.
+    RGB, no animation frames). Their sizes vary, so each image is resized to
+    ``S`` exactly as :mod:`tfkit.data` does for records of varying sizes
+    (antialiased resize, rounded to uint8), then goes through
+    :func:`tfkit.augment.resize_batch` like every evaluation batch.
 
     Args:
         paths: image files.
@@ -446,15 +448,19 @@ def image_folder_dataset(paths: Sequence[str], image_size: int, batch_size: int)
     def load(path):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False, dtype=tf.uint8)
         image.set_shape([None, None, 3])
-        return resize_batch(image[None], image_size)[0]
+        image = tf.image.resize(image, [image_size, image_size], antialias=True)
+        return tf.ensure_shape(tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), [image_size, image_size, 3])
 
-    ds = tf.data.Dataset.from_tensor_slices(list(paths))
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
+    ds = ds.map(lambda x: resize_batch(x, image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def _task(cfg: Config, manifest: dict) -> str:
-    return manifest.get("task", "multiclass") if cfg.model.task == "auto" else cfg.model.task
+    from tfkit.data import resolve_task
+
+    return resolve_task(manifest, cfg.model.task)
 
 
 def _batch_size(cfg: Config) -> int:
@@ -465,9 +471,9 @@ def records_dataset(records: str | os.PathLike, cfg: Config, manifest: dict, fol
     """Deterministic predict-mode dataset of a records folder plus its aligned index.
 
     Args:
-        records: records folder (local or ``gs://``).
+        records: records folder (local or ``gs://``); its own manifest picks the split's shards.
         cfg: the run's config (image size, metadata columns).
-        manifest: the run's (training) manifest: metadata standardisation and vocab.
+        manifest: the run's (training) manifest; the records' classes must match its classes.
         folds: folds to read (``None``: all shards).
 
     Returns:
@@ -478,12 +484,20 @@ def records_dataset(records: str | os.PathLike, cfg: Config, manifest: dict, fol
         >>> ds, index = records_dataset("records/test", cfg, manifest)  # doctest: +SKIP
     """
     from tfkit import data
+    from tfkit.records import load_manifest
 
+    records = str(records)
+    own = load_manifest(records)
+    if own.get("classes") and list(own["classes"]) != list(manifest["classes"]):
+        raise TfkitError(
+            f"{records}: classes {own['classes']} differ from the run's {manifest['classes']} "
+            "(build test records with --classes-from the training manifest)"
+        )
     ds = data.build_dataset(
-        str(records), cfg, folds=folds, mode="predict", manifest=manifest,
+        records, cfg, folds=folds, mode="predict", manifest=own,
         batch_size=_batch_size(cfg), augment=False, repeat=False,
     )
-    index = data.read_index(str(records), folds=folds, manifest=manifest)
+    index = data.read_index(records, folds=folds, manifest=own)
     return ds, index
 
 
