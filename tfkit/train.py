@@ -535,7 +535,8 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
         raise TfkitError(f"fold {fold}: validation rows carry folds {sorted(index['fold'].unique())}")
     frame = _oof_frame(index, proba, classes, task)
     write_csv(fold_dir / "oof.csv", frame)
-    metrics = compute_metrics(index["label"].to_numpy(), oof_probabilities(frame, classes, task), task)
+    metrics = compute_metrics(index["label"].to_numpy(), oof_probabilities(frame, classes, task), task,
+                              names=cfg.train.metrics, num_classes=num_classes)
     summary = dict(fold=fold, metrics=_clean(metrics), best_epoch=state["best_epoch"], best=state["best"],
                    monitor=cfg.train.monitor, epochs_run=state["epoch"], image_size=size,
                    n_train=int(tfrec.count_from_names(tfrec.shard_files(records, folds=train_folds, split="train"))), n_val=int(len(index)), replicas=replicas,
@@ -601,7 +602,10 @@ def recompute_cv(run: str | os.PathLike) -> dict:
     manifest = read_json(run / "manifest.json")
     task = read_json(run / "cv.json")["task"] if (run / "cv.json").is_file() else manifest.get("task", "multiclass")
     frame = pd.read_csv(run / "oof.csv", dtype={"id": str})
-    return recompute_cv_frame(frame, [str(c) for c in manifest["classes"]], task)
+    from tfkit.config import load_config
+
+    names = load_config(run / "config.yaml").train.metrics
+    return recompute_cv_frame(frame, [str(c) for c in manifest["classes"]], task, names=names)
 
 
 # --------------------------------------------------------------------------- all folds
@@ -674,7 +678,7 @@ def _write_cv(cfg: Config, out: Path, manifest: dict) -> dict:
         raise TfkitError(f"{out}: id {oof['id'][oof['id'].duplicated()].iloc[0]!r} is predicted by two folds")
     write_csv(out / "oof.csv", oof)
     task = _task(cfg, manifest)
-    cv = recompute_cv_frame(oof, [str(c) for c in manifest["classes"]], task)
+    cv = recompute_cv_frame(oof, [str(c) for c in manifest["classes"]], task, names=cfg.train.metrics)
     for k in done:
         info = read_json(out / f"fold{k}" / "done.json")
         cv["folds"][str(k)].update(best_epoch=info["best_epoch"], epochs_run=info["epochs_run"],
@@ -685,13 +689,15 @@ def _write_cv(cfg: Config, out: Path, manifest: dict) -> dict:
     return cv
 
 
-def recompute_cv_frame(oof: pd.DataFrame, classes: list[str], task: str) -> dict:
+def recompute_cv_frame(oof: pd.DataFrame, classes: list[str], task: str,
+                       names: Sequence[str] | None = None) -> dict:
     """Overall and per-fold metrics of an OOF frame (``oof.csv`` layout).
 
     Args:
         oof: DataFrame with id, fold, label and ``p_<class>`` (or ``pred``) columns.
         classes: class names in manifest order.
         task: the task name.
+        names: metric names (``cfg.train.metrics``); ``None`` for every applicable one.
 
     Returns:
         ``{"metrics": {...}, "folds": {"k": {...}}}``.
@@ -702,7 +708,8 @@ def recompute_cv_frame(oof: pd.DataFrame, classes: list[str], task: str) -> dict
     from tfkit.metrics import compute_metrics
 
     def m(part: pd.DataFrame) -> dict:
-        return _clean(compute_metrics(part["label"].to_numpy(), oof_probabilities(part, classes, task), task))
+        return _clean(compute_metrics(part["label"].to_numpy(), oof_probabilities(part, classes, task), task,
+                                      names=names, num_classes=len(classes)))
 
     return {"metrics": m(oof), "folds": {str(int(k)): m(p) for k, p in oof.groupby("fold", sort=True)}}
 
