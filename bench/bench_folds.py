@@ -113,8 +113,13 @@ def main() -> None:
     print(f"sklearn / tfkit, median of per-seed ratios: pos-rate range "
           f"{np.median(sk.rate_range / tf_.rate_range.clip(lower=1e-12)):.1f}x, images range "
           f"{np.median(sk.img_range / tf_.img_range.clip(lower=1)):.1f}x")
-    wins = int(((tf_.rate_range <= sk.rate_range) & (tf_.img_range <= sk.img_range)).sum())
-    print(f"tfkit at least as balanced as sklearn on both measures in {wins}/{args.seeds} seeds")
+    # One positive more in a fold of ~6,000 images moves its rate by ~1.7e-4; rate ranges
+    # closer than 1e-6 are the same integer configuration and count as ties.
+    tol = 1e-6
+    both = (tf_.rate_range <= sk.rate_range + tol) & (tf_.img_range <= sk.img_range)
+    strictly = (tf_.rate_range < sk.rate_range - tol) & (tf_.img_range < sk.img_range)
+    print(f"tfkit at least as balanced as sklearn on both measures in {int(both.sum())}/{args.seeds} seeds "
+          f"(rate ranges within {tol:g} count as ties), strictly better on both in {int(strictly.sum())}/{args.seeds}")
 
 
 if __name__ == "__main__":
