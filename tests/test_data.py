@@ -54,15 +54,13 @@ def index(rec, manifest):
 
 
 @pytest.fixture(scope="module")
-def meta_records(tmp_path_factory, digits_records, rec, index):
-    """Imbalanced digits records with a numeric (with NaN) and a categorical (with blanks) column."""
+def meta_records(tmp_path_factory, digits_dir):
+    """Imbalanced digits (60/30/10 of classes 0/1/2) with a numeric column with
+    NaN (``age``) and a categorical one with blanks (``site``)."""
     from tfkit.records import build_records
 
     root = tmp_path_factory.mktemp("meta")
-    src = records.load_manifest(rec)
-    # The digits export beside the records: the fixture's parent holds images/ and train.csv.
-    export = digits_records.parent
-    train = pd.read_csv(export / "train.csv")
+    train = pd.read_csv(digits_dir / "train.csv", dtype={"id": str})
     rng = np.random.default_rng(0)
     keep = pd.concat([train[train.label == 0].head(60), train[train.label == 1].head(30),
                       train[train.label == 2].head(10)])
@@ -73,9 +71,8 @@ def meta_records(tmp_path_factory, digits_records, rec, index):
     csv = root / "meta.csv"
     keep.to_csv(csv, index=False)
     out = root / "records"
-    build_records(csv=csv, images=export / "images", out=out, meta=["age", "site"], folds=3, seed=0,
-                  size=32, workers=1, overwrite=True, **({"path_col": "path"} if "path" in keep else {}))
-    assert src["classes"]  # the digits records were readable
+    build_records(csv=csv, images=digits_dir / "images", out=out, meta_cols=["age", "site"], n_folds=3,
+                  seed=0, size=32, workers=1, progress=False)
     return str(out), keep
 
 
@@ -234,7 +231,7 @@ def test_metadata_dict_input(meta_records):
     meta = np.concatenate(metas)
     assert meta.shape == (len(frame), dim) and meta.dtype == np.float32
     assert np.isfinite(meta).all()  # NaN -> 0
-    rows = frame.set_index(frame.columns[0]).loc[ids]
+    rows = frame.set_index("id").loc[ids]
     spec = man["metadata"]["age"]
     expect_age = ((rows.age - spec["mean"]) / spec["std"]).fillna(0.0).to_numpy()
     np.testing.assert_allclose(meta[:, 0], expect_age, atol=1e-4)

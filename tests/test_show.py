@@ -54,7 +54,7 @@ def test_grid_has_one_row_per_image_and_a_column_per_draw(tmp_path, digits_recor
         assert big.size[0] > 1.5 * small.size[0] and big.size[1] > 1.5 * small.size[1]
 
 
-def test_class_counts_equal_the_records(shown, digits_records):
+def test_class_counts_equal_the_records(shown, digits_records, digits_dir):
     _, out = shown
     manifest = records.load_manifest(str(digits_records))
     table = pd.read_csv(out / "class_counts.csv").set_index("class")
@@ -67,8 +67,8 @@ def test_class_counts_equal_the_records(shown, digits_records):
     assert table.drop(columns="total").sum().to_dict() == per_fold
     assert int(table["total"].sum()) == manifest["n_examples"]
     # per class and fold: an independent count from the records' folds.csv and the export's labels
-    folds_csv = pd.read_csv(digits_records / "folds.csv")
-    labels = pd.read_csv(digits_records.parent / "train.csv")
+    folds_csv = pd.read_csv(digits_records / "folds.csv", dtype={"id": str})
+    labels = pd.read_csv(digits_dir / "train.csv", dtype={"id": str})
     joined = folds_csv.merge(labels, on="id")
     assert len(joined) == manifest["n_examples"]
     for (label, fold), n in joined.groupby(["label", "fold"]).size().items():
