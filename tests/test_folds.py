@@ -72,6 +72,8 @@ def test_ungrouped_class_counts_within_one_of_ideal(counts, k, seed, as_text):
     class_cols = [c for c in table.columns if c.startswith("n[")]
     for col, total in zip(class_cols, table[class_cols].sum()):
         assert (np.abs(table[col] - total / k) <= 1).all(), (col, table[col].tolist(), total / k)
+        # in fact the optimum: every count is the floor or the ceiling of the ideal
+        assert table[col].between(total // k, -(-total // k)).all(), (col, table[col].tolist())
     # images per fold differ by at most one
     assert table["images"].max() - table["images"].min() <= 1
 

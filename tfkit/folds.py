@@ -103,10 +103,6 @@ def _single_thread_blas() -> contextlib.AbstractContextManager:
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def _objective(F: np.ndarray, T: np.ndarray, w: np.ndarray) -> float:
-    return float(np.sum(w * (F - T) ** 2))
-
-
 def _greedy(X: np.ndarray, T: np.ndarray, w: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.ndarray:
     """Place groups heaviest first into the fold that least raises the objective."""
     n_groups = X.shape[0]
