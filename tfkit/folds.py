@@ -13,8 +13,10 @@ like imbalance objective
 (``n_kc`` images of class ``c`` in fold ``k``, ``T_c`` its ideal share,
 ``n_k`` images and ``g_k`` groups of fold ``k``). A local search then moves
 single groups and swaps pairs of groups between folds while the objective
-decreases. Class balance dominates (``a + b < 1``), so with one image per group
-every class count per fold lands on the floor or ceiling of its ideal.
+decreases (swaps are searched over distinct group profiles, at most 512 per
+fold, a seeded sample beyond that). Class balance dominates (``a`` = 0.6,
+``b`` = 0.2, ``a + b < 1``): with one image per group every class count per
+fold lands on the floor or ceiling of its ideal (a property test checks it).
 
 A numeric target with many distinct values (or any non-integer values) is
 binned into quantiles first, so each fold covers the target's range alike.
