@@ -121,14 +121,17 @@ class TfkitSchedule(keras.optimizers.schedules.LearningRateSchedule):
         else:
 
             def cycle_start(i: Any) -> Any:
-                return r * (1.0 - ops.power(m, i)) / (1.0 - m)
+                # Whole steps: float32 powers are a few ulps off, and a boundary
+                # at 65.00001 would move the restart one step late.
+                return ops.round(r * (1.0 - ops.power(m, i)) / (1.0 - m))
 
             i = ops.floor(ops.log(1.0 - a / r * (1.0 - m)) / math.log(m))
             # float32 log can land one cycle off at a boundary: correct with
             # the same start formula so boundaries are exact and consistent.
             i = ops.where(a < cycle_start(i), i - 1.0, i)
             i = ops.where(a >= cycle_start(i + 1.0), i + 1.0, i)
-            start, length = cycle_start(i), r * ops.power(m, i)
+            start = cycle_start(i)
+            length = ops.maximum(cycle_start(i + 1.0) - start, 1.0)
         return _cos_anneal(self.lr, self.min_lr, (a - start) / length)
 
     def get_config(self) -> dict[str, Any]:
