@@ -463,6 +463,19 @@ def _task(cfg: Config, manifest: dict) -> str:
     return resolve_task(manifest, cfg.model.task)
 
 
+def _image_size(run: str | os.PathLike, folds: Sequence[int], cfg: Config) -> int:
+    """The input side the fold models were selected at (progressive resizing may
+    end above ``data.image_size``); every fold must agree. Sets ``cfg.data.image_size``."""
+    sizes = set()
+    for k in folds:
+        done = read_json(Path(run) / f"fold{k}" / "done.json")
+        sizes.add(int(done.get("image_size") or cfg.data.image_size))
+    if len(sizes) != 1:
+        raise TfkitError(f"{run}: folds were trained at different image sizes {sorted(sizes)}; predict them separately")
+    cfg.data.image_size = sizes.pop()
+    return cfg.data.image_size
+
+
 def _batch_size(cfg: Config) -> int:
     return int(cfg.predict.batch_size or cfg.data.batch_size)
 
@@ -570,6 +583,13 @@ def submission_frame(ids: Sequence[str], out: np.ndarray, classes: Sequence[str]
     return frame
 
 
+def _oof_layout(index: pd.DataFrame, out: np.ndarray, classes: Sequence[str], task: str) -> pd.DataFrame:
+    """Predictions in ``oof.csv`` layout (id, fold, label, ``p_<class>``... or ``pred``)."""
+    from tfkit.train import _oof_frame
+
+    return _oof_frame(index, np.asarray(out, dtype=np.float64), [str(c) for c in classes], task)
+
+
 def _known_labels(index: pd.DataFrame) -> np.ndarray | None:
     if "label" not in index or len(index) == 0:
         return None
@@ -629,6 +649,7 @@ def predict(
     check_tta(pcfg.tta, pcfg.tta_mode, pcfg.average, task)
     folds = run_folds(run)
     weights = fold_weights(run, folds, pcfg.fold_weights)
+    _image_size(run, folds, cfg)
     if records is not None:
         ds, index = records_dataset(records, cfg, manifest)
         ids = index["id"].tolist()
@@ -650,9 +671,11 @@ def predict(
     frame = submission_frame(ids, proba, manifest["classes"], task, pcfg)
     labels = _known_labels(index) if records is not None else None
     if labels is not None:
-        from tfkit.metrics import compute_metrics
+        from tfkit.train import recompute_cv_frame
 
-        frame.attrs["metrics"] = compute_metrics(labels, full_proba(proba, task), task)
+        held = _oof_layout(index.assign(fold=-1), proba, manifest["classes"], task)
+        frame.attrs["metrics"] = recompute_cv_frame(held, [str(c) for c in manifest["classes"]], task,
+                                                    names=cfg.train.metrics)["metrics"]
     if out is not None:
         write_csv(out, frame)
     msg = f"predicted {len(frame)} images with {len(folds)} folds x {pcfg.tta} {pcfg.tta_mode} views ({pcfg.average})"
@@ -691,44 +714,37 @@ def oof_tta(
     Example:
         >>> oof_tta("runs/digits", "records/train", tta=4)["tta"]["accuracy"]  # doctest: +SKIP
     """
-    from tfkit.metrics import compute_metrics
+    from tfkit.train import recompute_cv_frame
 
     cfg, manifest = load_run(run, overrides)
     pcfg = _resolve(cfg, tta)
     task = _task(cfg, manifest)
     check_tta(pcfg.tta, pcfg.tta_mode, pcfg.average, task)
     classes = [str(c) for c in manifest["classes"]]
-    frames, tta_all, plain_all, labels_all = [], [], [], []
-    result: dict[str, Any] = {"n_views": pcfg.tta, "mode": pcfg.tta_mode, "average": pcfg.average, "folds": {}}
-    for k, model in zip(run_folds(run), load_models(run)):
+    folds = run_folds(run)
+    _image_size(run, folds, cfg)
+    with_tta, without = [], []
+    for k, model in zip(folds, load_models(run, folds)):
         ds, index = records_dataset(records, cfg, manifest, folds=[k])
-        labels = _known_labels(index)
-        if labels is None:
+        if _known_labels(index) is None:
             raise TfkitError(f"{records}: fold {k} has examples without labels; OOF needs labelled training records")
         _, tta_out, plain_out = predict_proba(
             [model], ds, pcfg.tta, pcfg.tta_mode, pcfg.average, task=task, augment_cfg=cfg.augment,
             seed=pcfg.seed, per_model=True, progress=progress,
         )
-        p_tta, p_plain = full_proba(tta_out[0], task), full_proba(plain_out[0], task)
-        result["folds"][str(k)] = {
-            "no_tta": compute_metrics(labels, p_plain, task),
-            "tta": compute_metrics(labels, p_tta, task),
-        }
-        frame = pd.DataFrame({"id": index["id"].astype(str), "fold": k, "label": labels})
-        for j, c in enumerate(classes if p_tta.shape[1] == len(classes) else range(p_tta.shape[1])):
-            frame[f"p_{c}"] = p_tta[:, j]
-        frames.append(frame)
-        tta_all.append(p_tta)
-        plain_all.append(p_plain)
-        labels_all.append(labels)
-    labels = np.concatenate(labels_all)
-    result["no_tta"] = compute_metrics(labels, np.concatenate(plain_all), task)
-    result["tta"] = compute_metrics(labels, np.concatenate(tta_all), task)
-    cv_path = Path(run) / "cv.json"
-    result["primary"] = read_json(cv_path).get("primary") if cv_path.is_file() else None
-    write_csv(Path(run) / "oof_tta.csv", pd.concat(frames, ignore_index=True))
+        with_tta.append(_oof_layout(index, tta_out[0], classes, task))
+        without.append(_oof_layout(index, plain_out[0], classes, task))
+    oof, oof_plain = pd.concat(with_tta, ignore_index=True), pd.concat(without, ignore_index=True)
+    scored = recompute_cv_frame(oof, classes, task, names=cfg.train.metrics)
+    plain = recompute_cv_frame(oof_plain, classes, task, names=cfg.train.metrics)
+    primary = next((m for m in cfg.train.metrics if m in scored["metrics"]), next(iter(scored["metrics"])))
+    result: dict[str, Any] = {
+        "n_views": pcfg.tta, "mode": pcfg.tta_mode, "average": pcfg.average, "primary": primary,
+        "no_tta": plain["metrics"], "tta": scored["metrics"],
+        "folds": {k: {"no_tta": plain["folds"][k], "tta": scored["folds"][k]} for k in scored["folds"]},
+    }
+    write_csv(Path(run) / "oof_tta.csv", oof)
     write_json(Path(run) / "cv_tta.json", result)
-    primary = result["primary"] or next(iter(result["tta"]))
     print(
         f"OOF {primary}: {result['no_tta'][primary]:.4f} without TTA, {result['tta'][primary]:.4f} with "
         f"{pcfg.tta} {pcfg.tta_mode} views ({pcfg.average}) -> {Path(run) / 'cv_tta.json'}"

@@ -1,0 +1,510 @@
+"""Evaluation report of a trained run: where is the model wrong, and can its
+probabilities be trusted?
+
+From the run's out-of-fold predictions (``RUN/oof.csv``; every image scored by
+the fold model that never saw it) the report writes, into one folder:
+
+* ``confusion_matrix.png`` (counts, rows normalised in colour),
+* ``per_class.csv`` (precision, recall, F1, support per class),
+* ``top_losses.csv`` (every misclassified image, most confidently wrong
+  first: label-noise candidates) and ``top_losses.png`` (the worst ones),
+* ``gradcam.png`` (Grad-CAM of the last convolutional feature map, for the true
+  and the predicted class),
+* ``calibration.png`` (reliability diagram with expected calibration error),
+* ``report.html`` (or ``report.md``) showing all of it, referencing the PNGs beside it.
+
+Example:
+    >>> from tfkit.report import report
+    >>> report("runs/digits", records="records")  # doctest: +SKIP
+    PosixPath('runs/digits/report/report.html')
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from tfkit.utils import TfkitError, atomic_write, read_json, write_csv
+
+N_BINS = 10
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def per_class_table(labels: np.ndarray, pred: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
+    """Precision, recall, F1 and support of every class, plus macro and weighted averages.
+
+    Args:
+        labels: true class indices ``[N]``.
+        pred: predicted class indices ``[N]``.
+        classes: class names.
+
+    Returns:
+        DataFrame with columns class, precision, recall, f1, support.
+
+    Example:
+        >>> per_class_table(np.array([0, 1, 1]), np.array([0, 1, 0]), ["a", "b"])["recall"].tolist()
+        [1.0, 0.5, 0.75, 0.6666666666666666]
+    """
+    from sklearn.metrics import precision_recall_fscore_support
+
+    idx = list(range(len(classes)))
+    p, r, f, s = precision_recall_fscore_support(labels, pred, labels=idx, zero_division=0)
+    rows = [dict(**{"class": str(c)}, precision=p[i], recall=r[i], f1=f[i], support=int(s[i])) for i, c in enumerate(classes)]
+    for avg in ("macro", "weighted"):
+        ap, ar, af, _ = precision_recall_fscore_support(labels, pred, labels=idx, average=avg, zero_division=0)
+        rows.append({"class": f"({avg} avg)", "precision": ap, "recall": ar, "f1": af, "support": int(len(labels))})
+    return pd.DataFrame(rows)
+
+
+def top_losses(oof: pd.DataFrame, proba: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
+    """Misclassified out-of-fold images, most confidently wrong first.
+
+    Args:
+        oof: ``oof.csv`` frame (id, fold, label).
+        proba: ``[N, C]`` probabilities aligned with ``oof``.
+        classes: class names.
+
+    Returns:
+        DataFrame with columns rank, id, fold, label, pred, p_label, p_pred, loss
+        (cross-entropy of the true class), sorted by loss descending.
+
+    Example:
+        >>> top_losses(pd.DataFrame({"id": ["x"], "fold": [0], "label": [0]}), np.array([[0.1, 0.9]]), ["a", "b"])["pred"].tolist()
+        ['b']
+    """
+    labels = oof["label"].to_numpy().astype(int)
+    pred = proba.argmax(1)
+    rows = np.arange(len(labels))
+    p_label = proba[rows, labels]
+    frame = pd.DataFrame({
+        "id": oof["id"].astype(str).to_numpy(), "fold": oof["fold"].to_numpy(),
+        "label": np.asarray(classes, dtype=object)[labels], "pred": np.asarray(classes, dtype=object)[pred],
+        "p_label": p_label, "p_pred": proba[rows, pred], "loss": -np.log(np.clip(p_label, 1e-12, 1.0)),
+        "label_index": labels,
+    })
+    frame = frame[pred != labels].sort_values("loss", ascending=False, kind="stable").reset_index(drop=True)
+    frame.insert(0, "rank", np.arange(1, len(frame) + 1))
+    return frame
+
+
+def reliability(proba: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS) -> tuple[pd.DataFrame, float]:
+    """Top-label reliability: accuracy vs confidence in equal-width bins, and the ECE.
+
+    Args:
+        proba: ``[N, C]`` probabilities.
+        labels: true class indices ``[N]``.
+        n_bins: confidence bins over ``[0, 1]``.
+
+    Returns:
+        ``(bins, ece)``: DataFrame with lo, hi, count, confidence, accuracy per bin
+        (NaN for empty bins), and the expected calibration error
+        ``sum_b n_b / N * |acc_b - conf_b|``.
+
+    Example:
+        >>> reliability(np.array([[0.9, 0.1], [0.6, 0.4]]), np.array([0, 1]))[1]
+        0.25
+    """
+    conf = proba.max(1)
+    correct = (proba.argmax(1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    rows, ece = [], 0.0
+    for b in range(n_bins):
+        m = which == b
+        n = int(m.sum())
+        c = float(conf[m].mean()) if n else float("nan")
+        a = float(correct[m].mean()) if n else float("nan")
+        if n:
+            ece += n / len(conf) * abs(a - c)
+        rows.append(dict(lo=edges[b], hi=edges[b + 1], count=n, confidence=c, accuracy=a))
+    return pd.DataFrame(rows), float(ece)
+
+
+# --------------------------------------------------------------------------- Grad-CAM
+
+
+def last_conv_layer(model: Any) -> Any:
+    """The last layer with a 4-D output inside the model's ``backbone`` (or the model itself).
+
+    Args:
+        model: a :func:`tfkit.models.create_model` model.
+
+    Returns:
+        The Keras layer whose output feature map Grad-CAM uses.
+
+    Example:
+        >>> last_conv_layer(model).name  # doctest: +SKIP
+        's2_relu1'
+    """
+    try:
+        holder = model.get_layer("backbone")
+    except ValueError:
+        holder = model
+    for layer in reversed(holder.layers):
+        try:
+            shape = layer.output.shape
+        except (AttributeError, ValueError):
+            continue
+        if len(shape) == 4:
+            return layer
+    raise TfkitError(f"Grad-CAM: no layer with a 4-D feature map in {holder.name}")
+
+
+def gradcam(model: Any, images: Any, class_index: Sequence[int], layer: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM heatmaps (Selvaraju et al. 2017) on the last convolutional feature map.
+
+    The chosen layer's output ``A`` is captured during one eager forward pass under a
+    ``GradientTape``; the class score's gradient, averaged over space, weights the
+    channels of ``A``; the weighted sum is passed through ReLU and scaled to ``[0, 1]``.
+
+    Args:
+        model: Keras model taking float32 ``[B, S, S, 3]`` in ``[0, 1]``.
+        images: ``[B, S, S, 3]`` model inputs.
+        class_index: class whose score is explained, one per image (for a single
+            sigmoid output, 1 explains the positive class, 0 the negative).
+        layer: feature-map layer (default :func:`last_conv_layer`).
+
+    Returns:
+        ``(heatmaps [B, h, w] in [0, 1] at the feature map's resolution, proba [B, C])``.
+
+    Example:
+        >>> cams, p = gradcam(model, x, [3, 5])  # doctest: +SKIP
+    """
+    import tensorflow as tf
+
+    layer = layer or last_conv_layer(model)
+    box: dict[str, Any] = {}
+    original = layer.call
+
+    def capture(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        box["tape"].watch(out)
+        box["features"] = out
+        return out
+
+    images = tf.convert_to_tensor(images, tf.float32)
+    idx = tf.constant(np.asarray(class_index, dtype=np.int32))
+    layer.call = capture  # instance attribute: only this forward pass is intercepted
+    try:
+        with tf.GradientTape() as tape:
+            box["tape"] = tape
+            proba = tf.cast(model(images, training=False), tf.float32)
+            if proba.shape[-1] == 1:
+                p = proba[:, 0]
+                score = tf.where(idx == 1, p, 1.0 - p)
+            else:
+                score = tf.gather(proba, idx, axis=1, batch_dims=1)
+    finally:
+        del layer.call
+    features = tf.cast(box["features"], tf.float32)
+    grads = tf.cast(tape.gradient(score, box["features"]), tf.float32)
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy()
+    peak = cam.max(axis=(1, 2), keepdims=True)
+    cam = np.where(peak > 0, cam / np.where(peak > 0, peak, 1.0), 0.0)
+    return cam, proba.numpy()
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def plot_confusion(labels: np.ndarray, pred: np.ndarray, classes: Sequence[str], path: Path) -> Path:
+    """Confusion-matrix PNG: counts in the cells, colour = row-normalised recall."""
+    from sklearn.metrics import confusion_matrix
+
+    plt = _plt()
+    cm = confusion_matrix(labels, pred, labels=list(range(len(classes))))
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * n + 2), max(3.5, 0.6 * n + 1.5)))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), [str(c) for c in classes], rotation=90 if n > 10 else 0)
+    ax.set_yticks(range(n), [str(c) for c in classes])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"Confusion matrix (OOF, n={len(labels)}, accuracy {np.mean(labels == pred):.4f})")
+    fig.colorbar(im, ax=ax, label="fraction of the true class")
+    return _save(fig, path)
+
+
+def plot_calibration(bins: pd.DataFrame, ece: float, path: Path) -> Path:
+    """Reliability diagram: accuracy vs mean confidence per bin, with bin counts."""
+    plt = _plt()
+    fig, (ax, axc) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    centres = (bins["lo"] + bins["hi"]) / 2
+    width = float(bins["hi"].iloc[0] - bins["lo"].iloc[0])
+    ax.bar(centres, bins["accuracy"].fillna(0), width=width * 0.95, color="tab:blue", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ok = bins["count"] > 0
+    ax.plot(bins["confidence"][ok], bins["accuracy"][ok], "o-", color="tab:red", label="(confidence, accuracy)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Reliability (top-label), ECE = {ece:.4f}")
+    ax.legend(loc="upper left", fontsize=8)
+    axc.bar(centres, bins["count"], width=width * 0.95, color="gray")
+    axc.set_yscale("symlog")
+    axc.set_xlabel("confidence of the predicted class")
+    axc.set_ylabel("images")
+    axc.set_xlim(0, 1)
+    return _save(fig, path)
+
+
+def _grid(n: int, cols: int = 8) -> tuple[int, int]:
+    cols = min(cols, max(n, 1))
+    return (n + cols - 1) // cols, cols
+
+
+def plot_top_losses(images: np.ndarray, rows: pd.DataFrame, path: Path) -> Path:
+    """Grid of the most confidently wrong images, titled id / true -> predicted (p)."""
+    plt = _plt()
+    r, c = _grid(len(rows))
+    fig, axes = plt.subplots(r, c, figsize=(2.0 * c, 2.3 * r), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, img, (_, row) in zip(axes.ravel(), images, rows.iterrows()):
+        ax.imshow(img)
+        ax.set_title(f"{row['id']}\n{row['label']} -> {row['pred']} ({row['p_pred']:.2f})", fontsize=7)
+    fig.suptitle("Most confidently wrong (OOF): label-noise candidates", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_gradcam(images: np.ndarray, cams: list[np.ndarray], titles: list[list[str]], path: Path) -> Path:
+    """Rows of image | CAM of the true class | CAM of the predicted class."""
+    import tensorflow as tf
+
+    plt = _plt()
+    fig, axes = plt.subplots(len(images), 3, figsize=(6.3, 2.2 * len(images)), squeeze=False)
+    for i, img in enumerate(images):
+        h, w = img.shape[:2]
+        axes[i, 0].imshow(img)
+        axes[i, 0].set_title(titles[i][0], fontsize=7)
+        for j, cam in enumerate(cams[i], start=1):
+            up = tf.image.resize(cam[..., None], [h, w], method="bilinear").numpy()[..., 0]
+            axes[i, j].imshow(img)
+            axes[i, j].imshow(up, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            axes[i, j].set_title(titles[i][j], fontsize=7)
+        for ax in axes[i]:
+            ax.axis("off")
+    fig.suptitle("Grad-CAM (last conv feature map)", fontsize=10)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- page
+
+
+def _table_html(frame: pd.DataFrame, floats: str = "{:.4f}") -> str:
+    return frame.to_html(index=False, float_format=lambda v: floats.format(v), border=0, classes="t", escape=True)
+
+
+def _write_page(out: Path, fmt: str, title: str, sections: list[tuple[str, str | None, pd.DataFrame | None, str]]) -> Path:
+    """sections: (heading, png name or None, table or None, note)."""
+    if fmt == "md":
+        lines = [f"# {title}", ""]
+        for head, png, table, note in sections:
+            lines += [f"## {head}", ""]
+            if note:
+                lines += [note, ""]
+            if png:
+                lines += [f"![{head}]({png})", ""]
+            if table is not None:
+                lines += [table.to_markdown(index=False, floatfmt=".4f") if _has_tabulate() else "```\n" + table.to_string(index=False) + "\n```", ""]
+        path = out / "report.md"
+        with atomic_write(path) as f:
+            f.write("\n".join(lines))
+        return path
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "img{max-width:100%}table.t{border-collapse:collapse;font-size:13px}"
+        "table.t td,table.t th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right}</style>",
+        f"</head><body><h1>{html.escape(title)}</h1>",
+    ]
+    for head, png, table, note in sections:
+        parts.append(f"<h2>{html.escape(head)}</h2>")
+        if note:
+            parts.append(f"<p>{html.escape(note)}</p>")
+        if png:
+            parts.append(f"<img src='{html.escape(png)}' alt='{html.escape(head)}'>")
+        if table is not None:
+            parts.append(_table_html(table))
+    parts.append("</body></html>")
+    path = out / "report.html"
+    with atomic_write(path) as f:
+        f.write("\n".join(parts))
+    return path
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- report
+
+
+def report(
+    run: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    n_worst: int = 16,
+    gradcam_ids: Sequence[str] | None = None,
+    records: str | os.PathLike | None = None,
+    fmt: str = "html",
+    n_gradcam: int = 4,
+) -> Path:
+    """Write the evaluation report of a run's out-of-fold predictions.
+
+    Args:
+        run: run folder written by :func:`tfkit.train.train` (``oof.csv``, ``cv.json``).
+        out: report folder (default ``RUN/report``).
+        n_worst: most confidently wrong images shown in the grid (``top_losses.csv``
+            lists every misclassified image).
+        gradcam_ids: ids to explain with Grad-CAM (default: the ``n_gradcam`` worst).
+        records: the training records the run was trained on; they supply the
+            images of the grid and of Grad-CAM. Without them those two sections are
+            left out (the numbers and ``top_losses.csv`` are still written).
+        fmt: ``html`` (``report.html``) or ``md`` (``report.md``).
+        n_gradcam: how many of the worst images Grad-CAM explains by default.
+
+    Returns:
+        Path of ``report.html`` / ``report.md``.
+
+    Raises:
+        TfkitError: the run has no ``oof.csv``, the task is not binary/multiclass, an id is unknown.
+
+    Example:
+        >>> report("runs/digits", records="records", gradcam_ids=["img_0007"])  # doctest: +SKIP
+    """
+    from tfkit.predict import load_models, load_run, _task
+    from tfkit.train import oof_probabilities
+
+    if fmt not in ("html", "md"):
+        raise TfkitError(f"report: fmt must be 'html' or 'md', got {fmt!r}")
+    run = Path(run)
+    cfg, manifest = load_run(run)
+    if not (run / "oof.csv").is_file():
+        raise TfkitError(f"{run}: no oof.csv (train at least one fold first)")
+    task = _task(cfg, manifest)
+    if task not in ("binary", "multiclass"):
+        raise TfkitError(f"report: task {task!r} is not supported (binary and multiclass only)")
+    classes = [str(c) for c in manifest["classes"]]
+    out = Path(out) if out is not None else run / "report"
+    out.mkdir(parents=True, exist_ok=True)
+
+    oof = pd.read_csv(run / "oof.csv", dtype={"id": str})
+    proba = oof_probabilities(oof, classes, task)
+    if task == "binary":
+        proba = np.stack([1.0 - proba, proba], axis=1)
+    labels = oof["label"].to_numpy().astype(int)
+    pred = proba.argmax(1)
+    cv = read_json(run / "cv.json") if (run / "cv.json").is_file() else {}
+    sections: list[tuple[str, str | None, pd.DataFrame | None, str]] = []
+
+    summary = pd.DataFrame([{"metric": k, "value": v} for k, v in (cv.get("metrics") or {}).items()])
+    if (run / "cv_tta.json").is_file():
+        tta = read_json(run / "cv_tta.json")
+        summary["with TTA"] = [tta["tta"].get(k, float("nan")) for k in summary["metric"]]
+        note_tta = f" 'with TTA': {tta['n_views']} {tta['mode']} views ({tta['average']}), cv_tta.json."
+    else:
+        note_tta = ""
+    sections.append(("Cross-validation", None, summary,
+                     f"{len(oof)} out-of-fold images, {oof['fold'].nunique()} folds, task {task}.{note_tta}"))
+
+    plot_confusion(labels, pred, classes, out / "confusion_matrix.png")
+    sections.append(("Confusion matrix", "confusion_matrix.png", None, ""))
+    table = per_class_table(labels, pred, classes)
+    write_csv(out / "per_class.csv", table)
+    sections.append(("Per-class metrics", None, table, "per_class.csv"))
+
+    bins, ece = reliability(proba, labels)
+    plot_calibration(bins, ece, out / "calibration.png")
+    write_csv(out / "calibration.csv", bins)
+    sections.append(("Calibration", "calibration.png", None, f"Expected calibration error {ece:.4f} ({N_BINS} bins)."))
+
+    worst = top_losses(oof, proba, classes)
+    write_csv(out / "top_losses.csv", worst.drop(columns="label_index"))
+    shown = worst.head(max(0, int(n_worst)))
+    note = (f"{len(worst)} misclassified images, all listed in top_losses.csv (most confident mistakes first); "
+            f"the {len(shown)} worst are shown.")
+    if records is None:
+        sections.append(("Most confidently wrong", None, shown.drop(columns="label_index"), note + " Pass records to see the images."))
+    elif len(shown):
+        from tfkit.data import load_examples
+
+        ex = load_examples(str(records), shown["id"].tolist(), image_size=cfg.data.image_size)
+        plot_top_losses(ex["image"], shown, out / "top_losses.png")
+        sections.append(("Most confidently wrong", "top_losses.png", shown.drop(columns="label_index"), note))
+    else:
+        sections.append(("Most confidently wrong", None, None, "No misclassified image."))
+
+    ids = list(gradcam_ids) if gradcam_ids else worst["id"].head(n_gradcam).tolist()
+    if ids and records is not None:
+        _gradcam_section(run, cfg, records, oof, proba, classes, ids, out / "gradcam.png", load_models)
+        sections.append(("Grad-CAM", "gradcam.png", None,
+                         "Where each fold model looks: heatmaps of the last convolutional feature map for the "
+                         "true class and the predicted class (out-of-fold models)."))
+    path = _write_page(out, fmt, f"tfkit report: {run.name}", sections)
+    print(f"report -> {path}")
+    return path
+
+
+def _gradcam_section(run: Path, cfg: Any, records: Any, oof: pd.DataFrame, proba: np.ndarray,
+                     classes: list[str], ids: list[str], path: Path, load_models: Any) -> Path:
+    from tfkit.augment import resize_batch
+    from tfkit.data import load_examples
+
+    pos = {i: n for n, i in enumerate(oof["id"].astype(str))}
+    unknown = [i for i in ids if i not in pos]
+    if unknown:
+        raise TfkitError(f"report --gradcam: id(s) not in the run's oof.csv: {unknown[:5]}")
+    ex = load_examples(str(records), ids, image_size=cfg.data.image_size)
+    rows = [pos[i] for i in ids]
+    folds = oof["fold"].to_numpy()[rows]
+    cams: list[list[np.ndarray]] = [[] for _ in ids]
+    titles: list[list[str]] = [[] for _ in ids]
+    for k in sorted(set(int(f) for f in folds)):
+        (model,) = load_models(run, [k])
+        size = int(model.input_shape[1] if not isinstance(model.input_shape, list) else model.input_shape[0][1])
+        sel = [n for n, f in enumerate(folds) if f == k]
+        x = resize_batch(ex["image"][sel], size)
+        true = oof["label"].to_numpy().astype(int)[[rows[n] for n in sel]]
+        pred = proba[[rows[n] for n in sel]].argmax(1)
+        cam_true, p = gradcam(model, x, true)
+        cam_pred, _ = gradcam(model, x, pred)
+        for m, n in enumerate(sel):
+            pm = p[m] if p.shape[1] > 1 else np.array([1 - p[m, 0], p[m, 0]])
+            cams[n] = [cam_true[m], cam_pred[m]]
+            titles[n] = [f"{ids[n]} (fold {k})", f"true {classes[true[m]]} ({pm[true[m]]:.2f})",
+                         f"pred {classes[pred[m]]} ({pm[pred[m]]:.2f})"]
+    return plot_gradcam(ex["image"], cams, titles, path)
