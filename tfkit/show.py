@@ -85,10 +85,12 @@ def _caption(y: np.ndarray, classes: list[str], task: str) -> str:
         p = float(y[0])
         name = classes[int(p >= 0.5)] if len(classes) == 2 else str(int(p >= 0.5))
         return name if p in (0.0, 1.0) else f"{classes[1] if len(classes) == 2 else 1} p={p:.2f}"
-    top = int(np.argmax(y))
-    w = float(y[top])
-    name = classes[top] if top < len(classes) else str(top)
-    return name if w >= 0.999 else f"{name} {w:.2f}"
+    order = np.argsort(-y)
+    names = [classes[i] if i < len(classes) else str(i) for i in order[:2]]
+    if float(y[order[0]]) >= 0.999:
+        return names[0]
+    # mixup/cutmix: the two largest shares, so the mixed-in class is visible too
+    return f"{names[0]} {float(y[order[0]]):.2f} + {names[1]} {float(y[order[1]]):.2f}"
 
 
 def _pick_ids(index: pd.DataFrame, n: int) -> list[str]:
@@ -139,14 +141,14 @@ def plot_augment_grid(records: str, cfg: Config, index: pd.DataFrame, manifest: 
 
     plt = _plt()
     rows, cols = len(ids), len(columns)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.1 * rows), squeeze=False, layout="constrained")
     for r in range(rows):
         for c, (imgs, labs, title) in enumerate(columns):
             ax = axes[r][c]
             ax.imshow(np.clip(imgs[r], 0.0, 1.0), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(_caption(labs[r], classes, task), fontsize=8)
+            ax.set_title(_caption(labs[r], classes, task), fontsize=7)
             if r == 0:
                 ax.set_xlabel(title, fontsize=8)
                 ax.xaxis.set_label_position("top")
