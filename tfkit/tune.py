@@ -57,7 +57,6 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from tfkit.config import (
-    AUGMENT_PRESETS,
     Config,
     ConfigError,
     config_from_dict,
@@ -263,10 +262,6 @@ def _parse_param(source: str, key: str, spec: Mapping[str, Any]) -> Param | tupl
         values = [_check_value(source, key, v) for v in raw]
         if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
             raise TfkitError(f"{where}: choice has duplicate values {raw!r}")
-        if key == "augment.preset":
-            bad = [v for v in values if v not in AUGMENT_PRESETS]
-            if bad:
-                raise TfkitError(f"{where}: unknown preset(s) {bad} (expected some of: {', '.join(AUGMENT_PRESETS)})")
         if key == "model.name":
             from tfkit.models import list_models
 
@@ -288,6 +283,10 @@ def _parse_param(source: str, key: str, spec: Mapping[str, Any]) -> Param | tupl
     if "min" not in spec or "max" not in spec:
         raise TfkitError(f"{where}: a range needs both min and max, got {dict(spec)!r}")
     lo, hi, step, log = spec["min"], spec["max"], spec.get("step"), spec.get("log", False)
+    if kind == "float":  # YAML 1.1 reads 1e-4 (no dot) as a string; tfkit.config reads it as the number
+        lo, hi = (_check_value(source, key, v) if isinstance(v, str) else v for v in (lo, hi))
+        if isinstance(step, str):
+            step = _check_value(source, key, step)
     for name, v in (("min", lo), ("max", hi)) + ((("step", step),) if step is not None else ()):
         ok = isinstance(v, int) if kind == "int" else isinstance(v, (int, float))
         if isinstance(v, bool) or not ok:
@@ -333,7 +332,7 @@ def load_space(space: str | os.PathLike | Mapping[str, Any]) -> SearchSpace:
         >>> s.keys, dict(s.fixed)
         (['train.lr'], {'train.epochs': 2})
     """
-    if isinstance(space, Mapping):
+    if not isinstance(space, (str, os.PathLike)):
         source, mapping = "search space", space
     else:
         path = Path(space)
@@ -840,6 +839,13 @@ def tune(
         if overwrite or not state_path.is_file():
             prepare_out_dir(out, overwrite=overwrite, what="tuning folder")
             write_json(state_path, spec)
+    else:
+        # The chief initialises the folder; a worker started first waits for it.
+        waited = time.time()
+        while not state_path.is_file():
+            if time.time() - waited > 3600:
+                raise TfkitError(f"worker: the chief never initialised {out} (no {_STATE_FILE} after an hour)")
+            time.sleep(0.5)
     if state_path.is_file():
         saved = read_json(state_path)
         changed = sorted(k for k in spec if saved.get(k) != spec[k])
