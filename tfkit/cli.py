@@ -189,10 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "without it an image is <id>.<ext> for the first extension found")
     p.add_argument("--label-col", default="label", help="label column (train split)")
     p.add_argument("--group-col", default=None, help="group column kept together in one fold, e.g. patient_id")
-    p.add_argument("--meta", nargs="*", default=[], metavar="COL", help="extra metadata columns to store (numeric or categorical)")
+    p.add_argument("--meta", nargs="*", default=[], metavar="COL", help="extra metadata columns to store: numeric when every value is a number "
+                   "(float, NaN when missing), else categorical (index into the manifest's vocab)")
     p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
     p.add_argument("--seed", type=int, default=42, help="fold seed (default 42)")
-    p.add_argument("--size", type=int, default=None, help="resize to SIZE x SIZE (see README for aspect handling); default keeps the original")
+    p.add_argument("--size", type=int, default=None, help="store SIZE x SIZE images: the shorter side is resized to SIZE (bicubic) and the centre "
+                   "cropped to a square (nothing squashed). Default keeps each image's size, and RGB upright "
+                   "JPEGs are stored byte-for-byte")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality when re-encoding (default 95)")
     p.add_argument("--workers", type=int, default=0, help="worker processes (default 0 = all cores); output bytes do not depend on it")
     p.add_argument("--split", choices=["train", "test"], default="train", help="train (labels, folds) or test (no labels)")
