@@ -263,3 +263,29 @@ def test_oversample_balances_classes(meta_records):
     assert np.all(np.abs(balanced - 1 / 3) < 0.06), balanced  # 640 draws, ~uniform over the 3 classes
     natural = shares()
     assert natural[0] > 3 * natural[2], natural  # without oversampling the imbalance shows
+
+
+def test_varying_stored_sizes_are_resized_per_example(tmp_path):
+    from PIL import Image
+
+    from tfkit.records import build_records
+
+    rng = np.random.default_rng(1)
+    (tmp_path / "img").mkdir()
+    rows = []
+    for k in range(12):
+        h, w = int(rng.integers(20, 60)), int(rng.integers(20, 60))
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / "img" / f"im{k:02d}.png")
+        rows.append({"id": f"im{k:02d}", "label": "cat" if k % 2 else "dog"})
+    pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
+    out = tmp_path / "rec"
+    build_records(csv=tmp_path / "t.csv", images=tmp_path / "img", out=out, n_folds=2, seed=0, workers=1, progress=False)
+    man = records.load_manifest(out)
+    assert man["image"]["size"] is None  # sizes vary
+    cfg = load_config(None, ["data.image_size=24", "data.batch_size=4", "augment.preset=photo"])
+    x, y = next(iter(data.build_dataset(str(out), cfg, mode="train")))
+    assert x.shape == (4, 24, 24, 3) and y.shape == (4, 1)  # binary task: [B, 1]
+    xs, ys, ids = _eval_arrays(str(out), cfg)
+    assert ids == data.read_index(str(out)).id.tolist() and sum(len(b) for b in xs) == 12
+    sizes = data.read_index(str(out), extra=True)
+    assert sizes.height.nunique() > 1  # the stored images really differ in size
