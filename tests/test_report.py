@@ -18,7 +18,7 @@ from tfkit.report import gradcam, last_conv_layer, per_class_table, reliability,
 from tfkit.utils import TfkitError, read_json
 
 TINY = ["data.image_size=16", "data.batch_size=16", "model.width=4", "train.epochs=1",
-        "train.verbose=0", "train.mixed_precision=off", "train.warmup_epochs=0"]
+        "train.verbose=0", "train.mixed_precision=\"off\"", "train.warmup_epochs=0"]
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +100,13 @@ def test_gradcam_matches_manual_split_model():
     assert cams.min() >= 0 and cams.max() <= 1
 
 
-def test_predict_test_records_and_oof_tta(tiny_run, small_records, digits_test_records, tmp_path):
+def test_predict_records_and_oof_tta(tiny_run, small_records, tmp_path):
     from tfkit.data import read_index
     from tfkit.predict import oof_tta, predict
 
     out = tmp_path / "sub.csv"
-    sub = predict(tiny_run, out, records=digits_test_records, tta=2, overrides=["predict.tta_mode=flips"], progress=False)
-    index = read_index(str(digits_test_records))
+    sub = predict(tiny_run, out, records=small_records, tta=2, overrides=["predict.tta_mode=flips"], progress=False)
+    index = read_index(str(small_records))
     written = pd.read_csv(out, dtype={"id": str})
     classes = [str(c) for c in read_json(tiny_run / "manifest.json")["classes"]]
     assert list(written.columns) == ["id", *classes]
