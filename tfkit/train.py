@@ -855,7 +855,8 @@ def lr_find(cfg: Config, records: str | os.PathLike, out: str | os.PathLike, min
     if i_min >= 2:
         grad = np.gradient(sm[: i_min + 1], np.log(lr_arr[: i_min + 1]))
         steepest = float(lr_arr[int(np.argmin(grad))])
-    suggested = steepest if steepest is not None else min_loss_lr / 10
+    # Never suggest outside the swept range: below it nothing was measured.
+    suggested = steepest if steepest is not None else max(min_loss_lr / 10, float(lr_arr[0]))
     write_csv(out / "lr_find.csv", pd.DataFrame({"lr": lr_arr, "loss": losses, "smoothed": sm}))
     _plot_lr(lr_arr, np.asarray(losses), sm, suggested, out / "lr_find.png")
     print(f"lr-find: suggested lr {suggested:.3g} (steepest descent {steepest if steepest is None else f'{steepest:.3g}'}, "
