@@ -289,3 +289,19 @@ def test_varying_stored_sizes_are_resized_per_example(tmp_path):
     assert ids == data.read_index(str(out)).id.tolist() and sum(len(b) for b in xs) == 12
     sizes = data.read_index(str(out), extra=True)
     assert sizes.height.nunique() > 1  # the stored images really differ in size
+
+
+def test_unlabelled_records_only_predict(tmp_path, digits_dir):
+    from tfkit.records import build_records
+
+    csv = tmp_path / "ids.csv"
+    pd.read_csv(digits_dir / "test.csv", dtype={"id": str})[["id"]].head(20).to_csv(csv, index=False)
+    out = tmp_path / "rec"
+    build_records(csv=csv, images=digits_dir / "images", out=out, split="test", label_col=None, size=32,
+                  workers=1, progress=False)
+    cfg = _cfg()
+    with pytest.raises(TfkitError, match="no labels"):
+        data.build_dataset(str(out), cfg, mode="eval")
+    xs, _, ids = _eval_arrays(str(out), cfg, mode="predict")
+    assert ids == data.read_index(str(out)).id.tolist() and len(ids) == 20
+    assert set(data.read_index(str(out)).label) == {-1}

@@ -446,7 +446,8 @@ def build_dataset(
         ``cfg.data.metadata`` names columns; ``y`` is float32 ``[B, C]`` or ``[B, 1]``.
 
     Raises:
-        TfkitError: unknown mode, bad folds, missing metadata column, no shards.
+        TfkitError: unknown mode, bad folds, missing metadata column, no shards,
+            train/eval asked of records without labels.
 
     Example:
         >>> ds = build_dataset("records", cfg, folds=[1, 2, 3, 4], mode="train")  # doctest: +SKIP
@@ -460,6 +461,9 @@ def build_dataset(
     if dcfg.augment_on not in ("host", "device"):
         raise TfkitError(f"data.augment_on: expected host or device, got {dcfg.augment_on!r}")
     manifest = _manifest(records, manifest)
+    if mode != "predict" and (manifest.get("columns") or {"label": True}).get("label") is None:
+        raise TfkitError(f"{records}: the records hold no labels (built without a label column); "
+                         f"mode={mode!r} needs them, use mode='predict'")
     files = select_files(records, folds, manifest)
     train = mode == "train"
     batch = int(batch_size or dcfg.batch_size)
@@ -467,7 +471,8 @@ def build_dataset(
         raise TfkitError(f"data.batch_size: expected a positive integer, got {batch}")
     size = int(dcfg.image_size)
     seed = int(dcfg.seed)
-    task = resolve_task(manifest, cfg.model.task)
+    # Predict needs no targets (and unlabelled test records may have no task).
+    task = resolve_task(manifest, cfg.model.task) if mode != "predict" else None
     num_classes = len(manifest.get("classes") or [])
     meta_names = list(dcfg.metadata or [])
     encode_meta = _meta_encoder(manifest, meta_names) if meta_names else None
@@ -495,7 +500,8 @@ def build_dataset(
         ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic or not train)
 
     def to_batchable(ex: dict) -> dict:
-        out = {"image": ex["image"], "y": encode_targets(ex["label"], task, num_classes), "id": ex["id"]}
+        out = {"image": ex["image"], "id": ex["id"]}
+        out["y"] = encode_targets(ex["label"], task, num_classes) if task else ex["label"]
         if encode_meta is not None:
             out["meta"] = encode_meta(ex["meta"])
         return out
