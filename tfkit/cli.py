@@ -114,8 +114,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from tfkit.predict import predict
+    from tfkit.predict import oof_tta, predict
 
+    if args.oof:
+        if args.records is None:
+            raise TfkitError("predict --oof: give the training records with --records")
+        oof_tta(args.run, args.records, tta=args.tta, overrides=args.overrides)
+        return 0
     predict(
         args.run, out=args.out, records=args.records, images=args.images, csv=args.csv, tta=args.tta,
         overrides=args.overrides,
@@ -126,7 +131,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from tfkit.report import report
 
-    print(report(args.run, out=args.out, n_worst=args.worst, gradcam_ids=args.gradcam))
+    print(report(args.run, out=args.out, n_worst=args.worst, gradcam_ids=args.gradcam, records=args.records,
+                 fmt=args.format))
     return 0
 
 
@@ -260,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="submission.csv", help="submission CSV")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a predict.* key, e.g. --set predict.average=gmean")
+    p.add_argument("--oof", action="store_true",
+                   help="instead: recompute the out-of-fold predictions of the training --records with the same TTA "
+                        "and print the CV score with and without TTA (writes RUN/oof_tta.csv, RUN/cv_tta.json)")
 
     # report
     p = add("report", cmd_report, "confusion matrix, per-class metrics, top losses, Grad-CAM, calibration")
@@ -267,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="report folder (default RUN/report)")
     p.add_argument("--worst", type=int, default=16, help="most confidently wrong images to show")
     p.add_argument("--gradcam", type=lambda s: s.split(","), default=None, help="comma-separated ids for Grad-CAM")
+    p.add_argument("--records", default=None,
+                   help="training records of the run: images for the top-losses grid and Grad-CAM (left out without)")
+    p.add_argument("--format", choices=["html", "md"], default="html", help="report.html (default) or report.md")
 
     # demo
     p = add("demo", cmd_demo, "the whole workflow offline on the embedded digits dataset")

@@ -1,0 +1,38 @@
+"""`tfkit demo --quick` end to end through the CLI."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pandas as pd
+
+from tfkit.cli import main
+from tfkit.utils import read_json
+
+
+def test_demo_quick_via_cli(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "CV accuracy" in text and "held-out test accuracy" in text
+    for rel in ("run/cv.json", "run/cv_tta.json", "run/oof_tta.csv", "run/report/report.html",
+                "run/report/confusion_matrix.png", "records/train/manifest.json", "records/test/manifest.json",
+                "run/fold0/model.keras", "run/fold1/model.keras"):
+        assert (out / rel).is_file(), rel
+        assert str(out / rel.split("/")[0]) in text
+    sub = pd.read_csv(out / "submission.csv", dtype={"id": str})
+    test = pd.read_csv(out / "test_quick.csv", dtype={"id": str})
+    classes = [str(c) for c in read_json(out / "run" / "manifest.json")["classes"]]
+    assert list(sub.columns) == ["id", *classes]
+    assert sorted(sub["id"]) == sorted(test["id"])
+    np.testing.assert_allclose(sub[classes].sum(1), 1.0, atol=1e-5)
+    # the printed held-out score is the submission's accuracy against test.csv
+    truth = test.set_index("id").loc[sub["id"], "label"].astype(str).to_numpy()
+    acc = np.mean(np.asarray(classes)[sub[classes].to_numpy().argmax(1)] == truth)
+    assert f"held-out test accuracy ({len(sub)} images, 2-fold ensemble + TTA): {acc:.4f}" in text
+    # refusing to overwrite is a one-line CLI error
+    assert main(["demo", "--quick", "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
