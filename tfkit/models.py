@@ -95,7 +95,7 @@ class GeMPooling2D(layers.Layer):
         trainable_p: learn ``p`` with the network.
 
     Example:
-        >>> GeMPooling2D()(keras.ops.ones((2, 4, 4, 8))).shape
+        >>> tuple(GeMPooling2D()(keras.ops.ones((2, 4, 4, 8))).shape)
         (2, 8)
     """
 

@@ -13,7 +13,7 @@ Example:
     >>> from tfkit.config import TrainConfig
     >>> cfg = TrainConfig(epochs=4, lr=1e-3, schedule="cosine", warmup_epochs=1)
     >>> vals = schedule_values(cfg, steps_per_epoch=10)
-    >>> len(vals), float(vals.max())
+    >>> len(vals), round(float(vals.max()), 6)
     (40, 0.001)
 """
 
@@ -59,7 +59,7 @@ class TfkitSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     Example:
         >>> s = TfkitSchedule("constant", lr=0.1, min_lr=0.0, total_steps=10)
-        >>> float(s(3))
+        >>> round(float(s(3)), 6)
         0.1
     """
 
