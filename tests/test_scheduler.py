@@ -100,6 +100,21 @@ def test_rampup_sustain_then_exponential_decay_per_epoch():
     assert np.all(np.diff(v[ramp + sustain:]) < 0) and v.min() > 1e-5
 
 
+@pytest.mark.parametrize("height_decay", [1.0, 0.5])
+def test_cyclic_triangles_between_min_lr_and_lr(height_decay):
+    spe, lo, hi = 4, 1e-4, 1e-2
+    c = cfg(schedule="cyclic", epochs=9, warmup_epochs=1, cycle_epochs=2, cycle_decay=height_decay, lr=hi, min_lr=lo)
+    v = schedule_values(c, spe).astype(np.float64)[spe:]  # after warmup
+    cycle = 2 * spe
+    for i in range(len(v) // cycle):
+        tri = v[i * cycle:(i + 1) * cycle]
+        peak = lo + (hi - lo) * height_decay**i
+        assert tri[0] == pytest.approx(lo, rel=1e-5)  # each cycle starts at the trough
+        assert tri.max() == pytest.approx(peak, rel=1e-5)  # ... and peaks mid-cycle
+        assert int(np.argmax(tri)) == cycle // 2
+        assert np.all(np.diff(tri[: cycle // 2 + 1]) > 0) and np.all(np.diff(tri[cycle // 2:]) < 0)
+
+
 def test_constant_and_plateau():
     v = schedule_values(cfg(schedule="constant", warmup_epochs=0), 3)
     np.testing.assert_allclose(v, 1e-2, rtol=1e-6)

@@ -152,11 +152,13 @@ class TrainConfig:
     lr: float = 1e-3  # peak learning rate for the global batch
     weight_decay: float = 1e-4
     momentum: float = 0.9  # sgd only
-    schedule: str = "cosine"  # constant | cosine | onecycle | cosine_restarts | rampup | plateau
+    schedule: str = "cosine"  # constant | cosine | onecycle | cosine_restarts | cyclic | rampup | plateau
     warmup_epochs: float = 1.0
     min_lr: float = 1e-6
     restart_epochs: float = 5.0  # cosine_restarts: first cycle length
     restart_mult: float = 2.0  # cosine_restarts: cycle length multiplier
+    cycle_epochs: float = 2.0  # cyclic: length of one up-and-down triangle
+    cycle_decay: float = 1.0  # cyclic: amplitude factor per cycle (1: triangular, 0.5: triangular2)
     sustain_epochs: float = 0.0  # rampup: epochs held at the peak
     decay: float = 0.8  # rampup: exponential decay per epoch after sustain
     plateau_factor: float = 0.5

@@ -30,7 +30,7 @@ from keras import ops
 
 from tfkit.utils import TfkitError, atomic_write
 
-SCHEDULES = ("constant", "cosine", "onecycle", "cosine_restarts", "rampup", "plateau")
+SCHEDULES = ("constant", "cosine", "onecycle", "cosine_restarts", "cyclic", "rampup", "plateau")
 ONECYCLE_DIV = 25.0  # one-cycle starts at lr / 25 (fastai's div_factor)
 ONECYCLE_PCT = 0.3  # one-cycle warmup fraction when warmup_epochs is 0
 
@@ -56,6 +56,9 @@ class TfkitSchedule(keras.optimizers.schedules.LearningRateSchedule):
         restart_mult: SGDR cycle length multiplier (cycle i lasts ``restart_steps * mult**i``).
         sustain_steps: rampup: steps held at the peak.
         decay: rampup: ``lr - min_lr`` is multiplied by this per epoch after the sustain.
+        cycle_steps: cyclic: length of one triangle (min_lr -> lr -> min_lr).
+        cycle_decay: cyclic: the triangle's height is multiplied by this each
+            cycle (1.0 is Smith's "triangular", 0.5 "triangular2").
 
     Example:
         >>> s = TfkitSchedule("constant", lr=0.1, min_lr=0.0, total_steps=10)
@@ -75,6 +78,8 @@ class TfkitSchedule(keras.optimizers.schedules.LearningRateSchedule):
         restart_mult: float = 2.0,
         sustain_steps: int = 0,
         decay: float = 0.8,
+        cycle_steps: int = 2,
+        cycle_decay: float = 1.0,
     ) -> None:
         if kind not in SCHEDULES or kind == "plateau":
             raise TfkitError(f"train.schedule: unknown schedule {kind!r} (expected one of: {', '.join(SCHEDULES)})")
@@ -88,6 +93,8 @@ class TfkitSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.restart_mult = float(restart_mult)
         self.sustain_steps = int(sustain_steps)
         self.decay = float(decay)
+        self.cycle_steps = int(cycle_steps)
+        self.cycle_decay = float(cycle_decay)
 
     def __call__(self, step: Any) -> Any:
         s = ops.cast(step, "float32")
@@ -108,6 +115,14 @@ class TfkitSchedule(keras.optimizers.schedules.LearningRateSchedule):
             after = _cos_anneal(lr, lo, t)
         elif self.kind == "cosine_restarts":
             after = self._restarts(ops.maximum(a, 0.0))
+        elif self.kind == "cyclic":
+            # Smith's cyclical LR (what tfa.optimizers.CyclicalLearningRate did).
+            c = float(max(self.cycle_steps, 2))
+            a0 = ops.maximum(a, 0.0)
+            phase = (a0 - c * ops.floor(a0 / c)) / c  # 0..1 within the cycle
+            tri = 1.0 - ops.abs(2.0 * phase - 1.0)  # 0 -> 1 -> 0
+            height = ops.power(self.cycle_decay, ops.floor(a0 / c))
+            after = lo + (lr - lo) * tri * height
         else:  # rampup
             d = ops.maximum(a - float(self.sustain_steps), 0.0) / float(max(self.steps_per_epoch, 1))
             after = lo + (lr - lo) * ops.power(self.decay, d)
@@ -140,6 +155,7 @@ class TfkitSchedule(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_steps": self.warmup_steps, "steps_per_epoch": self.steps_per_epoch,
             "restart_steps": self.restart_steps, "restart_mult": self.restart_mult,
             "sustain_steps": self.sustain_steps, "decay": self.decay,
+            "cycle_steps": self.cycle_steps, "cycle_decay": self.cycle_decay,
         }
 
 
@@ -182,6 +198,8 @@ def create_schedule(train_cfg: Any, steps_per_epoch: int, epochs: int | None = N
         warmup = int(round(ONECYCLE_PCT * total))
     if kind == "cosine_restarts" and (train_cfg.restart_epochs <= 0 or train_cfg.restart_mult <= 0):
         raise TfkitError(f"train.restart_epochs/restart_mult must be > 0, got {train_cfg.restart_epochs}, {train_cfg.restart_mult}")
+    if kind == "cyclic" and (train_cfg.cycle_epochs <= 0 or not 0 < train_cfg.cycle_decay <= 1):
+        raise TfkitError(f"train.cycle_epochs must be > 0 and cycle_decay in (0, 1], got {train_cfg.cycle_epochs}, {train_cfg.cycle_decay}")
     if kind == "rampup" and not 0 < train_cfg.decay <= 1:
         raise TfkitError(f"train.decay: expected a factor in (0, 1], got {train_cfg.decay}")
     return TfkitSchedule(
@@ -190,6 +208,7 @@ def create_schedule(train_cfg: Any, steps_per_epoch: int, epochs: int | None = N
         restart_steps=max(1, int(round(train_cfg.restart_epochs * steps_per_epoch))),
         restart_mult=train_cfg.restart_mult,
         sustain_steps=int(round(train_cfg.sustain_epochs * steps_per_epoch)), decay=train_cfg.decay,
+        cycle_steps=max(2, int(round(train_cfg.cycle_epochs * steps_per_epoch))), cycle_decay=train_cfg.cycle_decay,
     )
 
 
