@@ -450,7 +450,7 @@ def _mix(x: tf.Tensor, labels: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor):
     if cfg.mixup_p > 0:
         lam = _beta(tf.random.experimental.stateless_fold_in(seed, _OP_MIX * 1000 + 3, alg=_ALG), [b], cfg.mixup_alpha)
         w_mix = tf.where(u < cfg.mixup_p, 1.0 - lam, 0.0)
-        x = x * (1.0 - w_mix)[:, None, None, None] + xp * w_mix[:, None, None, None]
+        x = tf.clip_by_value(x * (1.0 - w_mix)[:, None, None, None] + xp * w_mix[:, None, None, None], 0.0, 1.0)
         weight = weight + w_mix
     if cfg.cutmix_p > 0:
         cut_on = (u >= cfg.mixup_p) & (u < cfg.mixup_p + cfg.cutmix_p)
