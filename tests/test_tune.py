@@ -248,13 +248,13 @@ def test_cv_objective_is_the_mean_of_fold_scores(tmp_path, rec, base):
 
 
 def test_hyperband_maps_its_epoch_budget_onto_train_epochs(tmp_path, rec, base):
-    cfg = load_config(None, TINY + ["train.epochs=3"])
-    s = T.tune(cfg, SPACE, rec, tmp_path / "hb", tuner="hyperband", max_trials=3, objective="val_accuracy", fold=0)
+    cfg = load_config(None, TINY + ["train.epochs=2"])
+    s = T.tune(cfg, SPACE, rec, tmp_path / "hb", tuner="hyperband", max_trials=2, objective="val_accuracy", fold=0)
     table = pd.read_csv(tmp_path / "hb" / "trials.csv")
-    assert s["n_completed"] == 3 and set(table["status"]) == {"COMPLETED"}
+    assert s["n_completed"] == 2 and set(table["status"]) == {"COMPLETED"}
     for _, row in table.iterrows():
         done = read_json(tmp_path / "hb" / "search" / f"trial_{row['trial_id']}" / "run" / "fold0" / "done.json")
-        assert done["epochs_run"] == row["epochs"] and 1 <= row["epochs"] <= 3
+        assert done["epochs_run"] == row["epochs"] and 1 <= row["epochs"] <= 2
 
 
 def test_bad_fold_and_objective_are_clear_errors(tmp_path, rec, base):

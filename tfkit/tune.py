@@ -828,7 +828,8 @@ def tune(
     out = Path(out)
     tuner_name = tuner if isinstance(tuner, str) else type(tuner).__name__
     spec = {
-        "space": {"params": [dataclasses.asdict(p) for p in search_space.params], "fixed": dict(search_space.fixed)},
+        "space": {"params": {p.key: dataclasses.asdict(p) for p in search_space.params},
+                  "fixed": dict(search_space.fixed)},
         "base": config_to_dict(cfg), "objective": [obj.name, obj.direction], "tuner": tuner_name,
         "folds": folds, "records": str(Path(records).resolve()),
     }
@@ -849,6 +850,11 @@ def tune(
     if state_path.is_file():
         saved = read_json(state_path)
         changed = sorted(k for k in spec if saved.get(k) != spec[k])
+        if "base" in changed:  # name the config keys, not just "base"
+            old, new = saved.get("base") or {}, spec["base"]
+            changed.remove("base")
+            changed += sorted(f"{sec}.{key}" for sec in new for key in new[sec]
+                              if (old.get(sec) or {}).get(key, "<missing>") != new[sec][key])
         if changed:
             raise TfkitError(
                 f"{out} holds a search started with different {', '.join(changed)}; "
