@@ -457,6 +457,8 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
         labels = tfdata.read_index(records, folds=train_folds, manifest=manifest)["label"].to_numpy()
         cw = class_weights(labels, num_classes)
 
+    n_val = tfrec.count_from_names(tfrec.shard_files(records, folds=[fold], split="train"))
+    val_steps = -(-n_val // global_batch)  # the eval dataset keeps the last partial batch
     state_path = fold_dir / "resume" / "state.json"
     state: dict = read_json(state_path) if state_path.is_file() else dict(
         epoch=0, best=None, best_epoch=None, best_size=None, wait=0, history=[], phase=None, stopped=False)
@@ -517,7 +519,8 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
                 keras.callbacks.TensorBoard(str(fold_dir / "logs"), write_graph=False, profile_batch=0),
                 *extra_cb, *callbacks]
         wrapper.fit(train_ds, validation_data=val_ds, epochs=phase["end"], initial_epoch=state["epoch"],
-                    steps_per_epoch=steps, class_weight=cw, callbacks=cbs, verbose=cfg.train.verbose)
+                    steps_per_epoch=steps, validation_steps=val_steps, class_weight=cw, callbacks=cbs,
+                    verbose=cfg.train.verbose)
         if state.get("stopped"):
             break
 
