@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from tfkit.utils import TfkitError, atomic_write, read_json, write_csv
+from tfkit.utils import TfkitError, atomic_write, pyplot, read_json, save_figure, write_csv
 
 N_BINS = 10
 
@@ -215,27 +215,11 @@ def gradcam(model: Any, images: Any, class_index: Sequence[int], layer: Any = No
 # --------------------------------------------------------------------------- plots
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> Path:
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    return path
-
-
 def plot_confusion(labels: np.ndarray, pred: np.ndarray, classes: Sequence[str], path: Path) -> Path:
     """Confusion-matrix PNG: counts in the cells, colour = row-normalised recall."""
     from sklearn.metrics import confusion_matrix
 
-    plt = _plt()
+    plt = pyplot()
     cm = confusion_matrix(labels, pred, labels=list(range(len(classes))))
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     n = len(classes)
@@ -252,12 +236,12 @@ def plot_confusion(labels: np.ndarray, pred: np.ndarray, classes: Sequence[str],
     ax.set_ylabel("true")
     ax.set_title(f"Confusion matrix (OOF, n={len(labels)}, accuracy {np.mean(labels == pred):.4f})")
     fig.colorbar(im, ax=ax, label="fraction of the true class")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_calibration(bins: pd.DataFrame, ece: float, path: Path) -> Path:
     """Reliability diagram: accuracy vs mean confidence per bin, with bin counts."""
-    plt = _plt()
+    plt = pyplot()
     fig, (ax, axc) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     centres = (bins["lo"] + bins["hi"]) / 2
     width = float(bins["hi"].iloc[0] - bins["lo"].iloc[0])
@@ -274,7 +258,7 @@ def plot_calibration(bins: pd.DataFrame, ece: float, path: Path) -> Path:
     axc.set_xlabel("confidence of the predicted class")
     axc.set_ylabel("images")
     axc.set_xlim(0, 1)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _grid(n: int, cols: int = 8) -> tuple[int, int]:
@@ -284,7 +268,7 @@ def _grid(n: int, cols: int = 8) -> tuple[int, int]:
 
 def plot_top_losses(images: np.ndarray, rows: pd.DataFrame, path: Path) -> Path:
     """Grid of the most confidently wrong images, titled id / true -> predicted (p)."""
-    plt = _plt()
+    plt = pyplot()
     r, c = _grid(len(rows))
     fig, axes = plt.subplots(r, c, figsize=(2.0 * c, 2.3 * r), squeeze=False)
     for ax in axes.ravel():
@@ -293,14 +277,14 @@ def plot_top_losses(images: np.ndarray, rows: pd.DataFrame, path: Path) -> Path:
         ax.imshow(img)
         ax.set_title(f"{row['id']}\n{row['label']} -> {row['pred']} ({row['p_pred']:.2f})", fontsize=7)
     fig.suptitle("Most confidently wrong (OOF): label-noise candidates", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_gradcam(images: np.ndarray, cams: list[np.ndarray], titles: list[list[str]], path: Path) -> Path:
     """Rows of image | CAM of the true class | CAM of the predicted class."""
     import tensorflow as tf
 
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(len(images), 3, figsize=(6.3, 2.2 * len(images)), squeeze=False)
     for i, img in enumerate(images):
         h, w = img.shape[:2]
@@ -314,7 +298,7 @@ def plot_gradcam(images: np.ndarray, cams: list[np.ndarray], titles: list[list[s
         for ax in axes[i]:
             ax.axis("off")
     fig.suptitle("Grad-CAM (last conv feature map)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- page

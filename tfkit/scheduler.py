@@ -28,7 +28,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfkit.utils import TfkitError, atomic_write
+from tfkit.utils import TfkitError, pyplot, save_figure
 
 SCHEDULES = ("constant", "cosine", "onecycle", "cosine_restarts", "cyclic", "rampup", "plateau")
 ONECYCLE_DIV = 25.0  # one-cycle starts at lr / 25 (fastai's div_factor)
@@ -279,11 +279,7 @@ def plot_schedule(train_cfg: Any, steps_per_epoch: int, path: str | os.PathLike,
         >>> plot_schedule(TrainConfig(schedule="rampup"), 100, "lr.png")  # doctest: +SKIP
         PosixPath('lr.png')
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     vals = schedule_values(train_cfg, steps_per_epoch, epochs)
     x = np.arange(len(vals)) / steps_per_epoch
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
@@ -294,8 +290,4 @@ def plot_schedule(train_cfg: Any, steps_per_epoch: int, path: str | os.PathLike,
     ax.set(title=title, xlabel="epoch", ylabel="learning rate")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

@@ -29,25 +29,9 @@ import numpy as np
 import pandas as pd
 
 from tfkit.config import Config
-from tfkit.utils import TfkitError, atomic_write, write_csv, write_json
+from tfkit.utils import TfkitError, pyplot, save_figure, write_csv, write_json
 
 MAX_SIZE_BARS = 12  # more distinct stored sizes than this: histograms instead of bars
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> Path:
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    return path
 
 
 def class_counts(index: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
@@ -139,7 +123,7 @@ def plot_augment_grid(records: str, cfg: Config, index: pd.DataFrame, manifest: 
         img, lab = augment.augment_batch(tf.constant(ex["image"]), y, cfg.augment, size, seed)
         columns.append((img.numpy(), lab.numpy(), f"draw {d + 1}"))
 
-    plt = _plt()
+    plt = pyplot()
     rows, cols = len(ids), len(columns)
     fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.1 * rows), squeeze=False, layout="constrained")
     for r in range(rows):
@@ -155,7 +139,7 @@ def plot_augment_grid(records: str, cfg: Config, index: pd.DataFrame, manifest: 
             if c == 0:
                 ax.set_ylabel(str(ex["id"][r])[:18], fontsize=7)
     fig.suptitle(f"augment preset={cfg.augment.preset!r}, size {size}px: original, then {n_draws} draws", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_class_counts(counts: pd.DataFrame, path: Path) -> Path:
@@ -171,7 +155,7 @@ def plot_class_counts(counts: pd.DataFrame, path: Path) -> Path:
     Example:
         >>> plot_class_counts(class_counts(idx, classes), Path("class_counts.png"))  # doctest: +SKIP
     """
-    plt = _plt()
+    plt = pyplot()
     folds = [c for c in counts.columns if c != "total"]
     n_cls = len(counts)
     width = 0.8 / max(1, len(folds))
@@ -184,7 +168,7 @@ def plot_class_counts(counts: pd.DataFrame, path: Path) -> Path:
     ax.set_ylabel("examples")
     ax.set_title(f"class counts per fold ({int(counts['total'].sum())} examples)")
     ax.legend(fontsize=8, ncol=min(len(folds), 5))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def eda_summary(index: pd.DataFrame, manifest: dict) -> dict:
@@ -238,7 +222,7 @@ def plot_eda(index: pd.DataFrame, manifest: dict, summary: dict, path: Path) -> 
     Example:
         >>> plot_eda(idx, manifest, eda_summary(idx, manifest), Path("eda.png"))  # doctest: +SKIP
     """
-    plt = _plt()
+    plt = pyplot()
     meta = list((manifest.get("metadata") or {}).items())
     n_panels = 2 + len(meta)
     ncols = min(3, n_panels)
@@ -280,7 +264,7 @@ def plot_eda(index: pd.DataFrame, manifest: dict, summary: dict, path: Path) -> 
         ax.axis("off")
     fig.suptitle(f"records EDA: {manifest.get('split', '?')} split", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def show(records: str, cfg: Config, out: str | os.PathLike, n_images: int = 8, n_draws: int = 4) -> list[Path]:

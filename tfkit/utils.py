@@ -118,3 +118,29 @@ def seed_everything(seed: int) -> None:
         sys.modules["keras"].utils.set_random_seed(seed)
     elif "tensorflow" in sys.modules:
         sys.modules["tensorflow"].random.set_seed(seed)
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (no display on
+    servers, CI or Kaggle workers), imported only when a plot is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as PNG atomically, close it, return the path.
+
+    Example:
+        >>> plt = pyplot()  # doctest: +SKIP
+        >>> fig, ax = plt.subplots(); ax.plot([1, 2])  # doctest: +SKIP
+        >>> save_figure(fig, "out/curve.png")  # doctest: +SKIP
+    """
+    path = Path(path)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
+    pyplot().close(fig)
+    return path
