@@ -11,6 +11,7 @@ printed as one line, ``tfkit: error: ...``, with exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -289,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # TensorFlow's C++ start-up chatter (oneDNN, CPU features) buries the
+    # output users need; they can still ask for it by setting the variable.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
