@@ -12,7 +12,8 @@ images/s at batch 64 and output 384 of:
   (c)  the classic notebook way: the same augmentations per example in a map
        before batching (kept here only as the comparison)
 
-and the peak RSS during each pipeline's windows. Targets on 2 cores:
+and the resident memory each live pipeline holds (RSS after its warm-up minus
+before), plus the process peak. Targets on 2 cores:
 (b) >= 0.8x (a') and (b) >= 2.5x (c).
 
 Usage:
@@ -97,7 +98,7 @@ PAR = os.cpu_count() or 2  # parallel calls per map: one per core
 PREFETCH = 2  # batches
 
 
-def _options(private_threads: int | None) -> tf.data.Options:
+def _options(private_threads: int | None, intra: int | None = None) -> tf.data.Options:
     # Fixed parallelism and buffers instead of AUTOTUNE: autotuned buffers grow
     # while an iterator sits idle (GBs of RSS, bursts that fake throughput in a
     # round-robin measurement), and autotune causes the iterator-destroy stall.
@@ -106,6 +107,8 @@ def _options(private_threads: int | None) -> tf.data.Options:
     opt.autotune.enabled = False
     if private_threads:
         opt.threading.private_threadpool_size = private_threads
+    if intra:
+        opt.threading.max_intra_op_parallelism = intra
     return opt
 
 
@@ -128,13 +131,13 @@ def pipe_resize(files, threads):
     return ds.batch(BATCH, drop_remainder=True).prefetch(PREFETCH).with_options(_options(threads))
 
 
-def pipe_tfkit(files, threads, jit=True, parallel_batches=2):
+def pipe_tfkit(files, threads, jit=True, parallel_batches=2, intra=None):
     aug = tf.function(lambda i, x, y: augment_batch(x, y, AUG, OUT_SIZE, tf.stack([tf.constant(7, tf.int64), i])),
                       jit_compile=jit)
     ds = _records(files).map(_decode, num_parallel_calls=PAR, deterministic=False)
     ds = ds.batch(BATCH, drop_remainder=True).enumerate()
     ds = ds.map(lambda i, xy: aug(i, *xy), num_parallel_calls=parallel_batches, deterministic=False)
-    return ds.prefetch(PREFETCH).with_options(_options(threads))
+    return ds.prefetch(PREFETCH).with_options(_options(threads, intra))
 
 
 # ------------------------------------------------------------- classic per-example augmentation
@@ -203,16 +206,10 @@ def pipe_classic(files, threads):
 # --------------------------------------------------------------------------- measurement
 
 
-def _reset_peak_rss() -> None:
-    try:  # Linux: writing 5 resets VmHWM (the peak RSS) of this process
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def _peak_rss_mb() -> float:
+def _rss_mb(field: str = "VmRSS") -> float:
+    """Resident memory of this process (VmRSS) or its peak so far (VmHWM), MB (Linux)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -236,32 +233,40 @@ def main(argv: list[str] | None = None) -> dict:
         files = make_shards(Path(tmp), n)
         mb = sum(os.path.getsize(f) for f in files) / 1e6
         print(f"shards: {len(files)} files, {mb:.1f} MB, written in {time.perf_counter() - t0:.1f} s")
-        builders = {"a": pipe_decode, "a'": pipe_resize, "b": pipe_tfkit, "c": pipe_classic}
+        builders = {"a": pipe_decode, "a'": pipe_resize, "b": pipe_tfkit, "c": pipe_classic,
+                    # variants for tuning (--only): one batch at a time, and without XLA
+                    "b1": lambda f, t: pipe_tfkit(f, t, parallel_batches=1),
+                    "b-nojit": lambda f, t: pipe_tfkit(f, t, jit=False),
+                    "b-intra2": lambda f, t: pipe_tfkit(f, t, intra=2)}
         names = [k for k in args.only.split(",") if k in builders]
-        iters = {}
+        iters, held = {}, {}
         for k in names:  # warm up: traces, XLA compiles, fills buffers
+            before = _rss_mb()
             iters[k] = iter(builders[k](files, args.threads))
             for _ in range(3):
                 x, _y = next(iters[k])
             assert x.shape == ((BATCH, IN_SIZE, IN_SIZE, 3) if k == "a" else (BATCH, OUT_SIZE, OUT_SIZE, 3)), x.shape
+            assert x.dtype == (tf.uint8 if k == "a" else tf.float32), x.dtype
+            del x, _y
+            held[k] = _rss_mb() - before  # what the live pipeline keeps resident (buffers, code)
         rates: dict[str, list[float]] = {k: [] for k in names}
-        peaks: dict[str, float] = {k: 0.0 for k in names}
         for _ in range(repeats):
             for k in names:  # round robin: every pipeline sees the same machine load
                 for _ in range(PREFETCH + 2):  # drain what was buffered while it sat idle
                     next(iters[k])
-                _reset_peak_rss()
                 t = time.perf_counter()
                 for _ in range(window):
                     next(iters[k])
                 rates[k].append(window * BATCH / (time.perf_counter() - t))
-                peaks[k] = max(peaks[k], _peak_rss_mb())
     med = {k: statistics.median(v) for k, v in rates.items()}
     labels = {"a": "(a)  read+parse+decode only", "a'": "(a') decode + resize 384 + float",
-              "b": "(b)  tfkit batched augment_batch", "c": "(c)  classic per-example map"}
-    print(f"\n| pipeline | img/s median | min..max | peak RSS MB |\n|---|---:|---:|---:|")
+              "b": "(b)  tfkit batched augment_batch", "c": "(c)  classic per-example map",
+              "b1": "(b)  variant: 1 batch in flight", "b-nojit": "(b)  variant: no XLA",
+              "b-intra2": "(b)  variant: max_intra_op_parallelism=2"}
+    print(f"\n| pipeline | img/s median | min..max | RSS held MB |\n|---|---:|---:|---:|")
     for k in names:
-        print(f"| {labels[k]} | {med[k]:.0f} | {min(rates[k]):.0f}..{max(rates[k]):.0f} | {peaks[k]:.0f} |")
+        print(f"| {labels[k]} | {med[k]:.0f} | {min(rates[k]):.0f}..{max(rates[k]):.0f} | {held[k]:.0f} |")
+    print(f"process peak RSS: {_rss_mb('VmHWM'):.0f} MB (all pipelines live at once)")
     if "b" in med and "a'" in med:
         print("\n(b)/(a') = %.2f  (target >= 0.8)" % (med['b'] / med["a'"]))
     if "b" in med and "c" in med:
