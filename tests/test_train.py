@@ -214,3 +214,99 @@ def test_lr_find_via_cli(digits_records, tmp_path, capsys):
     assert res["steps_run"] <= 12 and Path(res["png"]).is_file()
     with pytest.raises(TfkitError, match="min-lr"):
         lr_find(tiny_cfg(), digits_records, tmp_path, min_lr=1.0, max_lr=0.1)
+
+
+# --------------------------------------------------------------------------- SWA
+
+SWA_TINY = ["data.batch_size=8", "model.width=4", "train.epochs=3", "train.swa_epochs=2", "train.schedule=cosine"]
+
+
+class Capture(keras.callbacks.Callback):
+    """Weights of the trained model at each epoch end (after tfkit's callbacks: EMA swapped in)."""
+
+    def __init__(self):
+        super().__init__()
+        self.snaps: list[tuple[int, list[np.ndarray]]] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.snaps.append((epoch, [keras.ops.convert_to_numpy(v) for v in self.model.net.weights]))
+
+
+def _is_bn_stat(path: str) -> bool:
+    return "moving_mean" in path or "moving_variance" in path
+
+
+def _assert_swa_weights(model, snaps):
+    mean = [np.mean([s[i] for s in snaps], axis=0) for i in range(len(snaps[0]))]
+    bn_differs = []
+    for v, m in zip(model.weights, mean):
+        got = keras.ops.convert_to_numpy(v)
+        if _is_bn_stat(v.path):
+            bn_differs.append(not np.allclose(got, m, rtol=1e-3, atol=1e-5))
+        else:
+            np.testing.assert_allclose(got, m, rtol=1e-6, atol=1e-7, err_msg=v.path)
+    assert bn_differs and all(bn_differs)  # every BN statistic was recomputed, not averaged
+
+
+def test_swa_with_ema_two_folds(small_records, tmp_path):
+    """SWA of the EMA weights of the last 2 of 3 epochs; BN recomputed; OOF and cv.json from the SWA model."""
+    from tfkit.data import build_dataset
+
+    cfg = tiny_cfg(*SWA_TINY, "train.ema=0.9")
+    cap = Capture()
+    cv = train(cfg, small_records, tmp_path, folds=[0, 1], callbacks=[cap])
+    assert [e for e, _ in cap.snaps] == [0, 1, 2, 0, 1, 2]
+    oof = pd.read_csv(tmp_path / "oof.csv", dtype={"id": str})
+    classes = load_manifest(small_records)["classes"]
+    for k in (0, 1):
+        d = tmp_path / f"fold{k}"
+        model = keras.saving.load_model(d / "model.keras", safe_mode=True, compile=False)
+        _assert_swa_weights(model, [w for _, w in cap.snaps[3 * k + 1: 3 * k + 3]])
+        # BN statistics = exact mean over the training folds' batches of the batch statistics (first BN layer).
+        bb = model.get_layer("backbone")
+        conv, bn = bb.get_layer("s0_conv0"), bb.get_layer("s0_bn0")
+        ds = build_dataset(small_records, cfg, folds=[f for f in range(3) if f != k], mode="eval", batch_size=8)
+        feats = [conv(x).numpy() for x, _ in ds]
+        np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([f.mean((0, 1, 2)) for f in feats], 0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(bn.moving_variance.numpy(), np.mean([f.var((0, 1, 2)) for f in feats], 0), rtol=1e-3, atol=1e-6)
+        # OOF rows are the SWA model's predictions; the best-epoch checkpoint is kept and scored too.
+        val = build_dataset(small_records, cfg, folds=[k], mode="predict", batch_size=8)
+        part = oof[oof["fold"] == k]
+        np.testing.assert_allclose(part[[f"p_{c}" for c in classes]].to_numpy(), model.predict(val, verbose=0), atol=1e-5)
+        done = json.loads((d / "done.json").read_text())
+        assert done["swa"]["count"] == 2 and done["swa"]["epochs"] == [1, 2] and done["swa"]["bn_batches"] >= 2
+        assert set(done["swa"]["best_checkpoint_metrics"]) == set(done["metrics"])
+        assert (d / "best.keras").is_file() and not (d / "resume").exists()
+        assert cv["folds"][str(k)]["swa"]["count"] == 2
+    stored = json.loads((tmp_path / "cv.json").read_text())
+    assert recompute_cv(tmp_path)["metrics"] == stored["metrics"]
+    proba = oof[[f"p_{c}" for c in classes]].to_numpy()
+    again = compute_metrics(oof["label"].to_numpy(), proba, "multiclass", names=cfg.train.metrics, num_classes=10)
+    for name, v in again.items():
+        assert stored["metrics"][name] == pytest.approx(float(v), rel=1e-9, abs=1e-12)
+
+
+def test_swa_resume_after_kill_mid_window(small_records, tmp_path):
+    """Killed after the first averaged epoch: the resumed average includes it (saved with the state)."""
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt("simulated kill")
+
+    cfg = tiny_cfg(*SWA_TINY)
+    first, second = Capture(), Capture()
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(cfg, small_records, 0, tmp_path, callbacks=[first, Kill()])
+    state = json.loads((tmp_path / "fold0" / "resume" / "state.json").read_text())
+    assert state["epoch"] == 2 and state["swa"] == {"start": 1, "count": 1, "epochs": [1]}
+    summary = train_fold(cfg, small_records, 0, tmp_path, callbacks=[second])
+    assert summary["resumed_from_epoch"] == 2 and [e for e, _ in second.snaps] == [2]
+    assert summary["swa"]["epochs"] == [1, 2]
+    model = keras.saving.load_model(tmp_path / "fold0" / "model.keras", safe_mode=True, compile=False)
+    _assert_swa_weights(model, [first.snaps[1][1], second.snaps[0][1]])
+
+
+def test_swa_epochs_validated(small_records, tmp_path):
+    with pytest.raises(TfkitError, match="swa_epochs"):
+        train_fold(tiny_cfg(*SWA_TINY, "train.swa_epochs=4"), small_records, 0, tmp_path)

@@ -170,6 +170,7 @@ class TrainConfig:
     clip_norm: float | None = None
     ema: float = 0.0  # decay of the weights' moving average; 0 turns EMA off
     sam_rho: float = 0.0  # sharpness-aware minimisation radius; 0 turns SAM off
+    swa_epochs: int = 0  # stochastic weight averaging of the last N epochs (equal weights); 0 turns SWA off
     freeze_epochs: int = 0  # train the head only for this many epochs first
     layer_lr_decay: float = 1.0  # discriminative LR: earlier blocks get lr * decay^depth
     layer_lr_groups: int = 5  # backbone layers are cut into this many groups for layer_lr_decay

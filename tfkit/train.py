@@ -32,6 +32,21 @@ applied to the learning rate inside the optimizer's per-variable update (not to
 the gradients, which Adam would normalise away), so it is exact for SGD, Adam
 and AdamW alike (AdamW's decoupled weight decay keeps the base rate).
 
+SWA (``swa_epochs`` = N > 0, Izmailov et al. 2018; replaces ``tfa.optimizers.SWA``):
+the weights at the end of each of the last N epochs are averaged with equal
+weights (the weights that are validated and checkpointed, i.e. the EMA weights
+when ``ema`` > 0); the learning-rate schedule is left alone, so SWA averages
+whatever it gives (best with ``cosine_restarts`` or ``cyclic``). At the end the
+average is loaded, BatchNorm moving statistics are recomputed (``bn_update``:
+one pass in training mode, no weight update, over up to 200 un-augmented
+batches of the training folds in file order, as an exact mean of the batch
+statistics) and the result is always the fold's ``model.keras`` and its OOF
+predictions; the best-epoch checkpoint is kept as ``best.keras`` and both
+models' validation metrics are in ``done.json`` and ``cv.json`` (``metrics``
+vs ``swa.best_checkpoint_metrics``). Other non-trainable float variables are averaged
+too (they are constant while frozen); integer ones keep their last value. The
+running average survives a kill (``resume/e{epoch}.swa.npz``).
+
 Example:
     >>> from tfkit.config import load_config
     >>> cfg = load_config("tfkit/configs/digits.yaml")  # doctest: +SKIP
@@ -61,6 +76,7 @@ from tfkit.utils import TfkitError, read_json, seed_everything, write_csv, write
 __all__ = ["train", "train_fold", "lr_find", "oof_probabilities", "recompute_cv", "TrainingModel"]
 
 _IGNORED_ON_RESUME = {("train", "folds"), ("train", "verbose")}
+_SWA_BN_BATCHES = 200  # batches of the BatchNorm statistics pass after SWA
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -311,6 +327,124 @@ def TrainingModel(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - a class fac
     return _training_model_class()(*args, **kwargs)
 
 
+# --------------------------------------------------------------------------- SWA
+
+
+def _swa_start(cfg: Config) -> int | None:
+    """First epoch (0-based) whose end-of-epoch weights enter the SWA average, or ``None`` (off)."""
+    n, epochs = int(cfg.train.swa_epochs), int(cfg.train.epochs)
+    if n == 0:
+        return None
+    if not 1 <= n <= epochs:
+        raise TfkitError(f"train.swa_epochs: expected 0 (off) to train.epochs={epochs}, got {n}")
+    return epochs - n
+
+
+class _SwaAverage:
+    """Equal-weight running mean of a model's weights (float64), saved with the resume state.
+
+    Args:
+        start: first epoch that is averaged.
+
+    Example:
+        >>> swa = _SwaAverage(start=8)  # doctest: +SKIP
+        >>> swa.update(model); swa.assign_to(model)  # doctest: +SKIP
+    """
+
+    def __init__(self, start: int):
+        self.start = int(start)
+        self.count = 0
+        self.epochs: list[int] = []
+        self.mean: list[np.ndarray] = []
+
+    def update(self, model: Any, epoch: int) -> None:
+        import keras
+
+        # convert_to_numpy reads mirrored variables too (no float()/int() of a MirroredVariable).
+        values = [np.asarray(keras.ops.convert_to_numpy(v)) for v in model.weights]
+        if self.count and [m.shape for m in self.mean] != [v.shape for v in values]:
+            raise TfkitError("train.swa_epochs: the model's weight shapes changed inside the SWA window "
+                             "(progressive resizing of a size-dependent model); start SWA after the last resize")
+        if not self.count:
+            self.mean = [v.astype(np.float64) if np.issubdtype(v.dtype, np.floating) else v.copy() for v in values]
+        else:
+            for i, v in enumerate(values):
+                if np.issubdtype(v.dtype, np.floating):
+                    self.mean[i] += (v.astype(np.float64) - self.mean[i]) / (self.count + 1)
+                else:
+                    self.mean[i] = v.copy()  # counters/seeds: keep the last value
+        self.count += 1
+        self.epochs.append(int(epoch))
+
+    def assign_to(self, model: Any) -> None:
+        if len(model.weights) != len(self.mean):
+            raise TfkitError(f"SWA average holds {len(self.mean)} weights, the model has {len(model.weights)}")
+        for v, m in zip(model.weights, self.mean):
+            v.assign(m.astype(v.dtype))
+
+    def info(self) -> dict:
+        return {"start": self.start, "count": self.count, "epochs": list(self.epochs)}
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(".swa.tmp.npz")
+        np.savez(tmp, **{f"w{i}": m for i, m in enumerate(self.mean)})
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, info: dict, path: Path) -> "_SwaAverage":
+        swa = cls(info["start"])
+        swa.count, swa.epochs = int(info["count"]), list(info["epochs"])
+        if swa.count:
+            if not path.is_file():
+                raise TfkitError(f"{path} is missing: the SWA average cannot be resumed; delete {path.parent} to restart the fold")
+            saved = np.load(path)
+            swa.mean = [saved[f"w{i}"] for i in range(len(saved.files))]
+        return swa
+
+
+def bn_update(model: Any, dataset: Any, max_batches: int = _SWA_BN_BATCHES) -> int:
+    """Recompute BatchNorm moving statistics with one pass in training mode (SWA's ``bn_update``).
+
+    Each trainable BatchNormalization layer's moving mean/variance become the
+    exact mean over the batches of the batch statistics (momentum ``1 - 1/n`` at
+    batch ``n``). No other variable changes: a forward pass computes no gradient.
+    Frozen (non-trainable) BatchNorm layers keep their statistics.
+
+    Args:
+        model: a Keras model (called eagerly with ``training=True``).
+        dataset: yields ``(x, y)`` or ``x`` batches the model accepts.
+        max_batches: at most this many batches are used.
+
+    Returns:
+        The number of batches used (0 when the model has no trainable BatchNorm).
+
+    Example:
+        >>> bn_update(model, eval_ds_of_training_folds, max_batches=100)  # doctest: +SKIP
+        100
+    """
+    import keras
+
+    bns = [layer for layer in model._flatten_layers(include_self=False)  # noqa: SLF001
+           if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    if not bns:
+        return 0
+    momenta = [layer.momentum for layer in bns]
+    n = 0
+    try:
+        for batch in dataset.take(int(max_batches)):
+            x = batch[0] if isinstance(batch, tuple) else batch
+            n += 1
+            for layer in bns:
+                layer.momentum = 1.0 - 1.0 / n  # cumulative mean; n=1 overwrites the old statistics
+            model(x, training=True)
+    finally:
+        for layer, m in zip(bns, momenta):
+            layer.momentum = m
+    if n == 0:
+        raise TfkitError("SWA: the training folds yielded no batch for the BatchNorm statistics pass")
+    return n
+
+
 # --------------------------------------------------------------------------- callbacks
 
 
@@ -325,8 +459,9 @@ def _fold_callback_class() -> type:
         """
 
         def __init__(self, fold_dir: Path, inner: Any, state: dict, monitor: str, patience: int,
-                     phase: dict, stage: str):
+                     phase: dict, stage: str, swa: _SwaAverage | None = None):
             super().__init__()
+            self.swa = swa
             self.fold_dir, self.inner, self.state = fold_dir, inner, state
             self.monitor, self.mode, self.patience = monitor, _monitor_mode(monitor), patience
             self.phase, self.stage = phase, stage
@@ -353,6 +488,11 @@ def _fold_callback_class() -> type:
                 s.update(best=value, best_epoch=epoch, wait=0, best_size=self.phase["size"])
             else:
                 s["wait"] += 1
+            if self.swa is not None and epoch >= self.swa.start:
+                # Written before state.json (the commit point), so a kill keeps average and epoch in step.
+                self.swa.update(self.inner, epoch)
+                self.swa.save(self.fold_dir / "resume" / f"e{epoch + 1}.swa.npz")
+                s["swa"] = self.swa.info()
             s["epoch"] = epoch + 1
             write_json(self.fold_dir / "resume" / "state.json", s)
             for old in (self.fold_dir / "resume").glob("e*.*"):
@@ -467,6 +607,13 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
     resumed_from = state["epoch"]
     if resumed_from and cfg.train.verbose:
         print(f"fold {fold}: resuming after epoch {resumed_from}")
+    swa_start = _swa_start(cfg)
+    swa = None
+    if swa_start is not None:
+        swa = (_SwaAverage.load(state["swa"], fold_dir / "resume" / f"e{state['epoch']}.swa.npz")
+               if state.get("swa") else _SwaAverage(swa_start))
+    if state["epoch"] == 0:
+        (fold_dir / "best.keras").unlink(missing_ok=True)  # a stale one from a deleted attempt
 
     seed_everything(cfg.train.seed + fold)
     base_schedule = create_schedule(cfg.train, steps, cfg.train.epochs)
@@ -512,10 +659,10 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
                                         batch_size=global_batch, augment=not device_aug, repeat=True)
         val_ds = tfdata.build_dataset(records, pcfg, folds=[fold], mode="eval", manifest=manifest,
                                       batch_size=global_batch)
-        cbs: list = [FoldState(fold_dir, inner, state, cfg.train.monitor, cfg.train.early_stopping, phase, "before")]
+        cbs: list = [FoldState(fold_dir, inner, state, cfg.train.monitor, cfg.train.early_stopping, phase, "before", swa)]
         if cfg.train.ema > 0:
             cbs.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
-        cbs += [FoldState(fold_dir, inner, state, cfg.train.monitor, cfg.train.early_stopping, phase, "after"),
+        cbs += [FoldState(fold_dir, inner, state, cfg.train.monitor, cfg.train.early_stopping, phase, "after", swa),
                 keras.callbacks.TensorBoard(str(fold_dir / "logs"), write_graph=False, profile_batch=0),
                 *extra_cb, *callbacks]
         wrapper.fit(train_ds, validation_data=val_ds, epochs=phase["end"], initial_epoch=state["epoch"],
@@ -524,24 +671,50 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
         if state.get("stopped"):
             break
 
-    if not (fold_dir / "model.keras").is_file():
-        raise TfkitError(f"fold {fold}: no checkpoint was written (monitor {cfg.train.monitor} never finite)")
-    best = keras.saving.load_model(fold_dir / "model.keras", safe_mode=True, compile=False)
-    size = int(state["best_size"] or cfg.data.image_size)
-    val_ds = tfdata.build_dataset(records, _with_size(cfg, size), folds=[fold], mode="predict", manifest=manifest,
-                                  batch_size=global_batch)
-    proba = np.asarray(best.predict(val_ds, verbose=0), dtype=np.float64)
     index = tfdata.read_index(records, folds=[fold], manifest=manifest)
-    if len(index) != len(proba):
-        raise TfkitError(f"fold {fold}: {len(proba)} predictions for {len(index)} validation rows")
     if set(index["fold"].unique()) != {fold}:
         raise TfkitError(f"fold {fold}: validation rows carry folds {sorted(index['fold'].unique())}")
-    frame = _oof_frame(index, proba, classes, task)
+
+    def evaluate(path: Path, size: int) -> tuple[pd.DataFrame, dict]:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+        ds = tfdata.build_dataset(records, _with_size(cfg, size), folds=[fold], mode="predict", manifest=manifest,
+                                  batch_size=global_batch)
+        proba = np.asarray(model.predict(ds, verbose=0), dtype=np.float64)
+        if len(index) != len(proba):
+            raise TfkitError(f"fold {fold}: {len(proba)} predictions for {len(index)} validation rows")
+        frame = _oof_frame(index, proba, classes, task)
+        return frame, _clean(compute_metrics(index["label"].to_numpy(), oof_probabilities(frame, classes, task),
+                                             task, names=cfg.train.metrics, num_classes=num_classes))
+
+    best_size = int(state["best_size"] or cfg.data.image_size)
+    swa_info = None
+    if swa is not None and swa.count:
+        # SWA always becomes model.keras (it is what was asked for); the best epoch stays as best.keras.
+        # The rename happens once, so a kill after it and a re-run still evaluate the true best checkpoint.
+        if (fold_dir / "model.keras").is_file() and not (fold_dir / "best.keras").is_file():
+            os.replace(fold_dir / "model.keras", fold_dir / "best.keras")
+        last = state["epoch"] - 1
+        phase = next(p for p in phases if p["start"] <= last < p["end"])
+        size = int(phase["size"])
+        with strategy.scope():
+            swa_model = model_from_config(cfg.model, num_classes, size, task, meta_dim)
+            if phase["frozen"]:
+                swa_model.get_layer("backbone").trainable = False
+            swa.assign_to(swa_model)
+            bn_ds = tfdata.build_dataset(records, _with_size(cfg, size), folds=train_folds, mode="eval",
+                                         manifest=manifest, batch_size=global_batch)
+            n_bn = bn_update(swa_model, bn_ds, max_batches=_SWA_BN_BATCHES)
+        _write_keras_model(swa_model, fold_dir / "model.keras")
+        best_metrics = evaluate(fold_dir / "best.keras", best_size)[1] if (fold_dir / "best.keras").is_file() else None
+        swa_info = dict(swa.info(), bn_batches=n_bn, image_size=size, best_checkpoint_metrics=best_metrics)
+    else:
+        size = best_size
+    if not (fold_dir / "model.keras").is_file():
+        raise TfkitError(f"fold {fold}: no checkpoint was written (monitor {cfg.train.monitor} never finite)")
+    frame, metrics = evaluate(fold_dir / "model.keras", size)
     write_csv(fold_dir / "oof.csv", frame)
-    metrics = compute_metrics(index["label"].to_numpy(), oof_probabilities(frame, classes, task), task,
-                              names=cfg.train.metrics, num_classes=num_classes)
-    summary = dict(fold=fold, metrics=_clean(metrics), best_epoch=state["best_epoch"], best=state["best"],
-                   monitor=cfg.train.monitor, epochs_run=state["epoch"], image_size=size,
+    summary = dict(fold=fold, metrics=metrics, best_epoch=state["best_epoch"], best=state["best"],
+                   monitor=cfg.train.monitor, epochs_run=state["epoch"], image_size=size, swa=swa_info,
                    n_train=int(tfrec.count_from_names(tfrec.shard_files(records, folds=train_folds, split="train"))), n_val=int(len(index)), replicas=replicas,
                    resumed_from_epoch=resumed_from, seconds=round(time.time() - t_start, 1))
     write_json(fold_dir / "done.json", summary)
@@ -686,6 +859,8 @@ def _write_cv(cfg: Config, out: Path, manifest: dict) -> dict:
         info = read_json(out / f"fold{k}" / "done.json")
         cv["folds"][str(k)].update(best_epoch=info["best_epoch"], epochs_run=info["epochs_run"],
                                    seconds=info["seconds"], n_val=info["n_val"])
+        if info.get("swa"):
+            cv["folds"][str(k)]["swa"] = info["swa"]
     primary = next((m for m in cfg.train.metrics if m in cv["metrics"]), next(iter(cv["metrics"]), None))
     cv.update(primary=primary, task=task, n_folds_trained=len(done), n_folds=_n_folds(manifest))
     write_json(out / "cv.json", cv)
