@@ -73,7 +73,7 @@ import pandas as pd
 from tfkit.config import Config, config_to_dict, save_config
 from tfkit.utils import TfkitError, read_json, seed_everything, write_csv, write_json
 
-__all__ = ["train", "train_fold", "lr_find", "oof_probabilities", "recompute_cv", "TrainingModel"]
+__all__ = ["train", "train_fold", "lr_find", "oof_probabilities", "recompute_cv", "TrainingModel", "bn_update"]
 
 _IGNORED_ON_RESUME = {("train", "folds"), ("train", "verbose")}
 _SWA_BN_BATCHES = 200  # batches of the BatchNorm statistics pass after SWA
