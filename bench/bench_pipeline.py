@@ -40,7 +40,7 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.datasets import load_sample_images  # noqa: E402
 
-from tfkit.augment import augment_batch  # noqa: E402
+from tfkit.augment import batch_augmenter  # noqa: E402
 from tfkit.config import AugmentConfig  # noqa: E402
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -132,11 +132,11 @@ def pipe_resize(files, threads):
 
 
 def pipe_tfkit(files, threads, jit=True, parallel_batches=2, intra=None):
-    aug = tf.function(lambda i, x, y: augment_batch(x, y, AUG, OUT_SIZE, tf.stack([tf.constant(7, tf.int64), i])),
-                      jit_compile=jit)
+    aug = batch_augmenter(AUG, OUT_SIZE, jit_compile=jit)
     ds = _records(files).map(_decode, num_parallel_calls=PAR, deterministic=False)
-    ds = ds.batch(BATCH, drop_remainder=True).enumerate()
-    ds = ds.map(lambda i, xy: aug(i, *xy), num_parallel_calls=parallel_batches, deterministic=False)
+    ds = ds.batch(BATCH, drop_remainder=True).enumerate()  # batch index -> stateless seed
+    ds = ds.map(lambda i, xy: aug(xy[0], xy[1], tf.stack([tf.constant(7, tf.int64), i])),
+                num_parallel_calls=parallel_batches, deterministic=False)
     return ds.prefetch(PREFETCH).with_options(_options(threads, intra))
 
 

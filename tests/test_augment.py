@@ -331,3 +331,24 @@ def test_augment_layer_fresh_draws_xla_and_serialization(tmp_path):
     assert restored.cfg == cfg and restored.out_size == 24
     xf = tf.cast(x, tf.float32) / 255.0
     np.testing.assert_allclose(loaded(xf, training=False).numpy(), A.resize_batch(xf, 24).numpy())
+
+
+def test_batch_augmenter_in_tf_data_is_worker_count_independent():
+    x, y = _images(8, 32, 32), _labels(8)
+    cfg = AugmentConfig(**AUGMENT_PRESETS["lesion"])
+    fn = A.batch_augmenter(cfg, 24)
+
+    def run(workers):
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(2).enumerate()
+        ds = ds.map(lambda i, b: fn(b[0], b[1], tf.stack([tf.constant(5, tf.int64), i])),
+                    num_parallel_calls=workers, deterministic=True)
+        return np.concatenate([b[0] for b in ds.as_numpy_iterator()])
+
+    one, two = run(1), run(2)
+    assert one.shape == (8, 24, 24, 3)
+    np.testing.assert_array_equal(one, two)
+    # Batch i of the pipeline is exactly augment_batch with seed [5, i].
+    ref, _ = A.augment_batch(x[2:4], y[2:4], cfg, 24, [5, 1])
+    np.testing.assert_allclose(one[2:4], ref.numpy(), atol=1e-6)
+    eval_fn = A.batch_augmenter(None, 24)
+    np.testing.assert_array_equal(eval_fn(x, y, [0, 0])[0].numpy(), A.resize_batch(x, 24).numpy())

@@ -42,6 +42,7 @@ from tfkit.utils import TfkitError
 __all__ = [
     "augment_batch",
     "resize_batch",
+    "batch_augmenter",
     "dihedral",
     "dihedral_inverse",
     "tta_views",
@@ -585,6 +586,40 @@ def augment_batch(images: tf.Tensor, labels: tf.Tensor | None, cfg: AugmentConfi
             raise TfkitError("augment_batch: mixup/cutmix need labels, got None")
         x, labels = _mix(x, labels, cfg, seed)
     return x, labels
+
+
+def batch_augmenter(cfg: AugmentConfig | None, out_size: int, jit_compile: bool = True):
+    """A compiled ``fn(images, labels, seed) -> (images, labels)`` for a ``tf.data`` map over batches.
+
+    On the host, XLA fuses the coordinate arithmetic, the gather, the colour
+    transform and the masks into a few loops: 2-4x faster than the same graph
+    without XLA (``bench/bench_pipeline.py``). ``cfg=None`` gives the eval path
+    (:func:`resize_batch`, labels passed through).
+
+    Args:
+        cfg: the augment section, or None for resizing only.
+        out_size: side of the output images.
+        jit_compile: compile with XLA (True) or run as a plain graph.
+
+    Returns:
+        A ``tf.function`` taking uint8/float32 images ``[B, H, W, 3]``, labels (or None)
+        and a shape-[2] int seed.
+
+    Example:
+        >>> fn = batch_augmenter(AugmentConfig(hflip_p=0.5), 32)
+        >>> ds = batches.enumerate().map(  # doctest: +SKIP
+        ...     lambda i, b: fn(b[0], b[1], tf.stack([tf.constant(42, tf.int64), i])))
+    """
+    if cfg is not None:
+        check_augment_config(cfg)
+
+    @tf.function(jit_compile=jit_compile)
+    def fn(images, labels, seed):
+        if cfg is None:
+            return resize_batch(images, out_size), labels
+        return augment_batch(images, labels, cfg, out_size, seed)
+
+    return fn
 
 
 def dihedral(images: tf.Tensor, k: int) -> tf.Tensor:
