@@ -2,9 +2,10 @@
 
 Runs ``tfkit.tune.tune`` (random search, one fold per trial, small_cnn width 4,
 32 px, 1 epoch) on the embedded digits and reads the process RSS at the start
-of every trial, i.e. after the previous trial's ``clear_session()`` + ``gc``.
-With ``--control`` it also runs the same search with the per-trial cleanup
-disabled, side by side, so the effect of clearing is visible.
+of every trial, for three variants side by side: each trial in its own
+spawned process (``isolate=True``, the CLI default), in-process after
+``clear_session()`` + ``gc`` (``isolate=False``), and with ``--control``
+in-process without any cleanup.
 
 Usage:
     python bench/bench_tune_memory.py [--quick] [--trials 12] [--control]
@@ -52,10 +53,10 @@ def make_records(root: Path, n_rows: int | None) -> Path:
     return out
 
 
-def run(records: Path, out: Path, trials: int, clear: bool) -> list[float]:
+def run(records: Path, out: Path, trials: int, variant: str) -> list[float]:
+    """RSS of this (the searching) process at the start of each trial, then at the end."""
     from tfkit import tune as T
     from tfkit.config import load_config
-    from tfkit.train import train_fold
 
     cfg = load_config(None, [
         "model.name=small_cnn", "model.width=4", "data.image_size=32", "data.batch_size=32", "train.epochs=1",
@@ -64,19 +65,22 @@ def run(records: Path, out: Path, trials: int, clear: bool) -> list[float]:
     space = {"train.lr": {"min": 1e-3, "max": 1e-2, "log": True}, "model.dropout": {"min": 0.0, "max": 0.5},
              "model.width": {"min": 4, "max": 8, "step": 4}}
     samples: list[float] = []
+    saved = {name: getattr(T, name) for name in ("_train_folds", "_run_isolated", "_release_memory")}
+    hook = "_run_isolated" if variant == "isolated" else "_train_folds"
 
-    def measured(cfg, records, fold, out, manifest=None):
+    def measured(*args, **kwargs):
         samples.append(rss_mib())
-        return train_fold(cfg, records, fold, out, manifest=manifest)
+        return saved[hook](*args, **kwargs)
 
-    saved = T._release_memory
-    if not clear:
+    setattr(T, hook, measured)
+    if variant == "control":
         T._release_memory = lambda: None
     try:
         T.tune(cfg, space, records, out, tuner="random", max_trials=trials, objective="val_accuracy", fold=0,
-               train_fn=measured)
+               isolate=variant == "isolated")
     finally:
-        T._release_memory = saved
+        for name, fn in saved.items():
+            setattr(T, name, fn)
     samples.append(rss_mib())  # after the last trial's cleanup
     return samples
 
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="200 digits instead of 1,437 (seconds per trial)")
     p.add_argument("--trials", type=int, default=12, help="trials per variant (>= 10)")
-    p.add_argument("--control", action="store_true", help="also run without the per-trial session clearing")
+    p.add_argument("--control", action="store_true", help="also run in-process without any per-trial cleanup")
     args = p.parse_args(argv)
     if args.trials < 10:
         p.error("--trials must be at least 10")
@@ -100,10 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         t0 = time.time()
         records = make_records(root, 200 if args.quick else None)
-        variants = [("clear_session+gc", True)] + ([("no clearing (control)", False)] if args.control else [])
+        variants = {"isolated": "process per trial", "in_process": "in-process, clear_session+gc"}
+        if args.control:
+            variants["control"] = "in-process, no clearing"
         results = {}
-        for name, clear in variants:
-            results[name] = run(records, root / f"tune_{int(clear)}", args.trials, clear)
+        for key, name in variants.items():
+            results[name] = run(records, root / f"tune_{key}", args.trials, key)
         names = list(results)
         print(f"\nRSS (MiB) at the start of each trial; last row: after the search  [{time.time() - t0:.0f} s]")
         print("trial  " + "  ".join(f"{n:>24}" for n in names))

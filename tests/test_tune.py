@@ -178,11 +178,11 @@ def search(tmp_path_factory, rec, base):
     out = tmp_path_factory.mktemp("search") / "tune"
     first = Recorder()
     s1 = T.tune(base, SPACE, rec, out, tuner="random", max_trials=2, objective="val_accuracy", fold=0,
-                train_fn=first)
+                train_fn=first, isolate=False)
     before = {p: p.stat().st_mtime_ns for p in (out / "search").glob("trial_*/run/fold0/done.json")}
     second = Recorder()
     s2 = T.tune(base, SPACE, rec, out, tuner="random", max_trials=3, objective="val_accuracy", fold=0,
-                train_fn=second)
+                train_fn=second, isolate=False)
     return dict(out=out, first=first, second=second, s1=s1, s2=s2, before=before)
 
 
@@ -237,7 +237,7 @@ def test_export_then_train_round_trip(search, rec, tmp_path):
 def test_cv_objective_is_the_mean_of_fold_scores(tmp_path, rec, base):
     rec_fn = Recorder()
     s = T.tune(base, SPACE, rec, tmp_path / "cv", tuner="bayesian", max_trials=1, objective="val_log_loss",
-               cv=True, train_fn=rec_fn)
+               cv=True, train_fn=rec_fn, isolate=False)
     assert [(c[0], c[1]) for c in rec_fn.calls] == [("trial_0", 0), ("trial_0", 1)]
     per_fold = [c[2]["metrics"]["log_loss"] for c in rec_fn.calls]
     row = pd.read_csv(tmp_path / "cv" / "trials.csv").iloc[0]
@@ -249,7 +249,8 @@ def test_cv_objective_is_the_mean_of_fold_scores(tmp_path, rec, base):
 
 def test_hyperband_maps_its_epoch_budget_onto_train_epochs(tmp_path, rec, base):
     cfg = load_config(None, TINY + ["train.epochs=2"])
-    s = T.tune(cfg, SPACE, rec, tmp_path / "hb", tuner="hyperband", max_trials=2, objective="val_accuracy", fold=0)
+    s = T.tune(cfg, SPACE, rec, tmp_path / "hb", tuner="hyperband", max_trials=2, objective="val_accuracy", fold=0,
+               isolate=False)
     table = pd.read_csv(tmp_path / "hb" / "trials.csv")
     assert s["n_completed"] == 2 and set(table["status"]) == {"COMPLETED"}
     for _, row in table.iterrows():
@@ -260,7 +261,8 @@ def test_hyperband_maps_its_epoch_budget_onto_train_epochs(tmp_path, rec, base):
 def test_bad_fold_and_objective_are_clear_errors(tmp_path, rec, base):
     with pytest.raises(TfkitError, match=r"fold\(s\) \[99\] do not exist"):
         T.tune(base, SPACE, rec, tmp_path / "a", fold=99)
-    with pytest.raises(TfkitError, match="'val_nope'.*val_accuracy"):  # raised from inside the trial
+    # Raised inside the trial's own process (isolate=True, the default) and reported here.
+    with pytest.raises(TfkitError, match="'val_nope'.*val_accuracy"):
         T.tune(base, SPACE, rec, tmp_path / "b", max_trials=1, objective="val_nope", fold=0)
 
 
@@ -285,7 +287,8 @@ def test_killed_search_resumes(tmp_path, files, rec, base):
     proc.wait()
     assert _trial_statuses(out) == {"trial_0": "COMPLETED", "trial_1": "RUNNING"}
     rec_fn = Recorder()
-    s = T.tune(base, SPACE, rec, out, max_trials=3, objective="val_accuracy", fold=0, train_fn=rec_fn)
+    s = T.tune(base, SPACE, rec, out, max_trials=3, objective="val_accuracy", fold=0, train_fn=rec_fn,
+               isolate=False)
     assert sorted(c[0] for c in rec_fn.calls) == ["trial_1", "trial_2"]  # trial 0 kept, trial 1 rerun
     assert s["n_completed"] == 3 and set(_trial_statuses(out).values()) == {"COMPLETED"}
 

@@ -109,7 +109,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     tune(
         _load_cfg(args), args.space, args.records, args.out, tuner=args.tuner, max_trials=args.trials,
-        objective=args.objective, fold=args.fold, cv=args.cv, overwrite=args.overwrite,
+        objective=args.objective, fold=args.fold, cv=args.cv, overwrite=args.overwrite, isolate=not args.in_process,
     )
     return 0
 
@@ -254,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, default=0, help="the fold scored when --cv is off")
     p.add_argument("--cv", action="store_true", help="score each trial by the mean over all folds (train.folds)")
     p.add_argument("--overwrite", action="store_true", help="discard the search in --out and start afresh")
+    p.add_argument("--in-process", action="store_true",
+                   help="train trials in this process (saves a TensorFlow import per trial, but memory grows "
+                   "~20 MiB per trial); by default each trial runs in a fresh process")
     _add_config_args(p)
 
     # predict

@@ -516,8 +516,9 @@ class KFoldTuner(_base_tuner()):  # type: ignore[misc]
     ``run_trial`` builds the trial's Config with the hypermodel, trains each
     of ``folds`` with ``train_fn`` into ``<project>/trial_<id>/run`` and returns
     ``{objective: mean fold score, "fold<k>_<objective>": score_k, ...}``.
-    The Keras session is cleared and garbage collected after every fold so
-    memory does not grow across trials.
+    The Keras session is cleared and garbage collected after every fold and
+    trial; with ``isolate=True`` each trial also runs in its own process, the
+    only way to keep memory flat (TF/Keras retain some memory per fitted model).
 
     Args:
         oracle: a ``keras_tuner.Oracle`` (see :func:`build_oracle`).
@@ -529,6 +530,8 @@ class KFoldTuner(_base_tuner()):  # type: ignore[misc]
         train_fn: ``train_fn(cfg, records, fold, out, manifest=...) -> dict``;
             defaults to :func:`tfkit.train.train_fold`.
         directory, project_name: where Keras Tuner keeps its state.
+        isolate: train each trial in a fresh spawned process (``train_fn``
+            must then be picklable, e.g. a module-level function).
 
     Example:
         >>> tuner = KFoldTuner(oracle, SpaceHyperModel(cfg, space), "records", folds=[0],
@@ -546,8 +549,10 @@ class KFoldTuner(_base_tuner()):  # type: ignore[misc]
         train_fn: Callable[..., Mapping[str, Any]] | None = None,
         directory: str | os.PathLike | None = None,
         project_name: str = PROJECT,
+        isolate: bool = False,
     ) -> None:
         super().__init__(oracle, hypermodel, directory=str(directory), project_name=project_name, overwrite=False)
+        self.isolate = isolate
         self.records = str(records)
         self.folds = list(folds)
         self.manifest = manifest
@@ -570,11 +575,11 @@ class KFoldTuner(_base_tuner()):  # type: ignore[misc]
             save_config(cfg, run_dir / "config.yaml")
             if self.manifest is not None:
                 write_json(run_dir / "manifest.json", self.manifest)
-            scores: dict[int, float] = {}
-            for k in self.folds:
-                result = self.train_fn(cfg, self.records, k, run_dir, manifest=self.manifest)
-                scores[k] = fold_score(result, name)
-                _release_memory()
+            if self.isolate:
+                results = _run_isolated(self.train_fn, cfg, self.records, self.folds, run_dir, self.manifest)
+            else:
+                results = _train_folds(self.train_fn, cfg, self.records, self.folds, run_dir, self.manifest)
+            scores = {k: fold_score(r, name) for k, r in zip(self.folds, results)}
         except TfkitError as e:
             raise _fatal_error_type()(str(e)) from e
         score = sum(scores.values()) / len(scores)
@@ -598,6 +603,45 @@ class KFoldTuner(_base_tuner()):  # type: ignore[misc]
     def load_model(self, trial: Any) -> Any:
         """Not supported: load ``trial_<id>/run/fold<k>/model.keras`` with tfkit.predict."""
         raise TfkitError("KFoldTuner keeps models in each trial's run folder; use tfkit predict --run on it")
+
+
+def _train_folds(train_fn: Callable[..., Mapping[str, Any]], cfg: Config, records: str, folds: list[int],
+                 run_dir: Path, manifest: dict | None) -> list[Mapping[str, Any]]:
+    results = []
+    for k in folds:
+        results.append(train_fn(cfg, records, k, run_dir, manifest=manifest))
+        _release_memory()
+    return results
+
+
+def _run_isolated(train_fn: Callable[..., Mapping[str, Any]], cfg: Config, records: str, folds: list[int],
+                  run_dir: Path, manifest: dict | None) -> list[Mapping[str, Any]]:
+    """Train the folds in a fresh (spawned) process that exits afterwards.
+
+    TF/Keras keep about 20 MiB per trained model after ``clear_session()``
+    (60 MiB with XLA; measured in bench/bench_tune_memory.py), so only a
+    process per trial keeps a long search flat. A TfkitError in the child
+    comes back as a TfkitError with its message.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_die_with_parent) as pool:
+        return pool.submit(_train_folds, train_fn, cfg, records, folds, run_dir, manifest).result()
+
+
+def _die_with_parent() -> None:
+    """Linux: a killed search must not leave its trial training on in the background
+    (a resumed search would then write the same fold folder twice)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except OSError:  # pragma: no cover - no glibc
+            pass
 
 
 def _release_memory() -> None:
@@ -775,6 +819,7 @@ def tune(
     cv: bool = False,
     overwrite: bool = False,
     train_fn: Callable[..., Mapping[str, Any]] | None = None,
+    isolate: bool = True,
 ) -> dict[str, Any]:
     """Search hyperparameters over the K-fold setup; re-running resumes.
 
@@ -793,7 +838,11 @@ def tune(
         fold: the fold scored when ``cv`` is false.
         cv: score each trial by the mean over ``cfg.train.folds`` (default: all folds).
         overwrite: discard an existing search in ``out`` and start afresh.
-        train_fn: replaces :func:`tfkit.train.train_fold` (same signature).
+        train_fn: replaces :func:`tfkit.train.train_fold` (same signature;
+            picklable when ``isolate``).
+        isolate: run each trial in a fresh process (memory stays flat over
+            long searches; costs one TensorFlow import per trial). False
+            trains in this process, after ``clear_session()`` + ``gc``.
 
     Returns:
         On the chief (or a single process): the summary of
@@ -867,7 +916,7 @@ def tune(
     oracle.max_trials = max_trials  # not part of the saved state: a re-run may raise the budget
     kt = KFoldTuner(
         oracle, SpaceHyperModel(cfg, search_space), records, folds, manifest=manifest, train_fn=train_fn,
-        directory=out, project_name=PROJECT,
+        directory=out, project_name=PROJECT, isolate=isolate,
     )
     try:
         kt.search()
