@@ -133,6 +133,16 @@ def test_random_dihedral_in_augment_batch_is_an_exact_symmetry_and_covers_all_ei
     assert set(got) == set(range(8))
 
 
+def test_dihedral_matrices_match_dihedral_index():
+    # The k-th matrix of the folded resampler is exactly dihedral(., k).
+    x = _images(2, 12, 12, seed=5)
+    for k in range(8):
+        m = A._pixel_matrix(tf.constant(np.stack([np.pad(A._D4[k], [[0, 1], [0, 1]])] * 2) + np.diag([0, 0, 1])
+                                        .astype(np.float32)), (12, 12), 12)
+        out = A._resample(x, m, 12, "nearest", "reflect", 0.0)
+        np.testing.assert_array_equal(out.numpy(), tf.cast(A.dihedral(x, k), tf.float32).numpy(), err_msg=f"k={k}")
+
+
 def test_tta_views_flips():
     x = _images(2, 8, 8)
     v = A.tta_views(x, 4, "flips").numpy()
