@@ -58,7 +58,8 @@ class AugmentConfig:
     """
 
     preset: str = "none"
-    # geometry: folded into one resampling pass
+    # geometry: dihedral, flips, crop, affine and the resize fold into ONE matrix per
+    # image and one resampling pass (tfkit.augment)
     dihedral_p: float = 0.0  # one of the 8 symmetries of the square, uniformly
     hflip_p: float = 0.0
     vflip_p: float = 0.0
@@ -75,23 +76,24 @@ class AugmentConfig:
     crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])
     # colour: folded into one per-image colour transform
     hue_p: float = 0.0
-    hue: float = 0.0  # max shift, fraction of a full turn
+    hue: float = 0.0  # max shift, fraction of a full turn (rotation about the grey axis)
     saturation_p: float = 0.0
-    saturation: float = 0.0  # max relative change
+    saturation: float = 0.0  # factor in [1 - s, 1 + s] (lerp to luma)
     contrast_p: float = 0.0
-    contrast: float = 0.0
+    contrast: float = 0.0  # factor in [1 - c, 1 + c] (lerp to the image's mean luma)
     brightness_p: float = 0.0
     brightness: float = 0.0  # max additive shift on [0, 1] images
     # pixel noise
     noise_p: float = 0.0
-    noise_std: float = 0.0
+    noise_std: float = 0.0  # per-image std drawn in [0, noise_std], on [0, 1] images
     blur_p: float = 0.0
-    blur_sigma: float = 0.0
+    blur_sigma: float = 0.0  # per-image Gaussian sigma drawn in [0, blur_sigma], pixels
     # occlusion
     cutout_p: float = 0.0
     cutout_count: int = 1
     cutout_size: float = 0.2  # side as a fraction of the image side
-    # label-mixing (batch level)
+    # label-mixing with a partner image of the same batch; at most one per image,
+    # so mixup_p + cutmix_p <= 1; labels get the image's weights / pasted area
     mixup_p: float = 0.0
     mixup_alpha: float = 0.2
     cutmix_p: float = 0.0
