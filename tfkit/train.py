@@ -657,8 +657,11 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
             raise TfkitError("train.sam_rho > 0 runs on one replica only (the perturbation is per-device)")
         train_ds = tfdata.build_dataset(records, pcfg, folds=train_folds, mode="train", manifest=manifest,
                                         batch_size=global_batch, augment=not device_aug, repeat=True)
+        # Repeated with exactly val_steps batches per pass: Keras keeps one
+        # validation iterator across epochs, so a finite one would run dry
+        # (and a fresh one per epoch pays the iterator-destroy stall).
         val_ds = tfdata.build_dataset(records, pcfg, folds=[fold], mode="eval", manifest=manifest,
-                                      batch_size=global_batch)
+                                      batch_size=global_batch).repeat()
         cbs: list = [FoldState(fold_dir, inner, state, cfg.train.monitor, cfg.train.early_stopping, phase, "before", swa)]
         if cfg.train.ema > 0:
             cbs.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
@@ -667,7 +670,7 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
                 *extra_cb, *callbacks]
         wrapper.fit(train_ds, validation_data=val_ds, epochs=phase["end"], initial_epoch=state["epoch"],
                     steps_per_epoch=steps, validation_steps=val_steps, class_weight=cw, callbacks=cbs,
-                    verbose=cfg.train.verbose)
+                    verbose=cfg.train.verbose, shuffle=False)  # tf.data shuffles; Keras would only warn
         if state.get("stopped"):
             break
 
