@@ -57,9 +57,7 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -555,7 +553,6 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
         >>> summary = train_fold(cfg, "records", 0, "runs/r1")  # doctest: +SKIP
     """
     import keras
-    import tensorflow as tf
 
     from tfkit import data as tfdata
     from tfkit import records as tfrec
