@@ -269,14 +269,15 @@ def test_bad_fold_and_objective_are_clear_errors(tmp_path, rec, base):
 # --------------------------------------------------------------------------- processes
 
 
-def _cli(files: Path, rec: str, out: Path, trials: int) -> list[str]:
+def _cli(files: Path, rec: str, out: Path, trials: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "tfkit", "tune", "--config", str(files / "base.yaml"), "--space",
             str(files / "space.yaml"), "--records", rec, "--out", str(out), "--trials", str(trials),
-            "--objective", "val_accuracy", "--fold", "0"]
+            "--objective", "val_accuracy", "--fold", "0", *extra]
 
 
 def test_killed_search_resumes(tmp_path, files, rec, base):
     out = tmp_path / "killed"
+    # Trials run in their own process (the CLI default): killing the search must kill its trial too.
     proc = subprocess.Popen(_cli(files, rec, out, 3), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (out / "search" / "trial_1" / "trial.json").is_file():  # trial 0 done, trial 1 started
@@ -302,7 +303,7 @@ def test_distributed_chief_and_two_workers(tmp_path, files, rec):
     for tid in ("chief", "tuner0", "tuner1"):
         env = dict(os.environ, KERASTUNER_TUNER_ID=tid, KERASTUNER_ORACLE_IP="127.0.0.1",
                    KERASTUNER_ORACLE_PORT=str(port))
-        procs[tid] = subprocess.Popen(_cli(files, rec, out, 4), env=env, stdout=subprocess.PIPE,
+        procs[tid] = subprocess.Popen(_cli(files, rec, out, 4, "--in-process"), env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True)
     logs = {}
     try:
