@@ -700,6 +700,7 @@ def trials_table(oracle: Any, space: SearchSpace, directory: str | os.PathLike, 
 
 def _plot(frame: Any, space: SearchSpace, objective: Any, out: Path) -> list[Path]:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -717,6 +718,7 @@ def _plot(frame: Any, space: SearchSpace, objective: Any, out: Path) -> list[Pat
     ax.plot(done["order"], done["score"], "o", label="trial")
     best = done["score"].cummin() if objective.direction == "min" else done["score"].cummax()
     ax.step(done["order"], best, where="post", label="best so far")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel(objective.name)
     ax.set_title(f"{objective.name} ({objective.direction}) by trial")
@@ -738,6 +740,9 @@ def _plot(frame: Any, space: SearchSpace, objective: Any, out: Path) -> list[Pat
             ax.plot(pd.to_numeric(values), done["score"], "o")
             if p.log:
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap
+                ticks = np.geomspace(float(p.min), float(p.max), 4)
+                ax.set_xticks(ticks, [f"{t:.2g}" for t in ticks])
         else:
             labels = [str(v) for v in (json.dumps(v) if p.encoded else v for v in p.values)] if p.kind == "choice" \
                 else ["False", "True"]
