@@ -1,20 +1,29 @@
-"""Input-pipeline benchmark: is tfkit's batched augmentation nearly free?
+"""Input-pipeline benchmark: is tfkit's training pipeline with augmentation nearly free?
 
-Builds TFRecord shards of real photos (512x512 q95 JPEGs cut from random crops,
-scales and flips of scikit-learn's bundled sample photos), then measures, side by
-side in ONE run (round-robin windows over live iterators, medians over repeats),
-images/s at batch 64 and output 384 of:
+Writes real photos as 512x512 q95 JPEG files (random crops, scales and flips of
+scikit-learn's bundled sample photos) plus a CSV, turns them into fold-sharded
+records with ``tfkit.records.build_records`` (no ``size``: the JPEG bytes pass
+through), then measures on those shards, side by side in ONE run (round-robin
+windows over live iterators, medians over repeats), images/s at batch 64 and
+output 384 of:
 
   (a)  read + parse + decode only                      (the ceiling)
   (a') decode + per-example resize to 384 + float       (what any training input costs)
-  (b)  tfkit: decode -> batch -> augment_batch (dihedral, affine, crop, hue,
-       saturation, contrast, brightness, cutout) in a map over batches
+  (b)  tfkit's REAL training stream: ``tfkit.data.build_dataset(records, cfg,
+       mode="train")`` (interleave, shuffle, repeat, decode, batch, XLA-compiled
+       augment_batch: dihedral, affine, crop, hue, saturation, contrast,
+       brightness, cutout)
+  (b0) the same augmentation in a minimal hand-built batched pipeline (no
+       shuffle buffer, no ids/targets): what (b) should match
   (c)  the classic notebook way: the same augmentations per example in a map
        before batching (kept here only as the comparison)
 
-and the resident memory each live pipeline holds (RSS after its warm-up minus
-before), plus the process peak. Targets on 2 cores:
-(b) >= 0.8x (a') and (b) >= 2.5x (c).
+(a), (a'), (b0) and (c) parse with ``tfkit.records.make_parser`` and decode with
+the very function ``build_dataset`` uses. Memory per pipeline: "held" is RSS
+after its warm-up minus before (buffers, compiled code; for (b) this includes
+its shuffle buffer of encoded JPEGs), "peak" the largest rise of the process's
+peak RSS above the RSS at the start of one of its timed windows (reset through
+/proc/self/clear_refs). Targets on 2 cores: (b) >= 0.8x (a') and (b) >= 2.5x (c).
 
 Usage:
     python bench/bench_pipeline.py            # 1024 images, 7 repeats
@@ -24,7 +33,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import io
+import dataclasses
 import math
 import os
 import statistics
@@ -40,11 +49,13 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.datasets import load_sample_images  # noqa: E402
 
+from tfkit import data as tfdata  # noqa: E402
+from tfkit import records as tfrecords  # noqa: E402
 from tfkit.augment import batch_augmenter  # noqa: E402
-from tfkit.config import AugmentConfig  # noqa: E402
+from tfkit.config import AugmentConfig, load_config  # noqa: E402
 
 AUTOTUNE = tf.data.AUTOTUNE
-IN_SIZE, OUT_SIZE, BATCH = 512, 384, 64
+IN_SIZE, OUT_SIZE, BATCH, N_CLASSES = 512, 384, 64, 10
 
 # The full training augmentation of the issue, magnitudes as in the "lesion" preset.
 AUG = AugmentConfig(
@@ -58,13 +69,16 @@ AUG = AugmentConfig(
 # --------------------------------------------------------------------------- data
 
 
-def make_shards(out_dir: Path, n_images: int, n_shards: int = 4, seed: int = 0) -> list[str]:
-    """Write ``n_images`` 512 px q95 JPEGs (random crops/scales/flips of real photos)."""
+def make_records(root: Path, n_images: int, n_folds: int = 4, seed: int = 0) -> tuple[str, dict]:
+    """Write ``n_images`` 512 px q95 JPEGs (random crops/scales/flips of real photos)
+    and a CSV under ``root``, then build records from them with tfkit (JPEG bytes
+    pass through). Returns (records folder, manifest)."""
     rng = np.random.default_rng(seed)
     photos = [Image.fromarray(a) for a in load_sample_images().images]
-    files = [str(out_dir / f"train{i:02d}-000-{n_images // n_shards}.tfrec") for i in range(n_shards)]
-    writers = [tf.io.TFRecordWriter(f) for f in files]
-    for i in range(n_images - n_images % n_shards):
+    img_dir = root / "images"
+    img_dir.mkdir()
+    rows = []
+    for i in range(n_images):
         photo = photos[rng.integers(len(photos))]
         w, h = photo.size
         side = int(rng.uniform(0.35, 1.0) * min(w, h))
@@ -72,26 +86,30 @@ def make_shards(out_dir: Path, n_images: int, n_shards: int = 4, seed: int = 0) 
         img = photo.crop((x0, y0, x0 + side, y0 + side)).resize((IN_SIZE, IN_SIZE), Image.BILINEAR)
         if rng.random() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=95)
-        ex = tf.train.Example(features=tf.train.Features(feature={
-            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[buf.getvalue()])),
-            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(rng.integers(10))])),
-        }))
-        writers[i % n_shards].write(ex.SerializeToString())
-    for wr in writers:
-        wr.close()
-    return files
+        img.save(img_dir / f"img{i:05d}.jpg", format="JPEG", quality=95)
+        rows.append(f"img{i:05d},{int(rng.integers(N_CLASSES))}")
+    (root / "train.csv").write_text("id,label\n" + "\n".join(rows) + "\n")
+    out = root / "records"
+    manifest = tfrecords.build_records(root / "train.csv", img_dir, out, n_folds=n_folds, seed=seed,
+                                       size=None, workers=1, progress=False)
+    assert manifest["image"]["size"] == [IN_SIZE, IN_SIZE], manifest["image"]
+    return str(out), manifest
 
 
-_SPEC = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+class Source:
+    """The shards and the parse/decode functions every pipeline here shares."""
 
+    def __init__(self, records: str, manifest: dict):
+        self.records, self.manifest = records, manifest
+        self.files = tfdata.select_files(records, None, manifest)
+        self.parse = tfrecords.make_parser(manifest)
+        # The same decode function tfkit.data.build_dataset maps (private on purpose:
+        # (a)/(a') must pay exactly what (b) pays to decode).
+        self.decode_example = tfdata._decoder(manifest, OUT_SIZE)
 
-def _decode(serialized):
-    ex = tf.io.parse_single_example(serialized, _SPEC)
-    img = tf.io.decode_jpeg(ex["image"], channels=3)
-    img = tf.ensure_shape(img, [IN_SIZE, IN_SIZE, 3])
-    return img, tf.one_hot(ex["label"], 10)
+    def decode(self, serialized):
+        ex = self.decode_example(self.parse(serialized))
+        return ex["image"], tf.one_hot(ex["label"], N_CLASSES)
 
 
 PAR = os.cpu_count() or 2  # parallel calls per map: one per core
@@ -117,23 +135,43 @@ def _records(files):
     return ds.interleave(tf.data.TFRecordDataset, cycle_length=len(files))
 
 
-def pipe_decode(files, threads):
-    ds = _records(files).map(_decode, num_parallel_calls=PAR, deterministic=False)
+def pipe_decode(src: Source, threads):
+    ds = _records(src.files).map(src.decode, num_parallel_calls=PAR, deterministic=False)
     return ds.batch(BATCH, drop_remainder=True).prefetch(PREFETCH).with_options(_options(threads))
 
 
-def pipe_resize(files, threads):
+def pipe_resize(src: Source, threads):
     def f(s):
-        img, y = _decode(s)
+        img, y = src.decode(s)
         return tf.image.resize(img, [OUT_SIZE, OUT_SIZE]) / 255.0, y
 
-    ds = _records(files).map(f, num_parallel_calls=PAR, deterministic=False)
+    ds = _records(src.files).map(f, num_parallel_calls=PAR, deterministic=False)
     return ds.batch(BATCH, drop_remainder=True).prefetch(PREFETCH).with_options(_options(threads))
 
 
-def pipe_tfkit(files, threads, jit=True, parallel_batches=2, intra=None):
+def pipe_build_dataset(src: Source, threads, **overrides):
+    """(b): the real training stream, as tfkit.train builds it."""
+    cfg = load_config(None, [f"data.image_size={OUT_SIZE}", f"data.batch_size={BATCH}"])
+    cfg = dataclasses.replace(cfg, augment=AUG)
+    saved = {k: getattr(tfdata, k) for k in overrides}
+    try:  # tuning variants (--only b-*) patch the module's fixed parallelism
+        for k, v in overrides.items():
+            setattr(tfdata, k, v)
+        ds = tfdata.build_dataset(src.records, cfg, mode="train", manifest=src.manifest)
+    finally:
+        for k, v in saved.items():
+            setattr(tfdata, k, v)
+    if threads:
+        opt = tf.data.Options()
+        opt.threading.private_threadpool_size = threads
+        ds = ds.with_options(opt)
+    return ds
+
+
+def pipe_tfkit(src: Source, threads, jit=True, parallel_batches=2, intra=None):
+    """(b0): decode -> batch -> enumerate -> XLA augment map, nothing else."""
     aug = batch_augmenter(AUG, OUT_SIZE, jit_compile=jit)
-    ds = _records(files).map(_decode, num_parallel_calls=PAR, deterministic=False)
+    ds = _records(src.files).map(src.decode, num_parallel_calls=PAR, deterministic=False)
     ds = ds.batch(BATCH, drop_remainder=True).enumerate()  # batch index -> stateless seed
     ds = ds.map(lambda i, xy: aug(xy[0], xy[1], tf.stack([tf.constant(7, tf.int64), i])),
                 num_parallel_calls=parallel_batches, deterministic=False)
@@ -165,8 +203,8 @@ def _classic_affine(img, seed):
     return tf.reshape(out, [OUT_SIZE, OUT_SIZE, 3])
 
 
-def _classic(serialized, seed):
-    img, y = _decode(serialized)
+def _classic(src: Source, serialized, seed):
+    img, y = src.decode(serialized)
     seeds = tf.random.experimental.stateless_split(seed, 12)
     img = tf.image.convert_image_dtype(img, tf.float32)
     # dihedral: transpose with p=0.5, then a random number of quarter turns
@@ -197,9 +235,9 @@ def _classic(serialized, seed):
     return img, y
 
 
-def pipe_classic(files, threads):
-    ds = tf.data.Dataset.zip(_records(files), tf.data.Dataset.random(seed=3).batch(2))
-    ds = ds.map(_classic, num_parallel_calls=PAR, deterministic=False)
+def pipe_classic(src: Source, threads):
+    ds = tf.data.Dataset.zip(_records(src.files), tf.data.Dataset.random(seed=3).batch(2))
+    ds = ds.map(lambda s, seed: _classic(src, s, seed), num_parallel_calls=PAR, deterministic=False)
     return ds.batch(BATCH, drop_remainder=True).prefetch(PREFETCH).with_options(_options(threads))
 
 
@@ -214,65 +252,104 @@ def _rss_mb(field: str = "VmRSS") -> float:
     return float("nan")
 
 
+def _drain(it, fast_s: float = 0.005, at_most: int = 16) -> None:
+    """Take the batches a pipeline finished while it sat idle (each returns in
+    under ``fast_s``) up to and including the first one it has to compute, so
+    the timed window starts in steady state whatever the pipeline's buffer depth
+    (a fixed count under-drains deep pipelines and fakes their throughput)."""
+    for _ in range(at_most):
+        t = time.perf_counter()
+        next(it)
+        if time.perf_counter() - t > fast_s:
+            return
+
+
+def _reset_peak() -> None:
+    """Reset the process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="256 images, 3 repeats (development)")
-    ap.add_argument("--n", type=int, default=None, help="images in the shards")
+    ap.add_argument("--n", type=int, default=None, help="images in the records")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--window", type=int, default=None, help="timed batches per window")
     ap.add_argument("--threads", type=int, default=0, help="tf.data private thread pool (0: TF's default)")
-    ap.add_argument("--only", default="a,a',b,c", help="comma-separated pipelines to run")
+    ap.add_argument("--only", default="a,a',b,b0,c", help="comma-separated pipelines to run")
     args = ap.parse_args(argv)
     n = args.n or (256 if args.quick else 1024)
     repeats = args.repeats or (3 if args.quick else 7)
     window = args.window or (4 if args.quick else 10)
-    print(f"tf {tf.__version__}, {os.cpu_count()} cpus; {n} images {IN_SIZE}px q95 -> batch {BATCH}, "
-          f"output {OUT_SIZE}; {repeats} repeats x {window} batches")
+    load = os.getloadavg()
+    print(f"tf {tf.__version__}, {os.cpu_count()} cpus, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+          f"{n} images {IN_SIZE}px q95 -> batch {BATCH}, output {OUT_SIZE}; {repeats} repeats x {window} batches")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        files = make_shards(Path(tmp), n)
-        mb = sum(os.path.getsize(f) for f in files) / 1e6
-        print(f"shards: {len(files)} files, {mb:.1f} MB, written in {time.perf_counter() - t0:.1f} s")
-        builders = {"a": pipe_decode, "a'": pipe_resize, "b": pipe_tfkit, "c": pipe_classic,
-                    # variants for tuning (--only): one batch at a time, and without XLA
-                    "b1": lambda f, t: pipe_tfkit(f, t, parallel_batches=1),
-                    "b-nojit": lambda f, t: pipe_tfkit(f, t, jit=False),
-                    "b-intra2": lambda f, t: pipe_tfkit(f, t, intra=2)}
-        names = [k for k in args.only.split(",") if k in builders]
-        iters, held = {}, {}
+        src = Source(*make_records(Path(tmp), n))
+        mb = sum(os.path.getsize(f) for f in src.files) / 1e6
+        print(f"records: {len(src.files)} shards, {mb:.1f} MB, images + build_records in "
+              f"{time.perf_counter() - t0:.1f} s; tfkit.data: DECODE_CALLS={tfdata.DECODE_CALLS}, "
+              f"BATCH_CALLS={tfdata.BATCH_CALLS}, PREFETCH={tfdata.PREFETCH}, autotune off")
+        builders = {"a": pipe_decode, "a'": pipe_resize, "b": pipe_build_dataset, "b0": pipe_tfkit,
+                    "c": pipe_classic,
+                    # variants for tuning (--only): batches in flight, decode calls, no XLA
+                    "b-1batch": lambda s, t: pipe_build_dataset(s, t, BATCH_CALLS=1),
+                    "b-3batch": lambda s, t: pipe_build_dataset(s, t, BATCH_CALLS=3),
+                    "b-decode1": lambda s, t: pipe_build_dataset(s, t, DECODE_CALLS=1),
+                    "b0-nojit": lambda s, t: pipe_tfkit(s, t, jit=False),
+                    "b0-intra2": lambda s, t: pipe_tfkit(s, t, intra=2)}
+        unknown = [k for k in args.only.split(",") if k not in builders]
+        if unknown:
+            raise SystemExit(f"--only: unknown pipeline(s) {unknown}; choose from {', '.join(builders)}")
+        names = args.only.split(",")
+        # XLA's one-time start-up (JIT, LLVM) would otherwise count as the memory held
+        # by whichever XLA pipeline warms up first.
+        batch_augmenter(AUG, 32)(tf.zeros([2, 40, 40, 3], tf.uint8), tf.zeros([2, N_CLASSES]),
+                                 tf.constant([0, 0], tf.int64))
+        iters, held, peak = {}, {}, {}
         for k in names:  # warm up: traces, XLA compiles, fills buffers
             before = _rss_mb()
-            iters[k] = iter(builders[k](files, args.threads))
+            iters[k] = iter(builders[k](src, args.threads))
             for _ in range(3):
                 x, _y = next(iters[k])
             assert x.shape == ((BATCH, IN_SIZE, IN_SIZE, 3) if k == "a" else (BATCH, OUT_SIZE, OUT_SIZE, 3)), x.shape
             assert x.dtype == (tf.uint8 if k == "a" else tf.float32), x.dtype
             del x, _y
             held[k] = _rss_mb() - before  # what the live pipeline keeps resident (buffers, code)
+            peak[k] = 0.0
         rates: dict[str, list[float]] = {k: [] for k in names}
         for _ in range(repeats):
             for k in names:  # round robin: every pipeline sees the same machine load
-                for _ in range(PREFETCH + 2):  # drain what was buffered while it sat idle
-                    next(iters[k])
+                _drain(iters[k])
+                start = _rss_mb()
+                _reset_peak()
                 t = time.perf_counter()
                 for _ in range(window):
                     next(iters[k])
                 rates[k].append(window * BATCH / (time.perf_counter() - t))
+                peak[k] = max(peak[k], _rss_mb("VmHWM") - start)
+        del iters
     med = {k: statistics.median(v) for k, v in rates.items()}
     labels = {"a": "(a)  read+parse+decode only", "a'": "(a') decode + resize 384 + float",
-              "b": "(b)  tfkit batched augment_batch", "c": "(c)  classic per-example map",
-              "b1": "(b)  variant: 1 batch in flight", "b-nojit": "(b)  variant: no XLA",
-              "b-intra2": "(b)  variant: max_intra_op_parallelism=2"}
-    print(f"\n| pipeline | img/s median | min..max | RSS held MB |\n|---|---:|---:|---:|")
+              "b": "(b)  tfkit.data.build_dataset train", "b0": "(b0) hand-built batched pipeline",
+              "c": "(c)  classic per-example map",
+              "b-1batch": "(b)  variant: BATCH_CALLS=1", "b-3batch": "(b)  variant: BATCH_CALLS=3",
+              "b-decode1": "(b)  variant: DECODE_CALLS=1", "b0-nojit": "(b0) variant: no XLA",
+              "b0-intra2": "(b0) variant: max_intra_op_parallelism=2"}
+    print("\n| pipeline | img/s median | min..max | RSS held MB | RSS peak +MB |\n|---|---:|---:|---:|---:|")
     for k in names:
-        print(f"| {labels[k]} | {med[k]:.0f} | {min(rates[k]):.0f}..{max(rates[k]):.0f} | {held[k]:.0f} |")
-    print(f"process peak RSS: {_rss_mb('VmHWM'):.0f} MB (all pipelines live at once)")
-    if "b" in med and "a'" in med:
-        print("\n(b)/(a') = %.2f  (target >= 0.8)" % (med['b'] / med["a'"]))
-    if "b" in med and "c" in med:
-        print(f"(b)/(c)  = {med['b'] / med['c']:.2f}  (target >= 2.5)")
-    if "b" in med and "a" in med:
-        print(f"(b)/(a)  = {med['b'] / med['a']:.2f}")
+        print(f"| {labels[k]} | {med[k]:.0f} | {min(rates[k]):.0f}..{max(rates[k]):.0f} | {held[k]:.0f} "
+              f"| {peak[k]:.0f} |")
+    load = os.getloadavg()
+    print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    for num, den, target in (("b", "a'", 0.8), ("b", "c", 2.5), ("b", "b0", None), ("b", "a", None)):
+        if num in med and den in med:
+            goal = f"  (target >= {target}: {'met' if med[num] / med[den] >= target else 'NOT met'})" if target else ""
+            print(f"({num})/({den}) = {med[num] / med[den]:.2f}{goal}")
     return med
 
 
