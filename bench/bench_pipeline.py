@@ -252,15 +252,18 @@ def _rss_mb(field: str = "VmRSS") -> float:
     return float("nan")
 
 
-def _drain(it, fast_s: float = 0.005, at_most: int = 16) -> None:
+def _drain(it, batch_s: float, at_most: int = 16) -> None:
     """Take the batches a pipeline finished while it sat idle (each returns in
-    under ``fast_s``) up to and including the first one it has to compute, so
-    the timed window starts in steady state whatever the pipeline's buffer depth
-    (a fixed count under-drains deep pipelines and fakes their throughput)."""
+    well under ``batch_s``, its warm-up time per batch) up to two in a row it
+    has to compute, so the timed window starts in steady state whatever the
+    pipeline's buffer depth (a fixed count under-drains deep pipelines and fakes
+    their throughput)."""
+    slow = 0
     for _ in range(at_most):
         t = time.perf_counter()
         next(it)
-        if time.perf_counter() - t > fast_s:
+        slow = slow + 1 if time.perf_counter() - t > 0.4 * batch_s else 0
+        if slow == 2:
             return
 
 
@@ -310,12 +313,16 @@ def main(argv: list[str] | None = None) -> dict:
         # by whichever XLA pipeline warms up first.
         batch_augmenter(AUG, 32)(tf.zeros([2, 40, 40, 3], tf.uint8), tf.zeros([2, N_CLASSES]),
                                  tf.constant([0, 0], tf.int64))
-        iters, held, peak = {}, {}, {}
+        iters, held, peak, batch_s = {}, {}, {}, {}
         for k in names:  # warm up: traces, XLA compiles, fills buffers
             before = _rss_mb()
             iters[k] = iter(builders[k](src, args.threads))
+            for _ in range(2):
+                x, _y = next(iters[k])
+            t = time.perf_counter()
             for _ in range(3):
                 x, _y = next(iters[k])
+            batch_s[k] = (time.perf_counter() - t) / 3
             assert x.shape == ((BATCH, IN_SIZE, IN_SIZE, 3) if k == "a" else (BATCH, OUT_SIZE, OUT_SIZE, 3)), x.shape
             assert x.dtype == (tf.uint8 if k == "a" else tf.float32), x.dtype
             del x, _y
@@ -324,7 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
         rates: dict[str, list[float]] = {k: [] for k in names}
         for _ in range(repeats):
             for k in names:  # round robin: every pipeline sees the same machine load
-                _drain(iters[k])
+                _drain(iters[k], batch_s[k])
                 start = _rss_mb()
                 _reset_peak()
                 t = time.perf_counter()
