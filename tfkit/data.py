@@ -548,6 +548,12 @@ def build_dataset(
         return (x, y, b["id"]) if with_ids else (x, y)
 
     ds = ds.enumerate().map(finish, num_parallel_calls=BATCH_CALLS, deterministic=ordered)
+    if not train:
+        # Shard names carry the counts, so the number of batches is known without
+        # reading: Keras then sizes its progress bar and stops cleanly instead of
+        # running the iterator dry ("Your input ran out of data").
+        n = _records.count_from_names(files)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n / batch)))
     ds = ds.prefetch(PREFETCH)
     # Training ignores example order for speed (unless deterministic); eval keeps it so ids align.
     return ds.with_options(pipeline_options(ordered))

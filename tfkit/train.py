@@ -1021,7 +1021,7 @@ def lr_find(cfg: Config, records: str | os.PathLike, out: str | os.PathLike, min
 
     # One "epoch" per batch: Keras reports the running mean over an epoch, so
     # one-step epochs give each batch's own loss (the iterator lives across them).
-    wrapper.fit(ds, epochs=steps, steps_per_epoch=1, callbacks=[Recorder()], verbose=0)
+    wrapper.fit(ds, epochs=steps, steps_per_epoch=1, callbacks=[Recorder()], verbose=0, shuffle=False)
     sm = _smooth(losses)
     lr_arr = np.asarray(lrs)
     finite = np.isfinite(sm)
