@@ -357,12 +357,20 @@ def predict_proba(
     w = w / w.sum()
     step = make_tta_step(models, n_views, mode, average, task, augment_cfg)
     tta_parts, plain_parts = [], []
+    full = None  # size of the first batch; a shorter last batch is padded to it
     for i, batch in enumerate(tqdm(dataset, desc=f"predict x{n_views} views", disable=not progress, leave=False)):
         if isinstance(batch, tuple):
             batch = batch[0]
+        n = int(tf.nest.flatten(batch)[0].shape[0])
+        full = full or n
+        if n < full:
+            # One static shape for every call: the step is traced once (no
+            # retracing per partial batch) and would compile as is for XLA/TPU.
+            batch = tf.nest.map_structure(
+                lambda t: tf.pad(t, [[0, full - n]] + [[0, 0]] * (len(t.shape) - 1)), batch)
         tta, plain = step(batch, tf.constant([seed, i], tf.int32))
-        tta_parts.append(tta.numpy())
-        plain_parts.append(plain.numpy())
+        tta_parts.append(tta.numpy()[:, :n])
+        plain_parts.append(plain.numpy()[:, :n])
     if not tta_parts:
         raise TfkitError("predict_proba: the dataset yielded no images")
     tta = np.concatenate(tta_parts, axis=1)
