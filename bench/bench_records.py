@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -60,7 +59,8 @@ def make_images(folder: Path, n: int, seed: int = 0) -> Path:
     return csv
 
 
-def run_build(csv: Path, out: Path, workers: int, size: int | None, n_limit: int | None = None) -> dict:
+def run_build(csv: Path, out: Path, workers: int, size: int | None, n_limit: int | None = None,
+              verify: str = "decode") -> dict:
     """One end-to-end build in a subprocess; returns seconds and peak RSS (MiB)."""
     src = csv
     if n_limit is not None:
@@ -68,7 +68,7 @@ def run_build(csv: Path, out: Path, workers: int, size: int | None, n_limit: int
         src = csv.with_name(f"train_{n_limit}.csv")
         src.write_text("".join(lines[: n_limit + 1]))
     cmd = [sys.executable, "-c", _CHILD, str(src), str(csv.parent / "images"), str(out), str(workers),
-           str(size or 0)]
+           str(size or 0), verify]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True)
     dt = time.perf_counter() - t0
@@ -82,8 +82,9 @@ def run_build(csv: Path, out: Path, workers: int, size: int | None, n_limit: int
 _CHILD = r"""
 import resource, sys
 from tfkit.cli import main
-csv, images, out, workers, size = sys.argv[1:6]
-args = ["build-records", "--csv", csv, "--images", images, "--out", out, "--workers", workers, "--overwrite"]
+csv, images, out, workers, size, verify = sys.argv[1:7]
+args = ["build-records", "--csv", csv, "--images", images, "--out", out, "--workers", workers, "--overwrite",
+        "--verify", verify]
 if size != "0":
     args += ["--size", size]
 rc = main(args)
@@ -93,6 +94,12 @@ me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 print(f"{me:.1f} {kids:.1f}")
 """
+
+
+def _startup_seconds() -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import tfkit.cli, tfkit.records, tfkit.folds, pandas, PIL.Image"], check=True)
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -118,10 +125,13 @@ def main() -> None:
         print()
         print(f"| mode (n={n}) | workers | seconds | img/s | ratio vs cores x 1-worker |")
         print("|---|---:|---:|---:|---:|")
-        for mode, size in (("re-encode 512->384", 384), ("pass-through", None)):
+        modes = (("re-encode 512->384", 384, "decode"), ("pass-through, --verify decode", None, "decode"),
+                 ("pass-through, --verify markers", None, "markers"))
+        for mode, size, verify in modes:
             rates = {}
             for w in (1, cores):
-                secs = [run_build(csv, tmp / "out", w, size, n_limit=n)["seconds"] for _ in range(repeats)]
+                secs = [run_build(csv, tmp / "out", w, size, n_limit=n, verify=verify)["seconds"]
+                        for _ in range(repeats)]
                 med = statistics.median(secs)
                 rates[w] = n / med
                 ratio = "" if w == 1 else f"{rates[w] / (cores * rates[1]):.2f}"
@@ -133,8 +143,11 @@ def main() -> None:
             total += len(p.read_bytes())
         dt = time.perf_counter() - t0
         print(f"\nreading the {n} source files alone: {n / dt:.0f} files/s ({total / dt / 2**20:.0f} MiB/s, warm cache)")
+        # what every end-to-end build pays before its first image: interpreter + imports
+        start = [_startup_seconds() for _ in range(repeats)]
+        print(f"process start-up + imports (python -m tfkit, no work): {statistics.median(start):.2f} s")
         print()
-        print(f"| images | parent peak RSS MiB | largest worker peak RSS MiB | seconds |")
+        print("| images | parent peak RSS MiB | largest worker peak RSS MiB | seconds |")
         print("|---:|---:|---:|---:|")
         for m in mem_counts:
             r = run_build(csv, tmp / "out", cores, 384, n_limit=m)

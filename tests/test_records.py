@@ -271,6 +271,40 @@ def test_jpeg_pass_through_is_byte_identical(tmp_path: Path) -> None:
     assert m["image"]["passed_through"] == 0
 
 
+@pytest.mark.parametrize("verify", ["decode", "markers"])
+def test_pass_through_verify_modes_catch_truncation(tmp_path: Path, verify: str) -> None:
+    d = tmp_path / "img"
+    d.mkdir()
+    rng = np.random.default_rng(3)
+    good = jpeg_bytes(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    (d / "ok.jpg").write_bytes(good)
+    (d / "cut.jpg").write_bytes(good[: len(good) // 2])  # truncated mid-scan
+    pd.DataFrame({"id": ["ok", "cut"], "label": [0, 1]}).to_csv(tmp_path / "c.csv", index=False)
+    with pytest.raises(TfkitError, match="cut"):
+        build_records(tmp_path / "c.csv", d, tmp_path / "r", split="test", verify=verify, workers=1, progress=False)
+    assert not (tmp_path / "r").exists()
+    m = build_records(tmp_path / "c.csv", d, tmp_path / "r", split="test", verify=verify, skip_bad=True,
+                      workers=1, progress=False)
+    assert m["image"]["verify"] == verify and m["image"]["passed_through"] == 1
+    assert [s["id"] for s in m["skipped"]] == ["cut"]
+
+
+def test_markers_mode_is_cheaper_but_blind_to_bit_errors_decode_mode_is_not(tmp_path: Path) -> None:
+    # What each mode promises: "markers" checks structure only; "decode" reads every byte.
+    from tfkit.records import encode_image
+
+    rng = np.random.default_rng(4)
+    good = bytearray(jpeg_bytes(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)))
+    sos = good.index(b"\xff\xda")
+    good[sos + 20: sos + 60] = b"\xff" * 40  # garbage markers inside the entropy-coded data
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(bytes(good))
+    data, h, w, passed = encode_image(str(path), None, 95, verify="markers")
+    assert passed and data == bytes(good)
+    with pytest.raises(Exception):
+        encode_image(str(path), None, 95, verify="decode")
+
+
 # --------------------------------------------------------------------------- bad input
 
 
