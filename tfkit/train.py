@@ -69,7 +69,7 @@ import numpy as np
 import pandas as pd
 
 from tfkit.config import Config, config_to_dict, save_config
-from tfkit.utils import TfkitError, read_json, seed_everything, write_csv, write_json
+from tfkit.utils import TfkitError, pyplot, read_json, save_figure, seed_everything, write_csv, write_json
 
 __all__ = ["train", "train_fold", "lr_find", "oof_probabilities", "recompute_cv", "TrainingModel", "bn_update"]
 
@@ -906,11 +906,7 @@ def _print_summary(cv: dict, seconds: float) -> None:
 
 
 def _plot_curves(out: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     hist = {int(p.parent.name[4:]): pd.read_csv(p) for p in sorted(out.glob("fold*/history.csv"))}
     if not hist:
         return None
@@ -930,11 +926,7 @@ def _plot_curves(out: Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    tmp = out / ".curves.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out / "curves.png")
-    return out / "curves.png"
+    return save_figure(fig, out / "curves.png", dpi=100)
 
 
 # --------------------------------------------------------------------------- lr finder
@@ -1057,11 +1049,7 @@ def _smooth(values: Sequence[float], beta: float = 0.9) -> np.ndarray:
 
 
 def _plot_lr(lrs: np.ndarray, losses: np.ndarray, smooth: np.ndarray, suggested: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(lrs, losses, alpha=0.3, label="loss")
     ax.plot(lrs, smooth, label="smoothed")
@@ -1075,7 +1063,4 @@ def _plot_lr(lrs: np.ndarray, losses: np.ndarray, smooth: np.ndarray, suggested:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=100)

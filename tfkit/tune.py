@@ -627,11 +627,11 @@ def _run_isolated(train_fn: Callable[..., Mapping[str, Any]], cfg: Config, recor
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_die_with_parent) as pool:
+                             initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
         return pool.submit(_train_folds, train_fn, cfg, records, folds, run_dir, manifest).result()
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent_pid: int) -> None:
     """Linux: a killed search must not leave its trial training on in the background
     (a resumed search would then write the same fold folder twice)."""
     if sys.platform.startswith("linux"):
@@ -642,6 +642,10 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
         except OSError:  # pragma: no cover - no glibc
             pass
+    # The parent may have died while this child was still starting, before the
+    # death signal was armed: the child would then wait forever on its queue.
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def _release_memory() -> None:
@@ -699,15 +703,13 @@ def trials_table(oracle: Any, space: SearchSpace, directory: str | os.PathLike, 
 
 
 def _plot(frame: Any, space: SearchSpace, objective: Any, out: Path) -> list[Path]:
-    import matplotlib
-    import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
     import pandas as pd
 
-    from tfkit.utils import atomic_write
+    from tfkit.utils import pyplot, save_figure
+
+    plt = pyplot()
+    import matplotlib.ticker
 
     done = frame[frame["status"] == "COMPLETED"].copy()
     done["order"] = [int(t) for t in done["trial_id"]]
@@ -725,10 +727,7 @@ def _plot(frame: Any, space: SearchSpace, objective: Any, out: Path) -> list[Pat
     ax.legend()
     fig.tight_layout()
     path = out / "score_by_trial.png"
-    with atomic_write(path, "wb", encoding=None) as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
-    paths.append(path)
+    paths.append(save_figure(fig, path, dpi=100))
 
     n = len(space.params)
     cols = min(n, 3)
@@ -757,10 +756,7 @@ def _plot(frame: Any, space: SearchSpace, objective: Any, out: Path) -> list[Pat
         ax.axis("off")
     fig.tight_layout()
     path = out / "score_vs_hparams.png"
-    with atomic_write(path, "wb", encoding=None) as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
-    paths.append(path)
+    paths.append(save_figure(fig, path, dpi=100))
     return paths
 
 
