@@ -609,9 +609,9 @@ def submission_frame(ids: Sequence[str], out: np.ndarray, classes: Sequence[str]
 
 def _oof_layout(index: pd.DataFrame, out: np.ndarray, classes: Sequence[str], task: str) -> pd.DataFrame:
     """Predictions in ``oof.csv`` layout (id, fold, label, ``p_<class>``... or ``pred``)."""
-    from tfkit.train import _oof_frame
+    from tfkit.train import oof_frame
 
-    return _oof_frame(index, np.asarray(out, dtype=np.float64), [str(c) for c in classes], task)
+    return oof_frame(index, np.asarray(out, dtype=np.float64), [str(c) for c in classes], task)
 
 
 def _known_labels(index: pd.DataFrame) -> np.ndarray | None:

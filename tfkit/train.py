@@ -71,7 +71,7 @@ import pandas as pd
 from tfkit.config import Config, config_to_dict, save_config
 from tfkit.utils import TfkitError, pyplot, read_json, save_figure, seed_everything, write_csv, write_json
 
-__all__ = ["train", "train_fold", "lr_find", "oof_probabilities", "recompute_cv", "TrainingModel", "bn_update"]
+__all__ = ["train", "train_fold", "lr_find", "oof_frame", "oof_probabilities", "recompute_cv", "TrainingModel", "bn_update"]
 
 _IGNORED_ON_RESUME = {("train", "folds"), ("train", "verbose")}
 _SWA_BN_BATCHES = 200  # batches of the BatchNorm statistics pass after SWA
@@ -682,7 +682,7 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
         proba = np.asarray(model.predict(ds, verbose=0), dtype=np.float64)
         if len(index) != len(proba):
             raise TfkitError(f"fold {fold}: {len(proba)} predictions for {len(index)} validation rows")
-        frame = _oof_frame(index, proba, classes, task)
+        frame = oof_frame(index, proba, classes, task)
         return frame, _clean(compute_metrics(index["label"].to_numpy(), oof_probabilities(frame, classes, task),
                                              task, names=cfg.train.metrics, num_classes=num_classes))
 
@@ -727,7 +727,23 @@ def _clean(metrics: dict) -> dict:
     return {k: (float(v) if np.ndim(v) == 0 else v) for k, v in metrics.items()}
 
 
-def _oof_frame(index: pd.DataFrame, proba: np.ndarray, classes: list[str], task: str) -> pd.DataFrame:
+def oof_frame(index: pd.DataFrame, proba: np.ndarray, classes: list[str], task: str) -> pd.DataFrame:
+    """Predictions in the ``oof.csv`` layout: ``id, fold, label, p_<class>...``.
+
+    Args:
+        index: rows in prediction order (``tfkit.data.read_index``), with id, fold, label.
+        proba: model outputs ``[N, C]`` (binary may be ``[N, 1]``; regression ``[N, 1]``).
+        classes: class names, in the manifest's order.
+        task: the run's task.
+
+    Returns:
+        The frame (regression: a ``pred`` column instead of ``p_<class>``).
+
+    Example:
+        >>> oof_frame(pd.DataFrame({"id": ["a"], "fold": [0], "label": [1]}), np.array([[0.2, 0.8]]), ["x", "y"], "multiclass")
+          id  fold  label  p_x  p_y
+        0  a     0      1  0.2  0.8
+    """
     frame = index[["id", "fold", "label"]].reset_index(drop=True).copy()
     if task == "regression":
         frame["pred"] = proba.reshape(len(frame), -1)[:, 0]
