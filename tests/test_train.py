@@ -310,3 +310,29 @@ def test_swa_resume_after_kill_mid_window(small_records, tmp_path):
 def test_swa_epochs_validated(small_records, tmp_path):
     with pytest.raises(TfkitError, match="swa_epochs"):
         train_fold(tiny_cfg(*SWA_TINY, "train.swa_epochs=4"), small_records, 0, tmp_path)
+
+
+_DETERMINISTIC_RUN = r"""
+import sys
+from tfkit.config import load_config
+from tfkit.train import train
+records, out = sys.argv[1:3]
+cfg = load_config(None, ["data.image_size=32", "data.batch_size=8", "model.name=small_cnn", "model.width=4",
+                         "train.epochs=2", "train.verbose=0", "train.warmup_epochs=0", "augment.preset=digits",
+                         "train.deterministic=true"])
+train(cfg, records, out, folds=[0])
+"""
+
+
+def test_deterministic_training_gives_identical_oof(small_records, tmp_path):
+    # A subprocess: op determinism is a process-wide switch.
+    import subprocess
+    import sys
+
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"run{k}"
+        subprocess.run([sys.executable, "-c", _DETERMINISTIC_RUN, str(small_records), str(out)], check=True,
+                       capture_output=True)
+        outs.append(pd.read_csv(out / "oof.csv"))
+    pd.testing.assert_frame_equal(outs[0], outs[1])  # bit-identical probabilities, not just close

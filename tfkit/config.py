@@ -183,6 +183,10 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto | off | float16 | bfloat16
     steps_per_execution: int = 1
     seed: int = 42
+    # Bit-reproducible training for a seed: example order fixed and TF's op
+    # determinism on (slower). Off: order-ignoring reads for speed, so two runs
+    # of the same config give slightly different models.
+    deterministic: bool = False
     verbose: int = 1
 
 

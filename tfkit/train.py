@@ -613,6 +613,10 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
         (fold_dir / "best.keras").unlink(missing_ok=True)  # a stale one from a deleted attempt
 
     seed_everything(cfg.train.seed + fold)
+    if cfg.train.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     base_schedule = create_schedule(cfg.train, steps, cfg.train.epochs)
     extra_cb = schedule_callbacks(cfg.train)
     FoldState = _fold_callback_class()
@@ -653,7 +657,8 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
         if cfg.train.sam_rho > 0 and replicas > 1:
             raise TfkitError("train.sam_rho > 0 runs on one replica only (the perturbation is per-device)")
         train_ds = tfdata.build_dataset(records, pcfg, folds=train_folds, mode="train", manifest=manifest,
-                                        batch_size=global_batch, augment=not device_aug, repeat=True)
+                                        batch_size=global_batch, augment=not device_aug, repeat=True,
+                                        deterministic=cfg.train.deterministic)
         # Repeated with exactly val_steps batches per pass: Keras keeps one
         # validation iterator across epochs, so a finite one would run dry
         # (and a fresh one per epoch pays the iterator-destroy stall).
