@@ -240,6 +240,17 @@ def test_encode_targets_per_task():
         data.resolve_task({"classes": list("abc")}, "binary")
 
 
+def test_tasks_single_label_records_cannot_feed_are_refused():
+    # Records store a class index: as a regression target it equals the value only for grades 0..K-1.
+    assert data.resolve_task({"classes": ["0", "1", "2", "3", "4"]}, "regression") == "regression"
+    with pytest.raises(TfkitError, match="ordinal integer labels 0..K-1"):
+        data.resolve_task({"classes": ["1", "2", "3"]}, "regression")
+    with pytest.raises(TfkitError, match="ordinal integer labels 0..K-1"):
+        data.resolve_task({"classes": ["0", "10", "20"]}, "regression")
+    with pytest.raises(TfkitError, match="multilabel needs several labels per image"):
+        data.resolve_task({"classes": list("abc")}, "multilabel")
+
+
 def test_metadata_dict_input(meta_records):
     path, frame = meta_records
     man = records.load_manifest(path)

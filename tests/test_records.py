@@ -460,3 +460,24 @@ def test_siim_isic_2020_mapping(tmp_path: Path) -> None:
     assert train[0]["meta"]["sex"] == 1 and train[0]["meta"]["anatom_site_general_challenge"] == 2
     test = read_all(tmp_path, SIIM_ISIC_2020, shard_files(tmp_path, split="test"))
     assert test[0]["label"] == -1 and test[0]["id"] == b"ISIC_0052060"
+
+
+def test_many_classes_are_stratified_as_classes_not_binned(tmp_path: Path) -> None:
+    # 60 classes x 5 images, 5 folds: every class must land once in every fold
+    # (with > 50 distinct integer labels, plain assign_folds would bin them as a numeric target).
+    d = tmp_path / "img"
+    d.mkdir()
+    rng = np.random.default_rng(5)
+    ids, labels = [], []
+    for c in range(60):
+        for r in range(5):
+            i = f"c{c:02d}_{r}"
+            (d / f"{i}.jpg").write_bytes(jpeg_bytes(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)))
+            ids.append(i)
+            labels.append(f"class{c:02d}")
+    pd.DataFrame({"id": ids, "label": labels}).to_csv(tmp_path / "c.csv", index=False)
+    build_records(tmp_path / "c.csv", d, tmp_path / "r", n_folds=5, workers=1, progress=False)
+    folds = pd.read_csv(tmp_path / "r" / "folds.csv", dtype={"id": str})
+    folds["label"] = folds["id"].str[:3]
+    per = folds.groupby(["label", "fold"]).size().unstack(fill_value=0)
+    assert per.shape == (60, 5) and (per.to_numpy() == 1).all()

@@ -3,7 +3,9 @@ OOF-with-TTA against the training pipeline."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -126,3 +128,20 @@ def test_predict_records_and_oof_tta(tiny_run, small_records, tmp_path):
     assert (tiny_run / "oof_tta.csv").is_file() and read_json(tiny_run / "cv_tta.json")["n_views"] == 4
     oof = pd.read_csv(tiny_run / "oof_tta.csv", dtype={"id": str})
     assert sorted(oof["id"]) == sorted(pd.read_csv(tiny_run / "oof.csv", dtype={"id": str})["id"])
+
+
+def test_oof_tta_refuses_records_the_run_was_not_trained_on(tiny_run, small_records, tmp_path):
+    from tfkit.cli import main
+    from tfkit.predict import oof_tta
+    from tfkit.records import load_manifest
+
+    m = load_manifest(str(small_records))
+    other = tmp_path / "other"
+    shutil.copytree(small_records, other)
+    # the same images with another fold seed: fold k's model has seen some of fold k's new rows
+    m["folds"] = dict(m["folds"], seed=m["folds"]["seed"] + 1)
+    (other / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(TfkitError, match="not the records the run was trained on"):
+        oof_tta(tiny_run, other, tta=1, progress=False)
+    assert main(["predict", "--run", str(tiny_run), "--records", str(small_records), "--oof",
+                 "--out", str(tmp_path / "x.csv")]) == 2  # --out means nothing with --oof

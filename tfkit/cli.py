@@ -120,10 +120,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.oof:
         if args.records is None:
             raise TfkitError("predict --oof: give the training records with --records")
+        if args.out is not None:
+            raise TfkitError("predict --oof writes RUN/oof_tta.csv and RUN/cv_tta.json; --out is for submissions")
         oof_tta(args.run, args.records, tta=args.tta, overrides=args.overrides)
         return 0
     predict(
-        args.run, out=args.out, records=args.records, images=args.images, csv=args.csv, tta=args.tta,
+        args.run, out=args.out or "submission.csv", records=args.records, images=args.images, csv=args.csv, tta=args.tta,
         overrides=args.overrides,
     )
     return 0
@@ -270,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--images", help="folder of images")
     p.add_argument("--csv", help="with --images: CSV of ids to predict (default every image)")
     p.add_argument("--tta", type=int, default=None, help="views per image (default from the run's config)")
-    p.add_argument("--out", default="submission.csv", help="submission CSV")
+    p.add_argument("--out", default=None, help="submission CSV (default submission.csv)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a predict.* key, e.g. --set predict.average=gmean")
     p.add_argument("--oof", action="store_true",

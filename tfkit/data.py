@@ -109,6 +109,15 @@ def resolve_task(manifest: dict, task: str = "auto") -> str:
         raise TfkitError(
             f"model.task=binary needs 2 classes, the records have {len(manifest['classes'])}: {manifest['classes']}"
         )
+    classes = [str(c) for c in manifest.get("classes") or []]
+    if resolved == "multilabel" and classes:
+        raise TfkitError("model.task=multilabel needs several labels per image; tfkit records store one class "
+                         "index per image (use multiclass, or records with a multi-hot target)")
+    if resolved == "regression" and classes and classes != [str(i) for i in range(len(classes))]:
+        # Records store the index of the label in the class list: it equals the
+        # value only for ordinal grades 0..K-1, so anything else would train on ranks.
+        raise TfkitError(f"model.task=regression needs ordinal integer labels 0..K-1 (e.g. grades), the records "
+                         f"have classes {classes[:8]}{'...' if len(classes) > 8 else ''}")
     return resolved
 
 

@@ -23,6 +23,21 @@ from keras import ops
 
 from tfkit.utils import TfkitError
 
+# Metric names where a smaller value is better; the one list that monitors,
+# tuner objectives and CV-weighted fold ensembles all consult.
+LOWER_IS_BETTER = ("loss", "error", "mse", "rmse", "mae")
+
+
+def lower_is_better(name: str) -> bool:
+    """Whether a smaller value of metric ``name`` (``val_`` prefix allowed) is better.
+
+    Example:
+        >>> lower_is_better("val_log_loss"), lower_is_better("val_rmse"), lower_is_better("val_auc")
+        (True, True, False)
+    """
+    return any(k in str(name).lower() for k in LOWER_IS_BETTER)
+
+
 METRICS = ("accuracy", "auc", "f1", "log_loss", "qwk", "rmse", "mae")
 # Clip probabilities before the log like scikit-learn, so a confident wrong
 # prediction costs a large but finite amount.

@@ -33,7 +33,6 @@ TTA_MODES = ("dihedral", "flips", "augment")
 MAX_VIEWS = {"dihedral": 8, "flips": 4}
 AVERAGES = ("mean", "gmean")
 # Metrics where a smaller value is better: their fold weight is 1 / score.
-_LOWER_IS_BETTER = ("log_loss", "loss", "mse", "rmse", "mae")
 _EPS = 1e-7
 
 
@@ -155,7 +154,9 @@ def fold_weights(run: str | os.PathLike, folds: Sequence[int], how: str = "equal
             raise TfkitError(f"{path}: fold {k} has no finite '{primary}' score for predict.fold_weights=cv")
         scores.append(float(score))
     scores = np.asarray(scores, dtype=np.float64)
-    if primary in _LOWER_IS_BETTER:
+    from tfkit.metrics import lower_is_better
+
+    if lower_is_better(primary):
         if np.any(scores <= 0):
             raise TfkitError(f"{path}: '{primary}' must be positive to weight folds by 1/score, got {scores.tolist()}")
         scores = 1.0 / scores
@@ -504,6 +505,18 @@ def _batch_size(cfg: Config) -> int:
     return int(cfg.predict.batch_size or cfg.data.batch_size)
 
 
+def _check_same_records(records: str | os.PathLike, manifest: dict) -> None:
+    """Out-of-fold predictions are only out of fold on the records the run was
+    trained on: other folds (another seed or K) would score images a model saw."""
+    from tfkit.records import load_manifest
+
+    own = load_manifest(str(records))
+    shards = lambda m: sorted((s["file"], s["sha256"]) for s in m.get("shards", []))  # noqa: E731
+    if own.get("folds") != manifest.get("folds") or shards(own) != shards(manifest):
+        raise TfkitError(f"{records}: these are not the records the run was trained on (folds or shard checksums "
+                         "differ from RUN/manifest.json); OOF scores on them would leak")
+
+
 def records_dataset(records: str | os.PathLike, cfg: Config, manifest: dict, folds: Sequence[int] | None = None):
     """Deterministic predict-mode dataset of a records folder plus its aligned index.
 
@@ -530,6 +543,16 @@ def records_dataset(records: str | os.PathLike, cfg: Config, manifest: dict, fol
             f"{records}: classes {own['classes']} differ from the run's {manifest['classes']} "
             "(build test records with --classes-from the training manifest)"
         )
+    for col in cfg.data.metadata or []:
+        # The model learned one encoding (vocabulary order, mean/std) of each column.
+        def spec(m: dict) -> dict:
+            return {k: v for k, v in (m.get("metadata") or {}).get(col, {}).items() if not k.startswith("_")}
+
+        if spec(own) != spec(manifest):
+            raise TfkitError(
+                f"{records}: metadata column {col!r} is encoded differently from the run's "
+                "(rebuild the records with --classes-from RUN/manifest.json)"
+            )
     ds = data.build_dataset(
         records, cfg, folds=folds, mode="predict", manifest=own,
         batch_size=_batch_size(cfg), augment=False, repeat=False,
@@ -747,6 +770,7 @@ def oof_tta(
     classes = [str(c) for c in manifest["classes"]]
     folds = run_folds(run)
     _image_size(run, folds, cfg)
+    _check_same_records(records, manifest)
     with_tta, without = [], []
     for k, model in zip(folds, load_models(run, folds)):
         ds, index = records_dataset(records, cfg, manifest, folds=[k])

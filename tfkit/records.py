@@ -703,7 +703,9 @@ def build_records(
         fold_frame = pd.DataFrame({"id": ids_k, "label": label_idx, "group": groups})
         if n_folds > len(set(groups)):
             raise TfkitError(f"--folds {n_folds} exceeds the number of groups ({len(set(groups))}) in {csv}")
-        folds = np.asarray(assign_folds(fold_frame, n_folds, "label", "group", seed=seed), dtype=np.int64)
+        # n_bins=0: class indices are categories; with > 50 classes assign_folds
+        # would otherwise read them as a numeric target and bin index ranges.
+        folds = np.asarray(assign_folds(fold_frame, n_folds, "label", "group", seed=seed, n_bins=0), dtype=np.int64)
     else:
         folds = np.full(len(keep), -1, np.int64)
 

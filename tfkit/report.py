@@ -453,7 +453,12 @@ def report(
         sections.append(("Most confidently wrong", None, None, "No misclassified image."))
 
     ids = list(gradcam_ids) if gradcam_ids else worst["id"].head(n_gradcam).tolist()
-    if ids and records is not None:
+    if ids and records is not None and cfg.data.metadata:
+        if gradcam_ids:
+            raise TfkitError("report --gradcam: models with metadata inputs (data.metadata) are not supported by "
+                             "Grad-CAM yet; run the report without --gradcam")
+        sections.append(("Grad-CAM", None, None, "Left out: the models also take metadata inputs."))
+    elif ids and records is not None:
         _gradcam_section(run, cfg, records, oof, proba, classes, ids, out / "gradcam.png", load_models)
         sections.append(("Grad-CAM", "gradcam.png", None,
                          "Where each fold model looks: heatmaps of the last convolutional feature map for the "

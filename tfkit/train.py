@@ -81,7 +81,10 @@ _SWA_BN_BATCHES = 200  # batches of the BatchNorm statistics pass after SWA
 
 
 def _task(cfg: Config, manifest: dict) -> str:
-    return manifest.get("task", "multiclass") if cfg.model.task == "auto" else cfg.model.task
+    from tfkit.data import resolve_task
+
+    # Before any training: a task the records cannot feed fails in one line.
+    return resolve_task(manifest, cfg.model.task)
 
 
 def _with_size(cfg: Config, size: int) -> Config:
@@ -90,7 +93,9 @@ def _with_size(cfg: Config, size: int) -> Config:
 
 
 def _monitor_mode(monitor: str) -> str:
-    return "min" if any(k in monitor for k in ("loss", "error", "mse", "mae")) else "max"
+    from tfkit.metrics import lower_is_better
+
+    return "min" if lower_is_better(monitor) else "max"
 
 
 def _n_folds(manifest: dict) -> int:

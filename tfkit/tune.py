@@ -368,7 +368,7 @@ def load_space(space: str | os.PathLike | Mapping[str, Any]) -> SearchSpace:
 def parse_objective(objective: str) -> Any:
     """``"val_auc"`` or ``"val_auc:max"`` -> ``keras_tuner.Objective``.
 
-    Without a direction, names containing ``loss`` (or ``error``) are minimised
+    Without a direction, names containing ``loss``, ``error``, ``mse``, ``rmse`` or ``mae`` are minimised
     and everything else is maximised.
 
     Example:
@@ -383,7 +383,9 @@ def parse_objective(objective: str) -> Any:
     if not name:
         raise TfkitError(f"--objective: expected a metric name such as val_auc or val_loss:min, got {objective!r}")
     if not direction:
-        direction = "min" if ("loss" in name or "error" in name) else "max"
+        from tfkit.metrics import lower_is_better
+
+        direction = "min" if lower_is_better(name) else "max"
     if direction not in ("min", "max"):
         raise TfkitError(f"--objective {objective!r}: direction must be min or max, got {direction!r}")
     return keras_tuner.Objective(name, direction)
