@@ -16,6 +16,7 @@ Usage::
 
     python bench/bench_records.py            # 1,500 images, memory at 500/1000/2000, 3 repeats
     python bench/bench_records.py --quick    # 150 images, memory at 100/200, 1 repeat
+    python bench/bench_records.py --cold     # also against the disk with the page cache dropped (root)
 """
 
 from __future__ import annotations
@@ -96,6 +97,31 @@ print(f"{me:.1f} {kids:.1f}")
 """
 
 
+def _drop_caches() -> None:
+    subprocess.run("sync; echo 3 > /proc/sys/vm/drop_caches", shell=True, check=True)
+
+
+def _cold_runs(csv: Path, tmp: Path, n: int, repeats: int) -> None:
+    """Cold page cache before each run: file reads and builds both pay the disk
+    (and the build's interpreter start-up pays cold imports)."""
+    reads, builds = [], {("decode", os.cpu_count() or 1): [], ("markers", 1): []}
+    files = sorted((tmp / "data" / "images").iterdir())[:n]
+    for _ in range(repeats):
+        _drop_caches()
+        t0 = time.perf_counter()
+        for p in files:
+            p.read_bytes()
+        reads.append(n / (time.perf_counter() - t0))
+        for (verify, w), rates in builds.items():
+            _drop_caches()
+            rates.append(n / run_build(csv, tmp / "out", w, None, n_limit=n, verify=verify)["seconds"])
+    print(f"\ncold cache: reading the {n} source files: {statistics.median(reads):.0f} files/s")
+    for (verify, w), rates in builds.items():
+        r = statistics.median(rates)
+        print(f"cold cache: pass-through --verify {verify}, {w} worker(s): {r:.0f} img/s "
+              f"({r / statistics.median(reads):.2f}x the disk's read rate)")
+
+
 def _startup_seconds() -> float:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import tfkit.cli, tfkit.records, tfkit.folds, pandas, PIL.Image"], check=True)
@@ -108,6 +134,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="images for the throughput runs (default 1500)")
     ap.add_argument("--repeats", type=int, default=None, help="repeats per setting (median reported)")
     ap.add_argument("--workdir", default=None, help="where to write images/records (default a temp dir)")
+    ap.add_argument("--cold", action="store_true",
+                    help="also measure with the page cache dropped before each run (needs root): the disk's real speed")
     args = ap.parse_args()
     n = args.n or (150 if args.quick else 1500)
     repeats = args.repeats or (1 if args.quick else 3)
@@ -143,6 +171,8 @@ def main() -> None:
             total += len(p.read_bytes())
         dt = time.perf_counter() - t0
         print(f"\nreading the {n} source files alone: {n / dt:.0f} files/s ({total / dt / 2**20:.0f} MiB/s, warm cache)")
+        if args.cold:
+            _cold_runs(csv, tmp, n, repeats)
         # what every end-to-end build pays before its first image: interpreter + imports
         start = [_startup_seconds() for _ in range(repeats)]
         print(f"process start-up + imports (python -m tfkit, no work): {statistics.median(start):.2f} s")
