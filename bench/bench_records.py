@@ -8,6 +8,12 @@ start-up, imports, pool start-up, fold assignment and writing are all counted.
 * 1 worker vs all cores: ratio = (all-core rate) / (cores x one-worker rate); target >= 0.9
 * peak memory (ru_maxrss of the parent and, separately, the largest child) as the
   image count grows: it must stay flat (streaming).
+* pass-through against the disk (``--disk-n`` images, 20,000 by default: ~1.6 GB): the
+  same files copied by a plain loop (read each file, append its bytes to one output
+  file, fresh process: what ``cat *.jpg > out`` does), and read-only with 8 threads
+  (the disk's parallel read ceiling), measured in the same run, interleaved with the
+  builds; warm page cache, and with ``--cold`` the page cache dropped before every run
+  (root). Output folders are deleted, and dirty pages synced, before each timed run.
 
 Source images: random crops/flips/scales of scikit-learn's two bundled photos
 (``load_sample_images``: china.jpg, flower.jpg), saved as 512x512 JPEG q95.
@@ -16,13 +22,14 @@ Usage::
 
     python bench/bench_records.py            # 1,500 images, memory at 500/1000/2000, 3 repeats
     python bench/bench_records.py --quick    # 150 images, memory at 100/200, 1 repeat
-    python bench/bench_records.py --cold     # also against the disk with the page cache dropped (root)
+    python bench/bench_records.py --cold     # disk comparison also with a cold page cache (root)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -61,7 +68,7 @@ def make_images(folder: Path, n: int, seed: int = 0) -> Path:
 
 
 def run_build(csv: Path, out: Path, workers: int, size: int | None, n_limit: int | None = None,
-              verify: str = "decode") -> dict:
+              verify: str = "decode", cold: bool = False) -> dict:
     """One end-to-end build in a subprocess; returns seconds and peak RSS (MiB)."""
     src = csv
     if n_limit is not None:
@@ -70,6 +77,8 @@ def run_build(csv: Path, out: Path, workers: int, size: int | None, n_limit: int
         src.write_text("".join(lines[: n_limit + 1]))
     cmd = [sys.executable, "-c", _CHILD, str(src), str(csv.parent / "images"), str(out), str(workers),
            str(size or 0), verify]
+    shutil.rmtree(out, ignore_errors=True)  # deleting the last output is not part of a build
+    _settle(cold)
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True)
     dt = time.perf_counter() - t0
@@ -97,29 +106,83 @@ print(f"{me:.1f} {kids:.1f}")
 """
 
 
-def _drop_caches() -> None:
-    subprocess.run("sync; echo 3 > /proc/sys/vm/drop_caches", shell=True, check=True)
+def _settle(cold: bool) -> None:
+    """Flush dirty pages (the last run's output) so a run does not pay for the one before;
+    with ``cold``, also drop the page cache so every file comes from the disk."""
+    subprocess.run("sync" + ("; echo 3 > /proc/sys/vm/drop_caches" if cold else ""), shell=True, check=True)
 
 
-def _cold_runs(csv: Path, tmp: Path, n: int, repeats: int) -> None:
-    """Cold page cache before each run: file reads and builds both pay the disk
-    (and the build's interpreter start-up pays cold imports)."""
-    reads, builds = [], {("decode", os.cpu_count() or 1): [], ("markers", 1): []}
-    files = sorted((tmp / "data" / "images").iterdir())[:n]
-    for _ in range(repeats):
-        _drop_caches()
+_COPY = r"""
+import sys, time
+t0 = time.perf_counter()
+with open(sys.argv[1], "wb") as out:
+    for p in sys.argv[2:]:
+        with open(p, "rb") as f:
+            out.write(f.read())
+print(time.perf_counter() - t0)
+"""
+
+_READ8 = r"""
+import sys, time
+from concurrent.futures import ThreadPoolExecutor
+def read(p):
+    with open(p, "rb") as f:
+        return len(f.read())
+t0 = time.perf_counter()
+with ThreadPoolExecutor(8) as ex:
+    sum(ex.map(read, sys.argv[1:]))
+print(time.perf_counter() - t0)
+"""
+
+
+def make_disk_set(tmp: Path, src_images: Path, n: int) -> Path:
+    """``n`` distinct files (the generated JPEGs copied under new names) and their CSV."""
+    folder = tmp / "disk"
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    sources = sorted(src_images.iterdir())
+    rows = []
+    for k in range(n):
+        name = f"d_{k:06d}"
+        (folder / "images" / f"{name}.jpg").write_bytes(sources[k % len(sources)].read_bytes())
+        rows.append(f"{name},{k % 5}\n")
+    (folder / "train.csv").write_text("id,label\n" + "".join(rows))
+    return folder / "train.csv"
+
+
+def disk_comparison(csv: Path, tmp: Path, repeats: int, cold: bool) -> None:
+    """Pass-through builds against a plain copy and a parallel read of the same files."""
+    files = [str(p) for p in sorted((csv.parent / "images").iterdir())]
+    n = len(files)
+    mib = sum(os.path.getsize(p) for p in files) / 2**20
+    cores = os.cpu_count() or 1
+    rates: dict[str, list[float]] = {"copy": [], "read8": [], "markers": [], "decode": []}
+    for _ in range(repeats):  # interleaved, so drift on a noisy machine hits all alike
+        out = tmp / "copy.out"
+        out.unlink(missing_ok=True)
+        _settle(cold)
         t0 = time.perf_counter()
-        for p in files:
-            p.read_bytes()
-        reads.append(n / (time.perf_counter() - t0))
-        for (verify, w), rates in builds.items():
-            _drop_caches()
-            rates.append(n / run_build(csv, tmp / "out", w, None, n_limit=n, verify=verify)["seconds"])
-    print(f"\ncold cache: reading the {n} source files: {statistics.median(reads):.0f} files/s")
-    for (verify, w), rates in builds.items():
-        r = statistics.median(rates)
-        print(f"cold cache: pass-through --verify {verify}, {w} worker(s): {r:.0f} img/s "
-              f"({r / statistics.median(reads):.2f}x the disk's read rate)")
+        subprocess.run([sys.executable, "-c", _COPY, str(out), *files], check=True, capture_output=True)
+        rates["copy"].append(n / (time.perf_counter() - t0))
+        out.unlink()
+        _settle(cold)
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", _READ8, *files], check=True, capture_output=True)
+        rates["read8"].append(n / (time.perf_counter() - t0))
+        for verify in ("markers", "decode"):
+            rates[verify].append(n / run_build(csv, tmp / "out", cores, None, verify=verify, cold=cold)["seconds"])
+        shutil.rmtree(tmp / "out", ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    cache = "cold (page cache dropped before each run)" if cold else "warm"
+    print(f"\npass-through vs the disk: {n} files, {mib:.0f} MiB, page cache {cache}, median of {repeats}, "
+          f"end to end (process start-up included)")
+    print("| run | files/s | vs plain copy |")
+    print("|---|---:|---:|")
+    print(f"| plain copy (read each file, append to one output file) | {med['copy']:.0f} | 1.00 |")
+    print(f"| read only, 8 threads (no writing) | {med['read8']:.0f} | {med['read8'] / med['copy']:.2f} |")
+    for verify in ("markers", "decode"):
+        print(f"| build-records pass-through --verify {verify}, {cores} workers | {med[verify]:.0f} | "
+              f"{med[verify] / med['copy']:.2f} |")
+    print("all runs (files/s): " + "; ".join(f"{k} " + ", ".join(f"{r:.0f}" for r in v) for k, v in rates.items()))
 
 
 def _startup_seconds() -> float:
@@ -135,7 +198,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="repeats per setting (median reported)")
     ap.add_argument("--workdir", default=None, help="where to write images/records (default a temp dir)")
     ap.add_argument("--cold", action="store_true",
-                    help="also measure with the page cache dropped before each run (needs root): the disk's real speed")
+                    help="disk comparison also with the page cache dropped before each run (needs root)")
+    ap.add_argument("--disk-n", type=int, default=None,
+                    help="files for the pass-through vs disk comparison (default 20000; --quick 1500)")
     args = ap.parse_args()
     n = args.n or (150 if args.quick else 1500)
     repeats = args.repeats or (1 if args.quick else 3)
@@ -164,15 +229,14 @@ def main() -> None:
                 rates[w] = n / med
                 ratio = "" if w == 1 else f"{rates[w] / (cores * rates[1]):.2f}"
                 print(f"| {mode} | {w} | {med:.2f} | {rates[w]:.0f} | {ratio} |")
-        # disk read speed of the same files (page cache warm), for the pass-through comparison
-        t0 = time.perf_counter()
-        total = 0
-        for p in sorted((tmp / "data" / "images").iterdir())[:n]:
-            total += len(p.read_bytes())
-        dt = time.perf_counter() - t0
-        print(f"\nreading the {n} source files alone: {n / dt:.0f} files/s ({total / dt / 2**20:.0f} MiB/s, warm cache)")
+        from tfkit.records import crc32c_backend
+
+        print(f"\nCRC32C implementation: {crc32c_backend()}")
+        disk_csv = make_disk_set(tmp, tmp / "data" / "images", args.disk_n or (1500 if args.quick else 20000))
+        disk_comparison(disk_csv, tmp, repeats, cold=False)
         if args.cold:
-            _cold_runs(csv, tmp, n, repeats)
+            disk_comparison(disk_csv, tmp, repeats, cold=True)
+        shutil.rmtree(disk_csv.parent, ignore_errors=True)
         # what every end-to-end build pays before its first image: interpreter + imports
         start = [_startup_seconds() for _ in range(repeats)]
         print(f"process start-up + imports (python -m tfkit, no work): {statistics.median(start):.2f} s")

@@ -481,3 +481,165 @@ def test_many_classes_are_stratified_as_classes_not_binned(tmp_path: Path) -> No
     folds["label"] = folds["id"].str[:3]
     per = folds.groupby(["label", "fold"]).size().unstack(fill_value=0)
     assert per.shape == (60, 5) and (per.to_numpy() == 1).all()
+
+
+# --------------------------------------------------------------------------- fast pass-through path
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import tfkit.records as records_mod  # noqa: E402
+from tfkit.records import (  # noqa: E402
+    CRC32C_BACKENDS,
+    _crc32c_numpy,
+    crc32c_backend,
+    image_record,
+    jpeg_header,
+    passes_through,
+    tfrecord_frame,
+)
+
+
+def _loaded_backends() -> dict:
+    return {name: fn for name, load in CRC32C_BACKENDS.items() if (fn := load()) is not None}
+
+
+def test_tensorflow_crc32c_loads_without_importing_tensorflow_python() -> None:
+    # The default install (no google-crc32c) relies on it: it must load on Linux x86-64,
+    # in a process that has not imported TensorFlow, and print nothing.
+    if not (sys.platform == "linux" and os.uname().machine == "x86_64"):
+        pytest.skip("TensorFlow's bundled CRC32C is only used on Linux x86-64")  # pragma: no cover
+    code = ("import sys; from tfkit.records import crc32c_backend, crc32c; b = crc32c_backend(); "
+            "print(b, hex(crc32c(b'123456789')), 'tensorflow' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "TFKIT_CRC32C": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["tensorflow", "0xe3069283", "False"]
+    assert r.stderr == ""  # TF's start-up banners are silenced while its library loads
+
+
+@settings(max_examples=60, deadline=None)
+@given(a=st.binary(max_size=3000), b=st.binary(max_size=3000))
+def test_crc32c_backends_agree_and_continue(a: bytes, b: bytes) -> None:
+    backends = _loaded_backends()
+    assert {"numpy", "tensorflow"} <= set(backends) or sys.platform != "linux"
+    want = _crc32c_numpy(a + b)
+    for name, fn in backends.items():
+        assert fn(a + b, 0) == want, name
+        assert fn(b, fn(a, 0)) == want, name  # continuation: crc(b, crc(a)) == crc(a + b)
+
+
+@settings(max_examples=40, deadline=None)
+@given(image=st.binary(max_size=400), h=st.integers(0, 70000), w=st.integers(0, 70000),
+       ident=st.text(max_size=20), label=st.integers(-1, 300))
+def test_image_record_equals_the_reference_framing(image: bytes, h: int, w: int, ident: str, label: int) -> None:
+    entries = feature_entry("id", ident) + feature_entry("label", label)
+    want = tfrecord_frame(example_from_entries(
+        entries + feature_entry("image", image) + feature_entry("height", h) + feature_entry("width", w)))
+    assert image_record(entries, image, h, w) == want
+
+
+def test_image_record_reads_back_in_tensorflow(tmp_path: Path) -> None:
+    img = jpeg_bytes(np.full((5, 7, 3), 90, np.uint8))
+    path = tmp_path / "one.tfrec"
+    path.write_bytes(image_record(feature_entry("id", "x"), img, 5, 7) * 2)
+    got = list(tf.data.TFRecordDataset(str(path)))  # TF verifies both CRCs of each record
+    ex = tf.io.parse_single_example(got[1], {"image": tf.io.FixedLenFeature([], tf.string),
+                                             "height": tf.io.FixedLenFeature([], tf.int64),
+                                             "id": tf.io.FixedLenFeature([], tf.string)})
+    assert len(got) == 2 and ex["image"].numpy() == img and int(ex["height"]) == 5 and ex["id"].numpy() == b"x"
+
+
+def _jpeg_variants() -> dict[str, bytes]:
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (20, 36, 3), dtype=np.uint8)
+    out = {"baseline": jpeg_bytes(rgb), "progressive": jpeg_bytes(rgb, progressive=True),
+           "gray": jpeg_bytes(rgb[..., 0]), "subsampled": jpeg_bytes(rgb, subsampling=2)}
+    buf = io.BytesIO()
+    Image.fromarray(rgb).convert("CMYK").save(buf, "JPEG")
+    out["cmyk"] = buf.getvalue()
+    for o in (1, 3, 6, 8):
+        exif = Image.Exif()
+        exif[0x0112] = o
+        exif[0x010F] = "tfkit test camera"
+        out[f"exif{o}"] = jpeg_bytes(rgb, exif=exif.tobytes())
+    return out
+
+
+@pytest.mark.parametrize("name", list(_jpeg_variants()))
+def test_jpeg_header_agrees_with_pillow(name: str) -> None:
+    raw = _jpeg_variants()[name]
+    img = Image.open(io.BytesIO(raw))
+    header = jpeg_header(raw)
+    assert (header.width, header.height) == img.size
+    assert header.components == {"RGB": 3, "L": 1, "CMYK": 4}[img.mode]
+    assert header.orientation == img.getexif().get(0x0112)
+    assert header.sof == (0xC2 if name == "progressive" else 0xC0) and header.precision == 8
+    # the pass-through rule: 8-bit 3-channel, upright, of the wanted size
+    upright_rgb = img.mode == "RGB" and img.getexif().get(0x0112, 1) == 1
+    assert passes_through(header, None) == upright_rgb
+    assert passes_through(header, 20) is False and passes_through(header, 36) is False
+
+
+@settings(max_examples=80, deadline=None)
+@given(cut=st.integers(0, 400))
+def test_jpeg_header_of_a_file_cut_in_its_headers_is_none(cut: int) -> None:
+    raw = _jpeg_variants()["exif6"]
+    sos = raw.index(b"\xff\xda")
+    assert jpeg_header(raw[: min(cut, sos)]) is None  # cut anywhere before the start of scan
+    assert jpeg_header(b"\x89PNG\r\n\x1a\n" + raw[2:]) is None
+
+
+def test_shard_bytes_do_not_depend_on_the_crc_backend(tmp_path: Path, monkeypatch) -> None:
+    d = tmp_path / "img"
+    d.mkdir()
+    rng = np.random.default_rng(6)
+    for k in range(6):
+        (d / f"j{k}.jpg").write_bytes(jpeg_bytes(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)))
+    pd.DataFrame({"id": [f"j{k}" for k in range(6)], "label": [0, 1] * 3}).to_csv(tmp_path / "c.csv", index=False)
+    trees = {}
+    for name, fn in _loaded_backends().items():
+        monkeypatch.setattr(records_mod, "_crc_impl", (name, fn))
+        assert crc32c_backend() == name
+        build_records(tmp_path / "c.csv", d, tmp_path / name, n_folds=2, workers=1, progress=False)
+        trees[name] = tree_bytes(tmp_path / name)
+    first = next(iter(trees.values()))
+    assert len(trees) >= 2 and all(t == first for t in trees.values())
+
+
+def test_mixed_pass_through_and_re_encode_same_bytes_for_any_workers_and_verify(tmp_path: Path) -> None:
+    # JPEGs passed through by the reading thread, PNGs and a rotated JPEG re-encoded by
+    # worker processes, bad files skipped: output order and bytes must not depend on workers.
+    d = tmp_path / "img"
+    d.mkdir()
+    rng = np.random.default_rng(7)
+    ids = []
+    for k in range(40):
+        arr = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+        ident = f"im{k:02d}"
+        if k % 3 == 0:
+            Image.fromarray(arr).save(d / f"{ident}.png")
+        elif k == 4:
+            exif = Image.Exif()
+            exif[0x0112] = 3
+            (d / f"{ident}.jpg").write_bytes(jpeg_bytes(arr, exif=exif.tobytes()))
+        elif k == 5:
+            (d / f"{ident}.jpg").write_bytes(jpeg_bytes(arr)[:200])  # truncated
+        else:
+            (d / f"{ident}.jpg").write_bytes(jpeg_bytes(arr))
+        ids.append(ident)
+    pd.DataFrame({"id": ids, "label": [k % 2 for k in range(40)]}).to_csv(tmp_path / "c.csv", index=False)
+    trees = []
+    for verify in ("decode", "markers"):
+        for workers in (1, 2, 3):
+            out = tmp_path / f"{verify}{workers}"
+            m = build_records(tmp_path / "c.csv", d, out, n_folds=3, shard_size=5, workers=workers,
+                              verify=verify, skip_bad=True, progress=False)
+            assert [s["id"] for s in m["skipped"]] == ["im05"]
+            assert m["image"]["passed_through"] == 40 - 14 - 1 - 1  # 14 PNGs, the rotated and the cut JPEG
+            trees.append(tree_bytes(out))
+    assert all(t == trees[0] for t in trees[1:3]) and all(t == trees[3] for t in trees[4:])
+    assert {k: v for k, v in trees[0].items() if k.endswith(".tfrec")} == \
+        {k: v for k, v in trees[3].items() if k.endswith(".tfrec")}
+    rows = read_all(tmp_path / "decode1")
+    assert sorted(r["id"].decode() for r in rows) == sorted(set(ids) - {"im05"})
