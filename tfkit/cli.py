@@ -206,13 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "cropped to a square (nothing squashed). Default keeps each image's size, and RGB upright "
                    "JPEGs are stored byte-for-byte")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality when re-encoding (default 95)")
-    p.add_argument("--workers", type=int, default=0, help="worker processes (default 0 = all cores); output bytes do not depend on it")
+    p.add_argument("--workers", type=int, default=0, help="processes that re-encode images, and threads that run --verify decode (default 0 = all cores); output bytes do not depend on it")
     p.add_argument("--split", choices=["train", "test"], default="train", help="train (labels, folds) or test (no labels)")
     p.add_argument("--shard-size", type=int, default=2048, help="max examples per shard (default 2048)")
     p.add_argument("--classes-from", default=None, help="test split: manifest.json of the train records, for the class list")
     p.add_argument("--verify", choices=["decode", "markers"], default="decode",
                    help="integrity check of JPEGs stored untouched: decode (reads every byte; default) or "
-                        "markers (start/end markers only: catches truncation, ~10x faster)")
+                        "markers (JPEG structure and end marker only: catches truncation, not bit errors; copy speed)")
     p.add_argument("--skip-bad", action="store_true", help="skip bad rows instead of failing; they are listed in the manifest")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
 

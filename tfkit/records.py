@@ -14,14 +14,17 @@ Builder design (why it is fast and reproducible):
 
 * The parent validates the CSV, resolves every image path, assigns folds, sorts
   rows by (fold, original row order) and fixes every shard's rows *before* any
-  worker runs; workers only read/encode one image and serialize its record; the
-  parent writes records in order through ``imap`` (ordered results). The output
-  bytes therefore do not depend on ``workers``.
-* Workers never import TensorFlow (3-7 s each): images are encoded with Pillow and
-  records are serialized by the small hand-written ``tf.train.Example`` / TFRecord
-  encoder below (CRC32C vectorised with NumPy, or the ``crc32c`` / ``google_crc32c``
-  C extensions when installed). The result is checked against TensorFlow's own
-  parser in the tests.
+  image is read, then produces records strictly in that order
+  (:func:`_records_in_order`). The output bytes therefore do not depend on ``workers``.
+* Pass-through JPEGs (already upright 8-bit RGB of the wanted size, judged from
+  their headers by :func:`jpeg_header`) never leave the parent: one thread reads
+  them with kernel prefetching, checks them (:func:`check_jpeg`) and frames them,
+  and a writer thread writes and hashes the shard: a plain copy's speed.
+* Images to re-encode go in batches to worker processes, which never import
+  TensorFlow (3-7 s each) and use Pillow. Records are serialized by the small
+  hand-written ``tf.train.Example`` / TFRecord encoder below, checked against
+  TensorFlow's own parser in the tests; its CRC32C comes from ``google-crc32c``,
+  TensorFlow's C++ library or NumPy (:func:`crc32c_backend`).
 * Pool start method: ``fork`` when TensorFlow has not been imported in this process
   (a forked child costs milliseconds and inherits Pillow/NumPy already imported);
   ``forkserver`` when it has (forking a process whose TensorFlow thread pools are
@@ -37,7 +40,8 @@ the shorter side is resized to ``size`` (bicubic, antialiased) and the centre is
 cropped to ``size x size`` (nothing is squashed; the borders of the longer side
 are lost). A JPEG that is already RGB, upright (no EXIF rotation) and of the
 requested size (any size without ``size``) is stored byte-for-byte untouched
-(pass-through) after a fast integrity check (a 1/8-scale decode).
+(pass-through) after an integrity check (``verify``: a 1/8-scale decode, or the
+JPEG structure only).
 
 Example:
     >>> m = build_records(csv="train.csv", images="images", out="records", size=256)  # doctest: +SKIP
@@ -1036,7 +1040,8 @@ def build_records(
         size: square output side: shorter side resized to ``size`` then centre-cropped;
             None keeps the original size.
         quality: JPEG quality for re-encoded images.
-        workers: encoding processes (0 = all cores). Output bytes do not depend on it.
+        workers: processes that re-encode images, and threads that run ``verify="decode"``
+            checks (0 = all cores). Output bytes do not depend on it.
         split: ``"train"`` (labels required, folds assigned) or ``"test"`` (fold -1).
         shard_size: maximum examples per shard (a fold's rows are split evenly).
         skip_bad: skip bad rows (missing/zero-byte/corrupt/non-image file, missing or
