@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from tfkit.cli import main
@@ -32,7 +33,6 @@ from tfkit.records import (
 )
 from tfkit.utils import TfkitError
 
-tf = pytest.importorskip("tensorflow") if False else __import__("tensorflow")
 
 
 def read_all(records: Path, mapping=None, files=None) -> list[dict]:
@@ -193,6 +193,24 @@ def test_bytes_identical_for_any_workers(small_csv: Path, digits_dir: Path, tmp_
     assert a == b and len([n for n in a if n.endswith(".tfrec")]) >= 9  # 3 folds x ceil(20/7) shards
     build_records(out=tmp_path / "s7", workers=2, seed=7, **kw)
     assert (tmp_path / "s7" / "folds.csv").read_bytes() != a["folds.csv"]
+
+
+def test_script_from_stdin_builds_with_workers_instead_of_hanging(small_csv: Path, digits_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    # A spawn/forkserver child re-imports __main__; for ``python - < script`` there is no
+    # file to import, every child died at start and the pool waited for ever. Such a
+    # script now re-encodes in threads, with the same bytes. (forkserver is forced: it is
+    # what a process that has imported TensorFlow uses.)
+    script = f"""
+import tfkit.records as r
+r._start_method = lambda: "forkserver"
+r.build_records({str(small_csv)!r}, {str(digits_dir / "images")!r}, {str(tmp_path / "stdin")!r},
+                size=32, n_folds=3, workers=2, progress=False)
+"""
+    proc = subprocess.run([sys.executable, "-"], input=script, text=True, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    build_records(small_csv, digits_dir / "images", tmp_path / "w1", size=32, n_folds=3, workers=1, progress=False)
+    assert tree_bytes(tmp_path / "stdin") == tree_bytes(tmp_path / "w1")
 
 
 # --------------------------------------------------------------------------- formats
@@ -643,3 +661,50 @@ def test_mixed_pass_through_and_re_encode_same_bytes_for_any_workers_and_verify(
         {k: v for k, v in trees[3].items() if k.endswith(".tfrec")}
     rows = read_all(tmp_path / "decode1")
     assert sorted(r["id"].decode() for r in rows) == sorted(set(ids) - {"im05"})
+
+
+def test_skip_bad_folds_and_bytes_equal_a_build_without_the_bad_rows(tmp_path: Path) -> None:
+    # Unreadable images are only found while reading; the folds (and metadata statistics)
+    # must still be balanced over the rows actually written, as if the CSV never had them.
+    from tfkit.folds import assign_folds
+
+    d = tmp_path / "img"
+    d.mkdir()
+    rng = np.random.default_rng(11)
+    n = 48
+    ids = [f"im{k:02d}" for k in range(n)]
+    for ident in ids:
+        (d / f"{ident}.jpg").write_bytes(jpeg_bytes(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)))
+    bad_ids = {"im03": b"", "im17": b"not a jpeg at all", "im30": (d / "im30.jpg").read_bytes()[:150]}
+    for ident, data in bad_ids.items():
+        (d / f"{ident}.jpg").write_bytes(data)
+    frame = pd.DataFrame({
+        "id": ids,
+        "label": [int(k % 7 == 0) for k in range(n)],
+        "patient": [f"p{k // 3 if k < 24 else k}" for k in range(n)],  # groups of 3, then singletons
+        "age": [str(20 + k) for k in range(n)],
+        "site": ["only_in_a_bad_row" if k == 17 else "ab"[k % 2] for k in range(n)],
+    })
+    clean = frame[~frame["id"].isin(bad_ids)]
+    # Meaningful only if the folds of a first pass (which knows of the zero-byte file
+    # only: its size is seen before reading) differ from those without all three rows.
+    first = frame[frame["id"] != "im03"].reset_index(drop=True)
+    first_folds = np.asarray(assign_folds(first, 4, "label", "patient", seed=5, n_bins=0))
+    clean_folds = np.asarray(assign_folds(clean.reset_index(drop=True), 4, "label", "patient", seed=5, n_bins=0))
+    assert list(first_folds[~first["id"].isin(bad_ids).to_numpy()]) != list(clean_folds)
+
+    frame.to_csv(tmp_path / "all.csv", index=False)
+    clean.to_csv(tmp_path / "clean.csv", index=False)
+    kw = dict(group_col="patient", meta_cols=["age", "site"], n_folds=4, seed=5, shard_size=7, progress=False)
+    for workers in (1, 2):
+        m = build_records(tmp_path / "all.csv", d, tmp_path / f"skip{workers}", skip_bad=True, workers=workers, **kw)
+        assert sorted(s["id"] for s in m["skipped"]) == sorted(bad_ids)
+        assert [s["row"] for s in m["skipped"]] == [3, 17, 30]  # rows of the original CSV
+    ref = build_records(tmp_path / "clean.csv", d, tmp_path / "clean", **kw)
+    assert m["metadata"] == ref["metadata"] and "only_in_a_bad_row" not in m["metadata"]["site"]["vocab"]
+    assert m["shards"] == ref["shards"]
+    for workers in (1, 2):
+        got = tree_bytes(tmp_path / f"skip{workers}")
+        want = tree_bytes(tmp_path / "clean")
+        assert {k: v for k, v in got.items() if k != "manifest.json"} == \
+            {k: v for k, v in want.items() if k != "manifest.json"}

@@ -1,6 +1,6 @@
 """Fold-sharded TFRecords: the builder (images + CSV -> shards + manifest) and the reader.
 
-Format (see CONTRACT.md): each shard holds one fold and carries fold, shard index
+Format: each shard holds one fold and carries fold, shard index
 and example count in its name (``train03-001-1234.tfrec``; test: ``test-000-359.tfrec``),
 so a fold is a set of files and counts are known without reading them. Every
 example is a ``tf.train.Example`` with ``image`` (JPEG, 3 channels), ``id``,
@@ -16,6 +16,9 @@ Builder design (why it is fast and reproducible):
   rows by (fold, original row order) and fixes every shard's rows *before* any
   image is read, then produces records strictly in that order
   (:func:`_records_in_order`). The output bytes therefore do not depend on ``workers``.
+  With ``skip_bad``, images found unreadable while writing make a second pass: folds
+  are assigned again without those rows and the shards rewritten, so the records are
+  exactly those of the CSV without them (folds stay balanced over what is written).
 * Pass-through JPEGs (already upright 8-bit RGB of the wanted size, judged from
   their headers by :func:`jpeg_header`) never leave the parent: one thread reads
   them with kernel prefetching, checks them (:func:`check_jpeg`) and frames them,
@@ -28,7 +31,9 @@ Builder design (why it is fast and reproducible):
 * Pool start method: ``fork`` when TensorFlow has not been imported in this process
   (a forked child costs milliseconds and inherits Pillow/NumPy already imported);
   ``forkserver`` when it has (forking a process whose TensorFlow thread pools are
-  running can deadlock the child); ``spawn`` where fork does not exist.
+  running can deadlock the child); ``spawn`` where fork does not exist. A script read
+  from stdin (``python - < build.py``) has no file that such children could import
+  again, so there the workers are threads.
 * Everything is written in a hidden temporary folder beside ``out`` and renamed at
   the end: a killed build leaves no folder that looks complete, and a re-run
   succeeds (stale temporary folders of dead builds are removed).
@@ -822,6 +827,20 @@ def _meta_value(spec: Mapping[str, Any], text: str) -> float | int:
     return vocab.get(t, -1)
 
 
+def _main_reimportable() -> bool:
+    """Whether a ``spawn``/``forkserver`` child can import ``__main__`` again.
+
+    It cannot when the main script has no file (``python - < script.py``: its
+    ``__file__`` is ``"<stdin>"``): each child then dies at start and the pool waits
+    for ever.
+    """
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None):
+        return True
+    path = getattr(main, "__file__", None)
+    return path is None or os.path.isfile(path)
+
+
 def _start_method() -> str:
     methods = mp.get_all_start_methods()
     if "fork" in methods and "tensorflow" not in sys.modules:
@@ -1207,57 +1226,15 @@ def build_records(
     if not keep:
         raise TfkitError(f"CSV {csv}: no usable rows (all {len(frame)} rows are bad; see --skip-bad)")
 
-    sub = frame.iloc[keep].reset_index(drop=True)
-    ids_k = [ids[i].strip() for i in keep]
-    groups = [g.strip() for g in sub[group_col].tolist()] if group_col else list(ids_k)
-    for j, g in enumerate(groups):
-        if g in MISSING:
-            raise TfkitError(f"{_row_name(csv, keep[j], ids_k[j])}: missing group in column {group_col!r}")
-
-    # ---- folds, fixed before any image is read
-    if split == "train":
-        from tfkit.folds import assign_folds
-
-        fold_frame = pd.DataFrame({"id": ids_k, "label": label_idx, "group": groups})
-        if n_folds > len(set(groups)):
-            raise TfkitError(f"--folds {n_folds} exceeds the number of groups ({len(set(groups))}) in {csv}")
-        # n_bins=0: class indices are categories; with > 50 classes assign_folds
-        # would otherwise read them as a numeric target and bin index ranges.
-        folds = np.asarray(assign_folds(fold_frame, n_folds, "label", "group", seed=seed, n_bins=0), dtype=np.int64)
-    else:
-        folds = np.full(len(keep), -1, np.int64)
-
-    meta_spec = _metadata_spec(sub, meta_cols, (train_manifest or {}).get("metadata"))
-    order = sorted(range(len(keep)), key=lambda j: (int(folds[j]), j))
-
-    # ---- shards: each fold's rows split evenly into ceil(n / shard_size) shards
-    plan: list[tuple[int, int, list[int]]] = []  # (fold, shard index, row positions)
-    fold_values = sorted(set(int(f) for f in folds))
-    for f in fold_values:
-        rows = [j for j in order if folds[j] == f]
-        n_sh = math.ceil(len(rows) / shard_size)
-        for s, chunk in enumerate(np.array_split(np.array(rows, dtype=np.int64), n_sh)):
-            plan.append((f, s, chunk.tolist()))
-
-    meta_vals = {c: sub[c].tolist() for c in meta_cols}
-
-    def entries_for(j: int) -> bytes:
-        parts = [
-            feature_entry("id", ids_k[j]),
-            feature_entry("group", groups[j]),
-            feature_entry("label", int(label_idx[j])),
-            feature_entry("fold", int(folds[j])),
-        ]
-        for c in meta_cols:
-            parts.append(feature_entry(f"meta/{c}", _meta_value(meta_spec[c], meta_vals[c][j])))
-        return b"".join(parts)
+    if group_col:
+        group_txt = frame[group_col].tolist()
+        for i in keep:
+            if group_txt[i].strip() in MISSING:
+                raise TfkitError(f"{_row_name(csv, i, ids[i].strip())}: missing group in column {group_col!r}")
 
     n_workers = int(workers) if workers and workers > 0 else (os.cpu_count() or 1)
-    n_workers = max(1, min(n_workers, len(order)))
-    shards_out: list[dict] = []
+    n_workers = max(1, min(n_workers, len(keep)))
     sizes: set[tuple[int, int]] = set()
-    n_passed = 0
-    written_ids: list[tuple[str, int]] = []
 
     # Waits for the preloading thread: before forking (a thread inside dlopen at fork
     # time can deadlock the child) and before the progress bar writes to stderr.
@@ -1266,52 +1243,121 @@ def build_records(
         pool = None
         if n_workers > 1:
             ctx = mp.get_context(_start_method())
-            pool = functools.cache(lambda: stack.enter_context(ctx.Pool(n_workers)))
+            if ctx.get_start_method() != "fork" and not _main_reimportable():
+                # Threads instead of processes (Pillow releases the GIL while it decodes,
+                # resizes and encodes): same bytes, less parallel.
+                from multiprocessing.pool import ThreadPool
+
+                pool = functools.cache(lambda: stack.enter_context(ThreadPool(n_workers)))
+            else:
+                pool = functools.cache(lambda: stack.enter_context(ctx.Pool(n_workers)))
             if ctx.get_start_method() == "fork":
                 pool()  # fork before any thread starts (tqdm's monitor, the I/O threads)
-        bar = stack.enter_context(tqdm(total=len(order), unit="img", desc="build-records", disable=not progress))
-        results = _records_in_order(
-            [j for _, _, rows in plan for j in rows], paths,
-            lambda j, data, h, w: image_record(entries_for(j), data, h, w),
-            size, int(quality), verify, n_workers, pool, stack,
-        )
+        bar = stack.enter_context(tqdm(total=len(keep), unit="img", desc="build-records", disable=not progress))
         # Writing and sha256 (both release the GIL) run in a thread of their own, in
         # record order, 16 records at a time, while this thread reads and frames the
         # next ones: they are half the CPU time of pass-through.
         writer = ThreadPoolExecutor(1, thread_name_prefix="tfkit-writer")
         stack.callback(writer.shutdown, wait=True, cancel_futures=True)
-        writing: deque = deque()
-        for f, s, rows in plan:
-            part = tmp / f".shard-{f}-{s}.part"
-            digest = hashlib.sha256()
-            recs: list[bytes] = []
-            count = 0
-            with open(part, "wb") as fh:
-                for _ in rows:
-                    j, rec, h, w, passed, err = next(results)
-                    bar.update(1)
-                    if err is not None:
-                        bad(keep[j], ids_k[j], paths[j], err)
-                        continue
-                    recs.append(rec)
-                    if len(recs) == 16:
-                        writing.append(writer.submit(_write_all, fh, digest, recs))
-                        recs = []
-                        if len(writing) > 8:  # bounds the records waiting to be written
-                            writing.popleft().result()
-                    count += 1
-                    sizes.add((h, w))
-                    n_passed += bool(passed)
-                    written_ids.append((ids_k[j], int(folds[j])))
-                writing.append(writer.submit(_write_all, fh, digest, recs))
-                while writing:
-                    writing.popleft().result()
-            if count == 0:
-                part.unlink()
-                continue
-            name = f"{split}{f:02d}-{s:03d}-{count}.tfrec" if split == "train" else f"{split}-{s:03d}-{count}.tfrec"
-            os.replace(part, tmp / name)
-            shards_out.append({"file": name, "fold": f, "count": count, "sha256": digest.hexdigest()})
+        while True:  # once, or again without the images found bad (--skip-bad)
+            sub = frame.iloc[keep].reset_index(drop=True)
+            ids_k = [ids[i].strip() for i in keep]
+            groups = [g.strip() for g in sub[group_col].tolist()] if group_col else list(ids_k)
+
+            # ---- folds, fixed before any image is read
+            if split == "train":
+                from tfkit.folds import assign_folds
+
+                fold_frame = pd.DataFrame({"id": ids_k, "label": label_idx, "group": groups})
+                if n_folds > len(set(groups)):
+                    raise TfkitError(f"--folds {n_folds} exceeds the number of groups ({len(set(groups))}) in {csv}")
+                # n_bins=0: class indices are categories; with > 50 classes assign_folds
+                # would otherwise read them as a numeric target and bin index ranges.
+                folds = np.asarray(assign_folds(fold_frame, n_folds, "label", "group", seed=seed, n_bins=0),
+                                   dtype=np.int64)
+            else:
+                folds = np.full(len(keep), -1, np.int64)
+
+            meta_spec = _metadata_spec(sub, meta_cols, (train_manifest or {}).get("metadata"))
+            order = sorted(range(len(keep)), key=lambda j: (int(folds[j]), j))
+
+            # ---- shards: each fold's rows split evenly into ceil(n / shard_size) shards
+            plan: list[tuple[int, int, list[int]]] = []  # (fold, shard index, row positions)
+            for f in sorted(set(int(f) for f in folds)):
+                rows = [j for j in order if folds[j] == f]
+                n_sh = math.ceil(len(rows) / shard_size)
+                for s, chunk in enumerate(np.array_split(np.array(rows, dtype=np.int64), n_sh)):
+                    plan.append((f, s, chunk.tolist()))
+
+            meta_vals = {c: sub[c].tolist() for c in meta_cols}
+
+            def entries_for(j: int) -> bytes:
+                parts = [
+                    feature_entry("id", ids_k[j]),
+                    feature_entry("group", groups[j]),
+                    feature_entry("label", int(label_idx[j])),
+                    feature_entry("fold", int(folds[j])),
+                ]
+                for c in meta_cols:
+                    parts.append(feature_entry(f"meta/{c}", _meta_value(meta_spec[c], meta_vals[c][j])))
+                return b"".join(parts)
+
+            shards_out: list[dict] = []
+            sizes.clear()
+            n_passed = 0
+            written_ids: list[tuple[str, int]] = []
+            found_bad: set[int] = set()  # CSV rows whose image could not be read
+            results = _records_in_order(
+                [j for _, _, rows in plan for j in rows], paths,
+                lambda j, data, h, w: image_record(entries_for(j), data, h, w),
+                size, int(quality), verify, n_workers, pool, stack,
+            )
+            writing: deque = deque()
+            for f, s, rows in plan:
+                part = tmp / f".shard-{f}-{s}.part"
+                digest = hashlib.sha256()
+                recs: list[bytes] = []
+                count = 0
+                with open(part, "wb") as fh:
+                    for _ in rows:
+                        j, rec, h, w, passed, err = next(results)
+                        bar.update(1)
+                        if err is not None:
+                            bad(keep[j], ids_k[j], paths[j], err)
+                            found_bad.add(keep[j])
+                            continue
+                        recs.append(rec)
+                        if len(recs) == 16:
+                            writing.append(writer.submit(_write_all, fh, digest, recs))
+                            recs = []
+                            if len(writing) > 8:  # bounds the records waiting to be written
+                                writing.popleft().result()
+                        count += 1
+                        sizes.add((h, w))
+                        n_passed += bool(passed)
+                        written_ids.append((ids_k[j], int(folds[j])))
+                    writing.append(writer.submit(_write_all, fh, digest, recs))
+                    while writing:
+                        writing.popleft().result()
+                if count == 0:
+                    part.unlink()
+                    continue
+                name = f"{split}{f:02d}-{s:03d}-{count}.tfrec" if split == "train" else f"{split}-{s:03d}-{count}.tfrec"
+                os.replace(part, tmp / name)
+                shards_out.append({"file": name, "fold": f, "count": count, "sha256": digest.hexdigest()})
+            if split != "train" or not found_bad or len(found_bad) == len(keep):
+                break
+            # The folds were balanced counting images that turned out to be unreadable:
+            # balance them again without those rows and write the shards again, so the
+            # records are exactly those of the CSV without them (a second pass, only then).
+            keep_pos = [p for p, i in enumerate(keep) if i not in found_bad]
+            keep, label_idx, paths = ([xs[p] for p in keep_pos] for xs in (keep, label_idx, paths))
+            for p in tmp.iterdir():
+                p.unlink()
+            if progress:
+                bar.write(f"tfkit: {len(found_bad)} unreadable image(s) skipped; assigning folds without them "
+                          "and writing the shards again", file=sys.stderr)
+            bar.reset(total=len(keep))
         bar.close()
         if not shards_out:
             raise TfkitError(f"CSV {csv}: every image was bad; nothing to write")
