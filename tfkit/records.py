@@ -923,6 +923,8 @@ def _records_in_order(
 
     batch = max(1, min(32, len(rows) // (n_workers * 8)))  # as imap's chunksize would
     window = max(128, 3 * batch * n_workers)  # rows in flight: keeps workers busy
+    left = len(rows)  # rows not admitted yet: batches shrink near the end (guided
+    # scheduling) so no worker is still busy with a full batch while the others idle
     max_bytes = 256 << 20  # and a bound on the bytes they hold
     prefetch = _prefetcher((paths[j] for j in rows), ahead=64)
     checkers = functools.cache(lambda: stack.enter_context(ThreadPoolExecutor(n_workers, "tfkit-verify")))
@@ -938,8 +940,9 @@ def _records_in_order(
             filling = None
 
     def admit(j: int) -> tuple[str, Any, int]:
-        nonlocal filling
+        nonlocal filling, left
         prefetch()
+        left -= 1
         try:
             raw = _read_image_file(paths[j])
             header = jpeg_header(raw)
@@ -958,7 +961,7 @@ def _records_in_order(
             filling = {"tasks": [], "result": None}
         filling["tasks"].append(task)
         item = (filling, len(filling["tasks"]) - 1)
-        if len(filling["tasks"]) == batch:
+        if len(filling["tasks"]) >= min(batch, 1 + left // (2 * n_workers)):
             send(filling)
         return "batch", item, 0
 
