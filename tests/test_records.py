@@ -101,6 +101,17 @@ def test_names_and_class_sorting() -> None:
     assert sort_classes(["dog", "cat", "10"]) == ["10", "cat", "dog"]
 
 
+@pytest.mark.parametrize("module", ["tfkit.records", "tfkit.records.checksum", "tfkit.records.tfrecord",
+                                    "tfkit.records.images", "tfkit.records.shards", "tfkit.records.schemas",
+                                    "tfkit.records.builder", "tfkit.records.reader"])
+def test_docstring_examples_run(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+
+
 # --------------------------------------------------------------------------- round trip
 
 
@@ -202,8 +213,8 @@ def test_script_from_stdin_builds_with_workers_instead_of_hanging(small_csv: Pat
     # script now re-encodes in threads, with the same bytes. (forkserver is forced: it is
     # what a process that has imported TensorFlow uses.)
     script = f"""
-import tfkit.records as r
-r._start_method = lambda: "forkserver"
+import tfkit.records as r, tfkit.records.workers as w
+w.start_method = lambda: "forkserver"
 r.build_records({str(small_csv)!r}, {str(digits_dir / "images")!r}, {str(tmp_path / "stdin")!r},
                 size=32, n_folds=3, workers=2, progress=False)
 """
@@ -211,6 +222,33 @@ r.build_records({str(small_csv)!r}, {str(digits_dir / "images")!r}, {str(tmp_pat
     assert proc.returncode == 0, proc.stderr[-2000:]
     build_records(small_csv, digits_dir / "images", tmp_path / "w1", size=32, n_folds=3, workers=1, progress=False)
     assert tree_bytes(tmp_path / "stdin") == tree_bytes(tmp_path / "w1")
+
+
+def test_building_never_imports_tensorflow(tmp_path: Path) -> None:
+    # Workers forked from a process that has imported TensorFlow can deadlock, and each
+    # import costs 3-7 s: the package, the builder and the CLI's build path stay free of it.
+    d = tmp_path / "img"
+    d.mkdir()
+    rng = np.random.default_rng(8)
+    for k in range(4):
+        Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(d / f"i{k}.png")
+    (d / "i4.jpg").write_bytes(jpeg_bytes(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)))
+    pd.DataFrame({"id": [f"i{k}" for k in range(5)], "label": [0, 1, 0, 1, 0]}).to_csv(tmp_path / "c.csv", index=False)
+    code = f"""
+import sys
+import tfkit.records, tfkit.records.builder, tfkit.records.workers, tfkit.records.schemas
+from tfkit.records import build_records, crc32c, SIIM_ISIC_2020, parse_shard_name
+assert "tensorflow" not in sys.modules, "import"
+from tfkit.cli import main
+rc = main(["build-records", "--csv", {str(tmp_path / "c.csv")!r}, "--images", {str(d)!r},
+           "--out", {str(tmp_path / "out")!r}, "--folds", "2", "--size", "16", "--workers", "2"])
+assert rc == 0, rc
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "jax")))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["[]"]
+    assert load_manifest(tmp_path / "out")["n_examples"] == 5
 
 
 # --------------------------------------------------------------------------- formats
@@ -506,16 +544,16 @@ def test_many_classes_are_stratified_as_classes_not_binned(tmp_path: Path) -> No
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-import tfkit.records as records_mod  # noqa: E402
 from tfkit.records import (  # noqa: E402
     CRC32C_BACKENDS,
-    _crc32c_numpy,
     crc32c_backend,
     image_record,
     jpeg_header,
     passes_through,
     tfrecord_frame,
+    use_crc32c_backend,
 )
+from tfkit.records.checksum import crc32c_numpy  # noqa: E402
 
 
 def _loaded_backends() -> dict:
@@ -541,7 +579,7 @@ def test_tensorflow_crc32c_loads_without_importing_tensorflow_python() -> None:
 def test_crc32c_backends_agree_and_continue(a: bytes, b: bytes) -> None:
     backends = _loaded_backends()
     assert {"numpy", "tensorflow"} <= set(backends) or sys.platform != "linux"
-    want = _crc32c_numpy(a + b)
+    want = crc32c_numpy(a + b)
     for name, fn in backends.items():
         assert fn(a + b, 0) == want, name
         assert fn(b, fn(a, 0)) == want, name  # continuation: crc(b, crc(a)) == crc(a + b)
@@ -608,7 +646,7 @@ def test_jpeg_header_of_a_file_cut_in_its_headers_is_none(cut: int) -> None:
     assert jpeg_header(b"\x89PNG\r\n\x1a\n" + raw[2:]) is None
 
 
-def test_shard_bytes_do_not_depend_on_the_crc_backend(tmp_path: Path, monkeypatch) -> None:
+def test_shard_bytes_do_not_depend_on_the_crc_backend(tmp_path: Path) -> None:
     d = tmp_path / "img"
     d.mkdir()
     rng = np.random.default_rng(6)
@@ -616,11 +654,15 @@ def test_shard_bytes_do_not_depend_on_the_crc_backend(tmp_path: Path, monkeypatc
         (d / f"j{k}.jpg").write_bytes(jpeg_bytes(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)))
     pd.DataFrame({"id": [f"j{k}" for k in range(6)], "label": [0, 1] * 3}).to_csv(tmp_path / "c.csv", index=False)
     trees = {}
-    for name, fn in _loaded_backends().items():
-        monkeypatch.setattr(records_mod, "_crc_impl", (name, fn))
-        assert crc32c_backend() == name
-        build_records(tmp_path / "c.csv", d, tmp_path / name, n_folds=2, workers=1, progress=False)
-        trees[name] = tree_bytes(tmp_path / name)
+    before = use_crc32c_backend(None)
+    try:
+        for name in _loaded_backends():
+            use_crc32c_backend(name)
+            assert crc32c_backend() == name
+            build_records(tmp_path / "c.csv", d, tmp_path / name, n_folds=2, workers=1, progress=False)
+            trees[name] = tree_bytes(tmp_path / name)
+    finally:
+        use_crc32c_backend(before)
     first = next(iter(trees.values()))
     assert len(trees) >= 2 and all(t == first for t in trees.values())
 

@@ -68,7 +68,7 @@ def export_dataset(
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from tfkit.records import atomic_dir
+    from tfkit.utils import atomic_dir
 
     digits = load_digits()
     # Values are integers 0..16; x * 255 / 16 rounded maps 0->0 and 16->255 exactly.

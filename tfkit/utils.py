@@ -1,5 +1,5 @@
 """Small helpers every stage shares: the error type the CLI reports, atomic
-writes (nothing half-written ever looks complete), and seeding.
+writes of files and folders (nothing half-written ever looks complete), and seeding.
 
 Example:
     >>> with atomic_write("out/cv.json") as f:  # doctest: +SKIP
@@ -12,8 +12,10 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -65,6 +67,79 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike, overwrite: bool = False, what: str = "output folder") -> Iterator[Path]:
+    """Build a folder under a hidden temporary name beside ``out``; rename it to ``out`` on success.
+
+    A non-empty ``out`` is refused unless ``overwrite``; it is replaced only after the
+    new contents are complete. On any exception (or a kill) ``out`` is untouched and
+    the temporary folder is removed (or, after a kill, removed by the next run).
+
+    Args:
+        out: final folder.
+        overwrite: allow replacing a non-empty ``out``.
+        what: noun used in the error message.
+
+    Yields:
+        The temporary folder to fill.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "x"
+        >>> with atomic_dir(out) as tmp:
+        ...     _ = (tmp / "a.txt").write_text("hi")
+        >>> sorted(p.name for p in out.iterdir())
+        ['a.txt']
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TfkitError(f"{what} {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise TfkitError(f"{what} {out} is not empty (pass --overwrite to replace its contents)")
+    parent = out.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(parent, out.name)
+    tmp = parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = None
+        if out.exists():
+            old = parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _remove_stale_tmp(parent: Path, name: str) -> None:
+    # Leftovers of killed builds: .<name>.tmp-<pid>-<hex> whose pid is gone.
+    for p in parent.glob(f".{glob_escape(name)}.tmp-*"):
+        m = re.match(r".*\.tmp-(\d+)-[0-9a-f]+$", p.name)
+        if m and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def glob_escape(s: str) -> str:
+    """``s`` with glob's special characters escaped, to match it literally in ``Path.glob``."""
+    return re.sub(r"([*?\[])", r"[\1]", s)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

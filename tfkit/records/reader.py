@@ -1,0 +1,205 @@
+"""Reading records: the manifest, the shard files of some folds, and the example parser.
+
+The only module of ``tfkit.records`` that imports TensorFlow (inside its functions:
+for ``gs://`` paths and the parser), so building records never pays for it.
+
+Example:
+    >>> files = shard_files("records", folds=[0])  # doctest: +SKIP
+    >>> parse = make_parser(load_manifest("records"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Iterable, Mapping
+
+from tfkit.records.shards import parse_shard_name
+from tfkit.utils import TfkitError, read_json
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in str(path)
+
+
+def load_manifest(records_dir: str | os.PathLike) -> dict:
+    """Read ``manifest.json`` of a records folder (local or ``gs://`` via ``tf.io.gfile``).
+
+    Args:
+        records_dir: folder written by :func:`build_records` (or the manifest path itself).
+
+    Returns:
+        The manifest dict.
+
+    Example:
+        >>> load_manifest("records")["classes"]  # doctest: +SKIP
+        ['0', '1', ..., '9']
+    """
+    import json
+
+    path = str(records_dir)
+    if not path.endswith(".json"):
+        path = path.rstrip("/") + "/manifest.json"
+    if _is_remote(path):
+        import tensorflow as tf
+
+        if not tf.io.gfile.exists(path):
+            raise TfkitError(f"manifest {path} not found")
+        with tf.io.gfile.GFile(path) as f:
+            return json.load(f)
+    if not os.path.isfile(path):
+        raise TfkitError(f"manifest {path} not found (is {records_dir} a folder written by tfkit build-records?)")
+    return read_json(path)
+
+
+def shard_files(
+    records_dir: str | os.PathLike, folds: Iterable[int] | None = None, split: str | None = None
+) -> list[str]:
+    """Sorted shard paths of a records folder, optionally only some folds / one split.
+
+    Also reads other tools' names such as ``train00-2182.tfrec`` (fold from the digits
+    after the split name, count after the last dash).
+
+    Args:
+        records_dir: folder with ``*.tfrec`` files (local or ``gs://``).
+        folds: keep only these folds (from the file names); None keeps all.
+        split: keep only files whose name starts with this split (``train``/``test``).
+
+    Returns:
+        Sorted list of file paths.
+
+    Example:
+        >>> shard_files("records", folds=[0, 1])  # doctest: +SKIP
+        ['records/train00-000-288.tfrec', 'records/train01-000-287.tfrec']
+    """
+    base = str(records_dir).rstrip("/")
+    if _is_remote(base):
+        import tensorflow as tf
+
+        names = [os.path.basename(p) for p in tf.io.gfile.glob(base + "/*.tfrec*")]
+    else:
+        if not os.path.isdir(base):
+            raise TfkitError(f"records folder {base} not found")
+        names = [n for n in os.listdir(base) if n.endswith((".tfrec", ".tfrecord"))]
+    wanted = None if folds is None else {int(f) for f in folds}
+    files = []
+    for n in sorted(names):
+        info = parse_shard_name(n)
+        if info is None:
+            continue
+        if split is not None and info["split"] != split:
+            continue
+        if wanted is not None and info["fold"] not in wanted:
+            continue
+        files.append(f"{base}/{n}")
+    return files
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureMapping:
+    """Which keys and dtypes of a TFRecord schema feed tfkit's parsed fields.
+
+    Args:
+        image: key of the encoded image bytes.
+        id: key of the example id (``id_dtype`` ``"string"`` or ``"int64"``; ints become strings).
+        label: key of the integer class index (None: always -1). Missing in an example -> -1.
+        group: key of the group (None: the id).
+        fold: key of the fold (None: -1).
+        id_dtype, group_dtype: ``"string"`` or ``"int64"``.
+        meta: ``{name: (key, kind)}`` with kind ``"numeric"`` (read as float32; int64
+            sources give ``"numeric_int64"``) or ``"categorical"`` (int64 index).
+
+    Example:
+        >>> m = FeatureMapping(image="img", id="name", label="y", group=None)
+        >>> m.group is None, m.fold
+        (True, 'fold')
+    """
+
+    image: str = "image"
+    id: str = "id"
+    label: str | None = "label"
+    group: str | None = "group"
+    fold: str | None = "fold"
+    id_dtype: str = "string"
+    group_dtype: str = "string"
+    meta: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> "FeatureMapping":
+        """The mapping of records written by :func:`build_records`."""
+        meta = {c: (f"meta/{c}", s["kind"]) for c, s in (manifest.get("metadata") or {}).items()}
+        return cls(meta=meta)
+
+
+def feature_spec(mapping: FeatureMapping) -> dict:
+    """``tf.io.parse_single_example`` feature spec for a mapping (defaults for optional keys).
+
+    Example:
+        >>> spec = feature_spec(FeatureMapping())  # doctest: +SKIP
+    """
+    import tensorflow as tf
+
+    def scalar(dtype: str, default: Any) -> Any:
+        tfd = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}[dtype]
+        return tf.io.FixedLenFeature([], tfd, default_value=default)
+
+    spec = {mapping.image: tf.io.FixedLenFeature([], tf.string)}
+    spec[mapping.id] = scalar(mapping.id_dtype, "" if mapping.id_dtype == "string" else -1)
+    if mapping.label:
+        spec[mapping.label] = scalar("int64", -1)
+    if mapping.group:
+        spec[mapping.group] = scalar(mapping.group_dtype, "" if mapping.group_dtype == "string" else -1)
+    if mapping.fold:
+        spec[mapping.fold] = scalar("int64", -1)
+    for key, kind in mapping.meta.values():
+        if kind == "numeric":
+            spec[key] = scalar("float32", float("nan"))
+        else:  # categorical or numeric_int64
+            spec[key] = scalar("int64", -1)
+    return spec
+
+
+def make_parser(manifest_or_mapping: Mapping[str, Any] | FeatureMapping | None = None) -> Callable:
+    """Parse function for one serialized example -> tfkit's standard dict.
+
+    Args:
+        manifest_or_mapping: a tfkit manifest dict, a :class:`FeatureMapping`
+            (e.g. :data:`SIIM_ISIC_2020`), or None for tfkit records without metadata.
+
+    Returns:
+        ``fn(serialized scalar tf.string) -> dict`` with ``image`` (encoded bytes), ``id``
+        (tf.string), ``label`` (int64, -1 when absent), ``group`` (tf.string), ``fold``
+        (int64) and ``meta`` ({col: float32 numeric | int64 categorical}). Graph-safe
+        (usable in ``Dataset.map``).
+
+    Example:
+        >>> ds = tf.data.TFRecordDataset(shard_files("records")).map(make_parser(load_manifest("records")))  # doctest: +SKIP
+    """
+    import tensorflow as tf
+
+    if isinstance(manifest_or_mapping, FeatureMapping):
+        mapping = manifest_or_mapping
+    else:
+        mapping = FeatureMapping.from_manifest(manifest_or_mapping or {})
+    spec = feature_spec(mapping)
+
+    def as_str(x: Any, dtype: str) -> Any:
+        return tf.strings.as_string(x) if dtype == "int64" else x
+
+    def parse(serialized: Any) -> dict:
+        ex = tf.io.parse_single_example(serialized, spec)
+        ident = as_str(ex[mapping.id], mapping.id_dtype)
+        meta = {}
+        for name, (key, kind) in mapping.meta.items():
+            v = ex[key]
+            meta[name] = tf.cast(v, tf.float32) if kind == "numeric_int64" else v
+        return {
+            "image": ex[mapping.image],
+            "id": ident,
+            "label": ex[mapping.label] if mapping.label else tf.constant(-1, tf.int64),
+            "group": as_str(ex[mapping.group], mapping.group_dtype) if mapping.group else ident,
+            "fold": ex[mapping.fold] if mapping.fold else tf.constant(-1, tf.int64),
+            "meta": meta,
+        }
+
+    return parse
