@@ -20,9 +20,10 @@ from tfkit.config import config_to_dict, load_config
 from tfkit.data import read_index
 from tfkit.metrics import compute_metrics
 from tfkit.records import load_manifest
-from tfkit.train import (
-    TrainingModel, _layer_multipliers, _lr_scaled, _phases, lr_find, recompute_cv, train, train_fold,
-)
+from tfkit.lr_find import lr_find
+from tfkit.optim import layer_multipliers, lr_scaled
+from tfkit.train import phases, recompute_cv, train, train_fold
+from tfkit.train_step import TrainingModel
 from tfkit.utils import TfkitError
 
 TINY = [
@@ -141,7 +142,7 @@ def test_resume_after_interruption_with_phases(digits_records, tmp_path):
 def test_phases_cut():
     cfg = load_config(None, ["train.epochs=5", "train.freeze_epochs=1", "train.progressive=[[3, 48]]",
                              "data.image_size=32"])
-    got = [(p["start"], p["end"], p["size"], p["frozen"]) for p in _phases(cfg)]
+    got = [(p["start"], p["end"], p["size"], p["frozen"]) for p in phases(cfg)]
     assert got == [(0, 1, 32, True), (1, 3, 32, False), (3, 5, 48, False)]
 
 
@@ -186,13 +187,13 @@ def test_layer_lr_multipliers_scale_each_update():
     from tfkit.models import create_model
 
     m = create_model("small_cnn", 10, 32, width=8)
-    mult = _layer_multipliers(m, 0.5, 3)
+    mult = layer_multipliers(m, 0.5, 3)
     backbone_paths = {v.path for v in m.get_layer("backbone").weights}
     assert set(mult) <= backbone_paths and mult
     assert min(mult.values()) == pytest.approx(0.5 ** 3) and max(mult.values()) == pytest.approx(0.5)
     var = keras.Variable(np.zeros(3, "float32"), name="w")
     other = keras.Variable(np.zeros(3, "float32"), name="u")
-    opt = _lr_scaled(keras.optimizers.Adam)(learning_rate=0.1, lr_multipliers={var.path: 0.25})
+    opt = lr_scaled(keras.optimizers.Adam)(learning_rate=0.1, lr_multipliers={var.path: 0.25})
     opt.apply([tf.ones(3), tf.ones(3)], [var, other])
     # Adam's first step moves by lr whatever the gradient's scale, so the factor shows directly.
     np.testing.assert_allclose(var.numpy(), -0.025, rtol=1e-3)

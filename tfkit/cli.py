@@ -91,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
-    from tfkit.train import lr_find
+    from tfkit.lr_find import lr_find
 
     lr_find(_load_cfg(args), args.records, args.out, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps)
     return 0
