@@ -101,9 +101,13 @@ def test_names_and_class_sorting() -> None:
     assert sort_classes(["dog", "cat", "10"]) == ["10", "cat", "dog"]
 
 
-@pytest.mark.parametrize("module", ["tfkit.records", "tfkit.records.checksum", "tfkit.records.tfrecord",
-                                    "tfkit.records.images", "tfkit.records.shards", "tfkit.records.schemas",
-                                    "tfkit.records.builder", "tfkit.records.reader"])
+RECORDS_MODULES = ["tfkit.records", "tfkit.records.builder", "tfkit.records.spec", "tfkit.records.table",
+                   "tfkit.records.targets", "tfkit.records.metadata", "tfkit.records.examples",
+                   "tfkit.records.workers", "tfkit.records.writer", "tfkit.records.images", "tfkit.records.tfrecord",
+                   "tfkit.records.checksum", "tfkit.records.shards", "tfkit.records.reader", "tfkit.records.schemas"]
+
+
+@pytest.mark.parametrize("module", RECORDS_MODULES)
 def test_docstring_examples_run(module: str) -> None:
     import doctest
     import importlib

@@ -3,9 +3,10 @@
 The only module of ``tfkit.records`` that imports TensorFlow (inside its functions:
 for ``gs://`` paths and the parser), so building records never pays for it.
 
-Example:
-    >>> files = shard_files("records", folds=[0])  # doctest: +SKIP
-    >>> parse = make_parser(load_manifest("records"))  # doctest: +SKIP
+Example (a records folder written by ``tfkit build-records``)::
+
+    files = shard_files("records", folds=[0])
+    parse = make_parser(load_manifest("records"))
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ def load_manifest(records_dir: str | os.PathLike) -> dict:
     Returns:
         The manifest dict.
 
-    Example:
-        >>> load_manifest("records")["classes"]  # doctest: +SKIP
-        ['0', '1', ..., '9']
+    Example (records of the digits)::
+
+        load_manifest("records")["classes"]  # ['0', '1', ..., '9']
     """
     import json
 
@@ -68,9 +69,10 @@ def shard_files(
     Returns:
         Sorted list of file paths.
 
-    Example:
-        >>> shard_files("records", folds=[0, 1])  # doctest: +SKIP
-        ['records/train00-000-288.tfrec', 'records/train01-000-287.tfrec']
+    Example (records of the digits)::
+
+        shard_files("records", folds=[0, 1])
+        # ['records/train00-000-288.tfrec', 'records/train01-000-287.tfrec']
     """
     base = str(records_dir).rstrip("/")
     if _is_remote(base):
@@ -134,8 +136,9 @@ class FeatureMapping:
 def feature_spec(mapping: FeatureMapping) -> dict:
     """``tf.io.parse_single_example`` feature spec for a mapping (defaults for optional keys).
 
-    Example:
-        >>> spec = feature_spec(FeatureMapping())  # doctest: +SKIP
+    Example::
+
+        spec = feature_spec(FeatureMapping())  # {"image": FixedLenFeature([], tf.string), ...}
     """
     import tensorflow as tf
 
@@ -172,8 +175,9 @@ def make_parser(manifest_or_mapping: Mapping[str, Any] | FeatureMapping | None =
         (int64) and ``meta`` ({col: float32 numeric | int64 categorical}). Graph-safe
         (usable in ``Dataset.map``).
 
-    Example:
-        >>> ds = tf.data.TFRecordDataset(shard_files("records")).map(make_parser(load_manifest("records")))  # doctest: +SKIP
+    Example::
+
+        ds = tf.data.TFRecordDataset(shard_files("records")).map(make_parser(load_manifest("records")))
     """
     import tensorflow as tf
 
