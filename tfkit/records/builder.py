@@ -5,7 +5,8 @@ Every example is a ``tf.train.Example`` with ``image`` (JPEG, 3 channels), ``id`
 ``height``, ``width`` and ``meta/<col>`` (float for numeric columns, NaN when
 missing; int64 vocab index for categorical ones, -1 when missing/unknown).
 ``manifest.json`` holds the class list, feature schema, metadata vocabularies,
-fold settings and per-shard sha256; ``folds.csv`` holds id,fold.
+fold settings and per-shard sha256; ``folds.csv`` holds id,fold; ``sizes.csv`` holds
+id,height,width of each image file as it was (upright), before any resizing.
 
 :func:`build_records` runs named steps, each in the module that owns it: validate the
 options (:class:`~tfkit.records.spec.BuildSpec`), read the table and find the images
@@ -49,6 +50,7 @@ from tfkit import folds as folds_mod
 from tfkit.records.checksum import crc32c_backend, preloading_crc32c
 from tfkit.records.examples import ExampleEncoder
 from tfkit.records.metadata import feature_types, metadata_spec
+from tfkit.records.shards import FOLDS_FILE, MANIFEST_FILE, SOURCE_SIZES
 from tfkit.records.spec import BuildSpec
 from tfkit.records.table import MISSING, BadRows, Rows, read_table, read_train_manifest, resolve_rows
 from tfkit.records.targets import Targets, resolve_targets, sort_classes
@@ -161,8 +163,9 @@ def build_records(
         if not written.shards:
             raise TfkitError(f"CSV {spec.csv}: every image was bad; nothing to write")
         manifest = manifest_dict(spec, targets, layout, written, bad)
-        write_csv(tmp / "folds.csv", _table(written.ids, ["id", "fold"]))
-        write_json(tmp / "manifest.json", manifest)
+        write_csv(tmp / FOLDS_FILE, _table(written.ids, ["id", "fold"]))
+        write_csv(tmp / SOURCE_SIZES, _table(written.source_sizes, ["id", "height", "width"]))
+        write_json(tmp / MANIFEST_FILE, manifest)
     if spec.progress:
         print(f"wrote {manifest['n_examples']} examples in {len(written.shards)} shards to {spec.out}"
               + (f" ({len(bad.skipped)} bad rows skipped)" if bad.skipped else ""), file=sys.stderr)
@@ -277,6 +280,7 @@ class Written:
     sizes: set[tuple[int, int]] = dataclasses.field(default_factory=set)  # stored (height, width)
     n_passed: int = 0  # images stored byte-for-byte
     ids: list[tuple[str, int]] = dataclasses.field(default_factory=list)  # (id, fold) in file order
+    source_sizes: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)  # (id, height, width)
     bad_rows: set[int] = dataclasses.field(default_factory=set)  # CSV rows whose image could not be read
 
 
@@ -303,6 +307,7 @@ def write_shards(spec: BuildSpec, layout: Layout, stream: RecordStream, writer: 
                 written.sizes.add((res.height, res.width))
                 written.n_passed += bool(res.passed)
                 written.ids.append((layout.ids[res.row], int(layout.folds[res.row])))
+                written.source_sizes.append((layout.ids[res.row], res.source_height, res.source_width))
             info = out.close()
         if info is not None:
             written.shards.append(info)

@@ -15,7 +15,7 @@ import dataclasses
 import os
 from typing import Any, Callable, Iterable, Mapping
 
-from tfkit.records.shards import parse_shard_name
+from tfkit.records.shards import MANIFEST_FILE, SOURCE_SIZES, parse_shard_name
 from tfkit.utils import TfkitError, read_json
 
 
@@ -40,7 +40,7 @@ def load_manifest(records_dir: str | os.PathLike) -> dict:
 
     path = str(records_dir)
     if not path.endswith(".json"):
-        path = path.rstrip("/") + "/manifest.json"
+        path = path.rstrip("/") + "/" + MANIFEST_FILE
     if _is_remote(path):
         import tensorflow as tf
 
@@ -51,6 +51,43 @@ def load_manifest(records_dir: str | os.PathLike) -> dict:
     if not os.path.isfile(path):
         raise TfkitError(f"manifest {path} not found (is {records_dir} a folder written by tfkit build-records?)")
     return read_json(path)
+
+
+def source_sizes(records_dir: str | os.PathLike) -> Any:
+    """Each image's size before it was stored (the file's own size, upright), from ``sizes.csv``.
+
+    The stored size is in the manifest (``image.size``) and in every example; this is
+    the size of the files the records were built from, which is what an input size is
+    chosen from.
+
+    Args:
+        records_dir: folder written by :func:`~tfkit.records.builder.build_records` (local or ``gs://``).
+
+    Returns:
+        pandas DataFrame with columns ``id`` (str), ``height``, ``width`` (int), in file order.
+
+    Raises:
+        TfkitError: no ``sizes.csv`` (records built before tfkit recorded it).
+
+    Example (records of the digits)::
+
+        source_sizes("records").value_counts(["height", "width"])  # (8, 8): 1437
+    """
+    import pandas as pd
+
+    path = str(records_dir).rstrip("/") + "/" + SOURCE_SIZES
+    if _is_remote(path):
+        import tensorflow as tf
+
+        found = tf.io.gfile.exists(path)
+        opener = tf.io.gfile.GFile
+    else:
+        found, opener = os.path.isfile(path), open
+    if not found:
+        raise TfkitError(f"{path} not found: records built before tfkit recorded the original image sizes "
+                         "(build them again to see them)")
+    with opener(path) as f:
+        return pd.read_csv(f, dtype={"id": str, "height": "int64", "width": "int64"}, keep_default_na=False)
 
 
 def shard_files(

@@ -25,7 +25,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
-from tfkit.records.images import bad_image_reason, check_jpeg, encode_image, jpeg_header, passes_through, read_image_file
+from tfkit.records.images import bad_image_reason, check_jpeg, jpeg_header, passes_through, read_image_file, store_image
 
 class Encoded(NamedTuple):
     """One row's image as a worker or the reading thread returns it (``data`` None when it is bad)."""
@@ -36,6 +36,8 @@ class Encoded(NamedTuple):
     width: int
     passed: bool  # stored byte-for-byte (pass-through)
     error: str | None  # why the image cannot be used
+    source_height: int = 0  # the file's own size, upright
+    source_width: int = 0
 
 
 class EncodeOptions(NamedTuple):
@@ -49,10 +51,10 @@ class EncodeOptions(NamedTuple):
 def encode_row(row: int, path: str, options: EncodeOptions) -> Encoded:
     """Re-encode one image (in a worker); any failure becomes the row's reason."""
     try:
-        data, h, w, passed = encode_image(path, options.size, options.quality, options.verify)
+        img = store_image(path, options.size, options.quality, options.verify)
     except Exception as e:  # noqa: BLE001 - any decoder failure is a bad image, reported per row
         return Encoded(row, None, 0, 0, False, bad_image_reason(e))
-    return Encoded(row, data, h, w, passed, None)
+    return Encoded(row, img.data, img.height, img.width, img.passed_through, None, img.source_height, img.source_width)
 
 
 def _encode_chunk(tasks: list[tuple[int, str, EncodeOptions]]) -> list[Encoded]:
@@ -224,7 +226,8 @@ class RecordStream:
                     return "check", (j, raw, header, self.checkers().submit(check_jpeg, raw, header, verify)), len(raw)
                 check_jpeg(raw, header, verify)
                 rec = self.frame(j, raw, header.height, header.width)
-                return "done", Encoded(j, rec, header.height, header.width, True, None), len(rec)
+                h, w = header.height, header.width
+                return "done", Encoded(j, rec, h, w, True, None, h, w), len(rec)
         except Exception as e:  # noqa: BLE001 - any read/decoder failure is a bad image, reported per row
             return "done", Encoded(j, None, 0, 0, False, bad_image_reason(e)), 0
         task = (j, self.paths[j], self.options)
@@ -253,7 +256,8 @@ class RecordStream:
                 fut.result()
             except Exception as e:  # noqa: BLE001 - as above
                 return Encoded(j, None, 0, 0, False, bad_image_reason(e))
-            return Encoded(j, self.frame(j, raw, header.height, header.width), header.height, header.width, True, None)
+            h, w = header.height, header.width
+            return Encoded(j, self.frame(j, raw, h, w), h, w, True, None, h, w)
         if kind == "task":
             res = encode_row(*item)
         else:
