@@ -30,6 +30,7 @@ from tfkit.records import (
     parse_shard_name,
     shard_files,
     sort_classes,
+    source_sizes,
 )
 from tfkit.utils import TfkitError
 
@@ -101,9 +102,13 @@ def test_names_and_class_sorting() -> None:
     assert sort_classes(["dog", "cat", "10"]) == ["10", "cat", "dog"]
 
 
-@pytest.mark.parametrize("module", ["tfkit.records", "tfkit.records.checksum", "tfkit.records.tfrecord",
-                                    "tfkit.records.images", "tfkit.records.shards", "tfkit.records.schemas",
-                                    "tfkit.records.builder", "tfkit.records.reader"])
+RECORDS_MODULES = ["tfkit.records", "tfkit.records.builder", "tfkit.records.spec", "tfkit.records.table",
+                   "tfkit.records.targets", "tfkit.records.metadata", "tfkit.records.examples",
+                   "tfkit.records.workers", "tfkit.records.writer", "tfkit.records.images", "tfkit.records.tfrecord",
+                   "tfkit.records.checksum", "tfkit.records.shards", "tfkit.records.reader", "tfkit.records.schemas"]
+
+
+@pytest.mark.parametrize("module", RECORDS_MODULES)
 def test_docstring_examples_run(module: str) -> None:
     import doctest
     import importlib
@@ -303,6 +308,35 @@ def test_formats_decode_upright(tmp_path: Path) -> None:
     assert all(p.shape == (16, 16, 3) for p in rows.values())
     top, bottom = rows["exif6"][:4].mean(axis=(0, 1)), rows["exif6"][-4:].mean(axis=(0, 1))
     assert top[0] > 150 > top[2] and bottom[2] > 150 > bottom[0]
+
+
+def test_source_sizes_are_the_files_upright_sizes(tmp_path: Path) -> None:
+    # sizes.csv records each file's own size (EXIF orientation applied) whatever is stored:
+    # pass-through, re-encoded, resized, and JPEGs decoded at a reduced scale (draft).
+    d, _ = _formats_dir(tmp_path)
+    rng = np.random.default_rng(12)
+    big = rng.integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    (d / "big.jpg").write_bytes(jpeg_bytes(big))
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    (d / "big_rot.jpg").write_bytes(jpeg_bytes(big, exif=exif.tobytes()))
+    (d / "broken.png").write_bytes(b"not a png")
+    want = {i: (24, 40) for i in ("png_rgb", "bmp", "gray", "rgba", "cmyk", "g16")}
+    want.update(exif6=(40, 24), big=(120, 200), big_rot=(200, 120))
+    ids = [*want, "broken"]
+    pd.DataFrame({"id": ids, "label": [k % 2 for k in range(len(ids))]}).to_csv(tmp_path / "f.csv", index=False)
+    for size in (None, 16):
+        out = tmp_path / f"r{size}"
+        build_records(tmp_path / "f.csv", d, out, n_folds=2, size=size, workers=2, skip_bad=True, progress=False)
+        sizes = source_sizes(out)
+        assert list(sizes.columns) == ["id", "height", "width"]
+        assert {r.id: (r.height, r.width) for r in sizes.itertuples()} == want
+        assert list(sizes["id"]) == list(pd.read_csv(out / "folds.csv", dtype=str)["id"])  # file order
+        stored = {r["id"].decode(): r["pixels"].shape[:2] for r in read_all(out)}
+        assert stored["big"] == ((120, 200) if size is None else (16, 16))
+    (out / "sizes.csv").unlink()
+    with pytest.raises(TfkitError, match="built before tfkit recorded the original image sizes"):
+        source_sizes(out)
 
 
 def test_jpeg_pass_through_is_byte_identical(tmp_path: Path) -> None:

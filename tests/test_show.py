@@ -91,6 +91,7 @@ def test_eda_numbers_equal_the_records(shown, digits_records):
     assert summary["n_examples"] == manifest["n_examples"] == len(index)
     h, w = manifest["image"]["size"]
     assert summary["image_sizes"] == {f"{h}x{w}": manifest["n_examples"]}
+    assert summary["source_sizes"] == {"8x8": manifest["n_examples"]}  # the digit scans' own size
     counts = index.label.value_counts()
     assert summary["class_counts"] == {c: int(counts.get(i, 0)) for i, c in enumerate(manifest["classes"])}
 
@@ -120,4 +121,9 @@ def test_eda_summary_metadata_and_plot(tmp_path):
     assert s["metadata"]["age"] == {"kind": "numeric", "missing": 2, "min": 30.0, "mean": 50.0, "max": 70.0}
     assert s["metadata"]["site"] == {"kind": "categorical", "missing": 1, "counts": {"head": 1, "leg": 3}}
     p = plot_eda(idx, manifest, s, tmp_path / "eda.png")
+    assert p.read_bytes()[:8] == PNG_MAGIC and s["source_sizes"] is None
+    source = pd.DataFrame({"id": list("abcde"), "height": [64, 64, 80, 600, 64], "width": [64, 64, 60, 800, 64]})
+    s = eda_summary(idx, manifest, source)
+    assert s["source_sizes"] == {"64x64": 3, "80x60": 1, "600x800": 1} and s["image_sizes"] == {"32x32": 3, "40x30": 2}
+    p = plot_eda(idx, manifest, s, tmp_path / "eda_source.png", source)
     assert p.read_bytes()[:8] == PNG_MAGIC

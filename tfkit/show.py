@@ -8,7 +8,7 @@ Three PNGs, plus the numbers behind them so they can be checked:
   (possibly mixed) label.
 - ``class_counts.png``: examples per class and fold as grouped bars; the
   numbers are in ``class_counts.csv`` (rows = classes, one column per fold, total).
-- ``eda.png``: stored image sizes, examples per class, and one panel per
+- ``eda.png``: image sizes (stored, beside the files' original sizes), examples per class, and one panel per
   metadata column (histogram for numeric, bars for categorical, with the
   missing count); the numbers are in ``eda.json``.
 
@@ -171,26 +171,30 @@ def plot_class_counts(counts: pd.DataFrame, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def eda_summary(index: pd.DataFrame, manifest: dict) -> dict:
+def eda_summary(index: pd.DataFrame, manifest: dict, source: pd.DataFrame | None = None) -> dict:
     """Numbers behind ``eda.png``.
 
     Args:
         index: :func:`tfkit.data.read_index` with ``extra=True``.
         manifest: the records' manifest.
+        source: :func:`tfkit.records.source_sizes` (the image files' own sizes), or None
+            for records built before they were recorded.
 
     Returns:
-        ``{"n_examples", "image_sizes": {"HxW": count}, "class_counts": {name: count},
-        "metadata": {col: {"kind", "missing", numeric: "min/mean/max" | categorical: "counts"}}}``.
+        ``{"n_examples", "image_sizes": {"HxW": count}, "source_sizes": {"HxW": count} | None,
+        "class_counts": {name: count},
+        "metadata": {col: {"kind", "missing", numeric: "min/mean/max" | categorical: "counts"}}}``
+        (``image_sizes`` are the stored sizes, ``source_sizes`` those of the files).
 
     Example:
         >>> eda_summary(read_index("records", extra=True), manifest)["n_examples"]  # doctest: +SKIP
         1437
     """
     classes = list(manifest.get("classes") or [])
-    sizes = (index["height"].astype(str) + "x" + index["width"].astype(str)).value_counts()
     summary: dict[str, Any] = {
         "n_examples": int(len(index)),
-        "image_sizes": {k: int(v) for k, v in sizes.items()},
+        "image_sizes": _size_counts(index),
+        "source_sizes": _size_counts(source) if source is not None else None,
         "class_counts": {name: int((index["label"] == i).sum()) for i, name in enumerate(classes)},
         "metadata": {},
     }
@@ -207,14 +211,47 @@ def eda_summary(index: pd.DataFrame, manifest: dict) -> dict:
     return summary
 
 
-def plot_eda(index: pd.DataFrame, manifest: dict, summary: dict, path: Path) -> Path:
-    """Write the EDA panels: image sizes, per-class counts, metadata distributions.
+def _size_counts(frame: pd.DataFrame) -> dict[str, int]:
+    sizes = (frame["height"].astype(str) + "x" + frame["width"].astype(str)).value_counts()
+    return {k: int(v) for k, v in sizes.items()}
+
+
+def _plot_sizes(ax: Any, index: pd.DataFrame, summary: dict, source: pd.DataFrame | None) -> None:
+    # the files' own sizes beside the stored ones: an input size is chosen from the former
+    series = {"stored": (summary["image_sizes"], index)}
+    if summary.get("source_sizes") is not None and source is not None:
+        series["original"] = (summary["source_sizes"], source)
+    labels = list(dict.fromkeys(k for counts, _ in series.values() for k in counts))
+    if len(labels) <= MAX_SIZE_BARS:
+        width = 0.8 / len(series)
+        for k, (name, (counts, _)) in enumerate(series.items()):
+            x = np.arange(len(labels)) + (k - (len(series) - 1) / 2) * width
+            ax.bar(x, [counts.get(s, 0) for s in labels], width, label=name)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=30, fontsize=8)
+        ax.set_xlabel("size (H x W)")
+    else:
+        for name, (_, frame) in series.items():
+            ax.hist([frame["height"], frame["width"]], bins=30, label=[f"{name} height", f"{name} width"],
+                    histtype="step")
+        ax.set_xlabel("pixels")
+    ax.legend(fontsize=8)
+    ax.set_ylabel("images")
+    distinct = ", ".join(f"{len(counts)} {name}" for name, (counts, _) in series.items())
+    ax.set_title(f"image sizes ({distinct} distinct)", fontsize=9)
+
+
+def plot_eda(index: pd.DataFrame, manifest: dict, summary: dict, path: Path,
+             source: pd.DataFrame | None = None) -> Path:
+    """Write the EDA panels: image sizes (stored and original), per-class counts, metadata distributions.
 
     Args:
         index: :func:`tfkit.data.read_index` with ``extra=True``.
         manifest: the records' manifest.
         summary: :func:`eda_summary` of the same index.
         path: PNG to write.
+        source: the image files' own sizes (:func:`tfkit.records.source_sizes`), drawn beside
+            the stored sizes when given.
 
     Returns:
         ``path``.
@@ -230,18 +267,7 @@ def plot_eda(index: pd.DataFrame, manifest: dict, summary: dict, path: Path) -> 
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
     flat = [ax for row in axes for ax in row]
 
-    ax = flat[0]
-    sizes = summary["image_sizes"]
-    if len(sizes) <= MAX_SIZE_BARS:
-        ax.bar(list(sizes), list(sizes.values()))
-        ax.set_xlabel("stored size (H x W)")
-        ax.tick_params(axis="x", labelrotation=30)
-    else:
-        ax.hist([index["height"], index["width"]], bins=30, label=["height", "width"])
-        ax.set_xlabel("stored size, pixels")
-        ax.legend(fontsize=8)
-    ax.set_ylabel("images")
-    ax.set_title(f"image sizes ({len(sizes)} distinct)")
+    _plot_sizes(flat[0], index, summary, source)
 
     ax = flat[1]
     cc = summary["class_counts"]
@@ -304,8 +330,12 @@ def show(records: str, cfg: Config, out: str | os.PathLike, n_images: int = 8, n
     paths.append(plot_class_counts(counts, out / "class_counts.png"))
     write_csv(out / "class_counts.csv", counts.reset_index())
     paths.append(out / "class_counts.csv")
-    summary = eda_summary(index, manifest)
-    paths.append(plot_eda(index, manifest, summary, out / "eda.png"))
+    try:
+        source = records_mod.source_sizes(records)
+    except TfkitError:  # records built before the original sizes were recorded
+        source = None
+    summary = eda_summary(index, manifest, source)
+    paths.append(plot_eda(index, manifest, summary, out / "eda.png", source))
     write_json(out / "eda.json", summary)
     paths.append(out / "eda.json")
     return paths

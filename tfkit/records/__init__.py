@@ -2,9 +2,15 @@
 
 One job per module, and only the reader needs TensorFlow:
 
-* :mod:`~tfkit.records.builder`: :func:`build_records`, the orchestration of a build.
+* :mod:`~tfkit.records.builder`: :func:`build_records`, a short orchestration of the steps below.
+* :mod:`~tfkit.records.spec`: :class:`BuildSpec`, the build's options validated once.
+* :mod:`~tfkit.records.table`: the CSV: reading it, finding each row's image, bad rows.
+* :mod:`~tfkit.records.targets`: classes and each row's label.
+* :mod:`~tfkit.records.metadata`: metadata columns (kind, statistics, stored values).
+* :mod:`~tfkit.records.examples`: the features of each example.
 * :mod:`~tfkit.records.workers`: images in, framed records out, in row order
   (pass-through thread, re-encoding worker processes).
+* :mod:`~tfkit.records.writer`: shard files written, hashed and named.
 * :mod:`~tfkit.records.images`: JPEG headers, pass-through checks, decoding and re-encoding.
 * :mod:`~tfkit.records.tfrecord`: ``tf.train.Example`` serialisation and TFRecord framing.
 * :mod:`~tfkit.records.checksum`: CRC32C from the fastest implementation that loads.
@@ -29,13 +35,13 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "builder": ("build_records", "sort_classes", "MISSING"),
+    "builder": ("build_records", "sort_classes", "MISSING", "BuildSpec"),
     "images": ("IMAGE_EXTENSIONS", "VERIFY_MODES", "JpegHeader", "jpeg_header", "passes_through", "check_jpeg",
-               "encode_image"),
+               "encode_image", "store_image", "StoredImage"),
     "tfrecord": ("tfrecord_frame", "feature_entry", "example_from_entries", "image_record"),
     "checksum": ("CRC32C_BACKENDS", "crc32c_backend", "crc32c", "use_crc32c_backend"),
     "shards": ("SHARD_RE", "shard_name", "parse_shard_name", "count_from_names"),
-    "reader": ("load_manifest", "shard_files", "FeatureMapping", "feature_spec", "make_parser"),
+    "reader": ("load_manifest", "source_sizes", "shard_files", "FeatureMapping", "feature_spec", "make_parser"),
     "schemas": ("SIIM_ISIC_2020",),
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -5,173 +5,63 @@ Every example is a ``tf.train.Example`` with ``image`` (JPEG, 3 channels), ``id`
 ``height``, ``width`` and ``meta/<col>`` (float for numeric columns, NaN when
 missing; int64 vocab index for categorical ones, -1 when missing/unknown).
 ``manifest.json`` holds the class list, feature schema, metadata vocabularies,
-fold settings and per-shard sha256; ``folds.csv`` holds id,fold.
+fold settings and per-shard sha256; ``folds.csv`` holds id,fold; ``sizes.csv`` holds
+id,height,width of each image file as it was (upright), before any resizing.
+
+:func:`build_records` runs named steps, each in the module that owns it: validate the
+options (:class:`~tfkit.records.spec.BuildSpec`), read the table and find the images
+(:mod:`~tfkit.records.table`), resolve classes and labels (:mod:`~tfkit.records.targets`),
+assign folds and plan the shards (:func:`plan_layout`), encode examples
+(:mod:`~tfkit.records.examples`, :mod:`~tfkit.records.workers`), write shards
+(:mod:`~tfkit.records.writer`) and the manifest (:func:`manifest_dict`).
 
 Why it is fast and reproducible:
 
-* The parent validates the CSV, resolves every image path, assigns folds, sorts
-  rows by (fold, original row order) and fixes every shard's rows *before* any
-  image is read, then produces records strictly in that order
-  (:func:`tfkit.records.workers.records_in_order`). The output bytes therefore do
-  not depend on ``workers``. With ``skip_bad``, images found unreadable while writing
-  make a second pass: folds are assigned again without those rows and the shards
-  rewritten, so the records are exactly those of the CSV without them (folds stay
-  balanced over what is written).
+* Every row is validated, every image path resolved, folds assigned, rows sorted by
+  (fold, original row order) and every shard's rows fixed *before* any image is
+  read; records are then produced strictly in that order
+  (:class:`~tfkit.records.workers.RecordStream`), so the output bytes do not depend
+  on ``workers``. With ``skip_bad``, images found unreadable while writing make a
+  second pass: folds are assigned again without those rows and the shards rewritten,
+  so the records are exactly those of the CSV without them (folds stay balanced over
+  what is written).
 * Everything is written in a hidden temporary folder beside ``out`` and renamed at
   the end (:func:`tfkit.utils.atomic_dir`): a killed build leaves no folder that looks
   complete, and a re-run succeeds (stale temporary folders of dead builds are removed).
 * TensorFlow is never imported (tested): records are framed by
   :mod:`tfkit.records.tfrecord`.
 
-Example:
-    >>> m = build_records(csv="train.csv", images="images", out="records", size=256)  # doctest: +SKIP
+Example (on the exported digits)::
+
+    m = build_records(csv="digits/train.csv", images="digits/images", out="records", size=32)
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
+import dataclasses
 import math
 import os
-import stat
 import sys
-import threading
-from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Sequence
 
 from tfkit import __version__
-from tfkit.records.checksum import crc32c_backend
-from tfkit.records.images import IMAGE_EXTENSIONS, VERIFY_MODES
-from tfkit.records.shards import shard_name
-from tfkit.records.tfrecord import feature_entry, image_record
-from tfkit.records.workers import records_in_order, worker_pool
-from tfkit.utils import TfkitError, atomic_dir, read_json, write_csv, write_json
+from tfkit import folds as folds_mod
+from tfkit.records.checksum import crc32c_backend, preloading_crc32c
+from tfkit.records.examples import ExampleEncoder
+from tfkit.records.metadata import feature_types, metadata_spec
+from tfkit.records.shards import FOLDS_FILE, MANIFEST_FILE, SOURCE_SIZES
+from tfkit.records.spec import BuildSpec
+from tfkit.records.table import MISSING, BadRows, Rows, read_table, read_train_manifest, resolve_rows
+from tfkit.records.targets import Targets, resolve_targets, sort_classes
+from tfkit.records.workers import EncodeOptions, RecordStream, worker_pool
+from tfkit.records.writer import ShardWriter
+from tfkit.utils import TfkitError, atomic_dir, write_csv, write_json
 
-MISSING = frozenset({"", "nan", "NaN", "NA", "N/A", "n/a", "null", "NULL", "None"})
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
+__all__ = ["MISSING", "BuildSpec", "build_records", "sort_classes"]
 
 
-def _canon_label(s: str) -> str:
-    # "1", "1.0" and " 1" name the same class when labels are numeric.
-    s = s.strip()
-    if _is_number(s):
-        f = float(s)
-        if f.is_integer():
-            return str(int(f))
-    return s
-
-
-def sort_classes(names: Iterable[str]) -> list[str]:
-    """Sort class names: numerically when every name is a number, else as strings.
-
-    Example:
-        >>> sort_classes(["10", "2", "1"])
-        ['1', '2', '10']
-    """
-    names = sorted(set(names))
-    if names and all(_is_number(n) for n in names):
-        return sorted(names, key=float)
-    return names
-
-
-def _row_name(csv: Path, i: int, ident: str | None = None) -> str:
-    # i is the 0-based data row; line numbers count the header as line 1.
-    return f"{csv.name} line {i + 2}" + (f" (id {ident!r})" if ident is not None else "")
-
-
-def _index_images(images: Path) -> dict[str, tuple[str, int | None]]:
-    """Map file stem -> (file name, size) for every image in ``images`` (first extension by priority).
-
-    The size is known (one lstat, no path resolution) for regular files; it is None
-    for symlinks and anything else, which are then resolved and checked in full.
-    """
-    rank = {e: k for k, e in enumerate(IMAGE_EXTENSIONS)}
-    best: dict[str, tuple[int, str, int | None]] = {}
-    with os.scandir(images) as it:
-        for entry in it:
-            stem, ext = os.path.splitext(entry.name)
-            r = rank.get(ext.lower())
-            if r is not None and (stem not in best or (r, entry.name) < best[stem][:2]):
-                regular = entry.is_file(follow_symlinks=False)
-                best[stem] = (r, entry.name, entry.stat(follow_symlinks=False).st_size if regular else None)
-    return {k: v[1:] for k, v in best.items()}
-
-
-def _resolve_inside(images_real: str, candidate: str) -> tuple[str | None, str | None]:
-    real = os.path.realpath(candidate)
-    if real != images_real and not real.startswith(images_real.rstrip(os.sep) + os.sep):
-        return None, f"image path {candidate} escapes the images folder {images_real}"
-    try:
-        st = os.stat(real)
-    except OSError:
-        st = None
-    if st is None or not stat.S_ISREG(st.st_mode):
-        return None, f"image {candidate} not found"
-    if st.st_size == 0:
-        return None, f"image {candidate} is a zero-byte file"
-    return real, None
-
-
-def _metadata_spec(frame: Any, cols: Sequence[str], train_spec: Mapping[str, Any] | None) -> dict[str, dict]:
-    import numpy as np
-
-    spec: dict[str, dict] = {}
-    for col in cols:
-        if train_spec is not None and col in train_spec:
-            spec[col] = dict(train_spec[col])
-            continue
-        vals = [v.strip() for v in frame[col].tolist() if v.strip() not in MISSING]
-        if vals and all(_is_number(v) for v in vals):
-            arr = np.array([float(v) for v in vals], np.float64)
-            spec[col] = {"kind": "numeric", "mean": float(arr.mean()), "std": float(arr.std())}
-        else:
-            spec[col] = {"kind": "categorical", "vocab": sorted(set(vals))}
-    return spec
-
-
-def _meta_value(spec: Mapping[str, Any], text: str) -> float | int:
-    t = text.strip()
-    if spec["kind"] == "numeric":
-        return float(t) if t not in MISSING and _is_number(t) else float("nan")
-    vocab = spec.setdefault("_index", {v: k for k, v in enumerate(spec["vocab"])})
-    return vocab.get(t, -1)
-
-def _write_all(fh: Any, digest: Any, records: list[bytes]) -> None:
-    for rec in records:
-        fh.write(rec)
-        digest.update(rec)
-
-
-def _preload_crc32c(fn: Callable) -> Callable:
-    """Pick the CRC32C implementation in a thread while ``fn`` reads the CSV and assigns
-    folds (TensorFlow's library takes ~0.2 s to load from a cold disk); ``fn`` calls
-    :func:`crc32c_backend` (which waits for it) before it writes anything to stderr."""
-
-    def preload() -> None:
-        with contextlib.suppress(TfkitError):  # raised again, in the caller, on first use
-            crc32c_backend()
-
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        loader = threading.Thread(target=preload, name="tfkit-crc32c", daemon=True)
-        loader.start()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            loader.join()
-
-    return run
-
-
-@_preload_crc32c
+@preloading_crc32c
 def build_records(
     csv: str | os.PathLike,
     images: str | os.PathLike,
@@ -232,313 +122,226 @@ def build_records(
     Raises:
         TfkitError: one line naming the row or file at fault.
 
-    Example:
-        >>> m = build_records("train.csv", "images", "records", size=32, n_folds=5)  # doctest: +SKIP
-        >>> m["classes"], [s["file"] for s in m["shards"]][:1]  # doctest: +SKIP
-        (['0', '1', ...], ['train00-000-288.tfrec'])
+    Example (on the exported digits, ``tfkit datasets export digits --out digits``)::
+
+        m = build_records("digits/train.csv", "digits/images", "records", size=32, n_folds=5)
+        m["classes"], [s["file"] for s in m["shards"]][:1]
+        # (['0', '1', ...], ['train00-000-288.tfrec'])
     """
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    import numpy as np
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    csv, images = Path(csv), Path(images)
-    meta_cols = list(meta_cols or [])
-    if split not in ("train", "test"):
-        raise TfkitError(f"--split must be train or test, got {split!r}")
-    if size is not None and size < 1:
-        raise TfkitError(f"--size must be a positive integer, got {size}")
-    if not 1 <= int(quality) <= 100:
-        raise TfkitError(f"--quality must be in 1..100, got {quality}")
-    if shard_size < 1:
-        raise TfkitError(f"--shard-size must be >= 1, got {shard_size}")
-    if verify not in VERIFY_MODES:
-        raise TfkitError(f"--verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
-    if split == "train" and n_folds < 2:
-        raise TfkitError(f"--folds must be >= 2, got {n_folds}")
-    if not csv.is_file():
-        raise TfkitError(f"CSV {csv} not found")
-    if not images.is_dir():
-        raise TfkitError(f"images folder {images} not found")
-    out_p = Path(out)
-    if out_p.is_dir() and any(out_p.iterdir()) and not overwrite:
-        raise TfkitError(f"output folder {out_p} is not empty (pass --overwrite to replace its contents)")
-
-    try:
-        frame = pd.read_csv(csv, dtype=str, keep_default_na=False, na_filter=False)
-    except Exception as e:  # noqa: BLE001 - pandas raises many types for malformed files
-        raise TfkitError(f"cannot read CSV {csv}: {str(e).splitlines()[0]}")
-    required = [id_col] + ([label_col] if split == "train" else []) + [c for c in (path_col, group_col) if c] + meta_cols
-    missing_cols = [c for c in dict.fromkeys(required) if c not in frame.columns]
-    if missing_cols:
-        raise TfkitError(
-            f"CSV {csv} has no column(s) {', '.join(map(repr, missing_cols))}; it has: {', '.join(frame.columns)}"
-        )
-
-    train_manifest = None
-    if classes_from is not None:
-        cf = Path(classes_from)
-        cf = cf / "manifest.json" if cf.is_dir() else cf
-        if not cf.is_file():
-            raise TfkitError(f"--classes-from {classes_from}: manifest.json not found")
-        train_manifest = read_json(cf)
-
-    skipped: list[dict] = []
-
-    def bad(i: int, ident: str, file: str | None, reason: str) -> None:
-        if not skip_bad:
-            raise TfkitError(f"{_row_name(csv, i, ident)}: {reason} (pass --skip-bad to skip such rows)")
-        skipped.append({"row": int(i), "id": ident, "file": file, "reason": reason})
-
-    # ---- labels / classes
-    has_labels = label_col is not None and label_col in frame.columns
-    if split == "train":
-        labels_txt = [v.strip() for v in frame[label_col].tolist()]
-        classes = (
-            list(train_manifest["classes"]) if train_manifest
-            else sort_classes(_canon_label(v) for v in labels_txt if v not in MISSING)
-        )
-    else:
-        labels_txt = [v.strip() for v in frame[label_col].tolist()] if has_labels else [""] * len(frame)
-        classes = list(train_manifest["classes"]) if train_manifest else []
-        if has_labels and not train_manifest and any(v not in MISSING for v in labels_txt):
-            crc32c_backend()  # the preloading thread may be silencing stderr while TF's library loads
-            print(f"tfkit: note: labels in {csv.name} are stored as -1: pass --classes-from "
-                  "to store them as class indices", file=sys.stderr)
-    class_index = {c: k for k, c in enumerate(classes)}
-    if split == "train" and len(classes) < 2:
-        raise TfkitError(f"CSV {csv} column {label_col!r} has {len(classes)} distinct label(s); need at least 2")
-
-    # ---- per-row validation (cheap checks; image decoding happens in workers)
-    images_real = os.path.realpath(images)
-    stem_index = None if path_col else _index_images(images)
-    ids = frame[id_col].tolist()
-    rel_paths = frame[path_col].tolist() if path_col else None
-    seen: dict[str, int] = {}
-    keep: list[int] = []
-    label_idx: list[int] = []
-    paths: list[str] = []
-    for i, ident in enumerate(ids):
-        ident = ident.strip()
-        if ident in MISSING:
-            bad(i, ident, None, f"missing id in column {id_col!r}")
-            continue
-        if ident in seen:
-            bad(i, ident, None, f"duplicate id {ident!r} (first at line {seen[ident] + 2})")
-            continue
-        seen[ident] = i
-        lab = labels_txt[i]
-        if split == "train" and lab in MISSING:
-            bad(i, ident, None, f"missing label in column {label_col!r}")
-            continue
-        if lab in MISSING or not class_index:
-            li = -1
-        else:
-            li = class_index.get(_canon_label(lab), class_index.get(lab, -2))
-            if li == -2:
-                bad(i, ident, None, f"unknown class {lab!r} in column {label_col!r}; known classes: "
-                    f"{', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''}")
-                continue
-        if path_col:
-            rel = rel_paths[i].strip()
-            if rel in MISSING:
-                bad(i, ident, None, f"missing path in column {path_col!r}")
-                continue
-            candidate = os.path.join(images, rel)
-        else:
-            name, size_known = stem_index.get(ident, (None, None))
-            if name is None:
-                found = [images / (ident + e) for e in IMAGE_EXTENSIONS if (images / (ident + e)).is_file()]
-                if not found:
-                    real = os.path.realpath(images / ident)
-                    inside = real == images_real or real.startswith(images_real.rstrip(os.sep) + os.sep)
-                    bad(i, ident, str(images / ident),
-                        f"no image named {ident}.<{'|'.join(e[1:] for e in IMAGE_EXTENSIONS)}> in {images}"
-                        if inside else f"id {ident!r} makes an image path that escapes the images folder {images_real}")
-                    continue
-                candidate = str(found[0])
-            elif size_known is not None:  # a regular file directly in the folder: inside by construction
-                if size_known == 0:
-                    bad(i, ident, os.path.join(images, name), f"image {os.path.join(images, name)} is a zero-byte file")
-                    continue
-                keep.append(i)
-                label_idx.append(li)
-                paths.append(os.path.join(images_real, name))
-                continue
-            else:
-                candidate = os.path.join(images, name)
-        real, err = _resolve_inside(images_real, candidate)
-        if err:
-            bad(i, ident, candidate, err)
-            continue
-        keep.append(i)
-        label_idx.append(li)
-        paths.append(real)
-    if not keep:
-        raise TfkitError(f"CSV {csv}: no usable rows (all {len(frame)} rows are bad; see --skip-bad)")
-
-    if group_col:
-        group_txt = frame[group_col].tolist()
-        for i in keep:
-            if group_txt[i].strip() in MISSING:
-                raise TfkitError(f"{_row_name(csv, i, ids[i].strip())}: missing group in column {group_col!r}")
-
-    n_workers = int(workers) if workers and workers > 0 else (os.cpu_count() or 1)
-    n_workers = max(1, min(n_workers, len(keep)))
-    sizes: set[tuple[int, int]] = set()
-
+    spec = BuildSpec(
+        csv=csv, images=images, out=out, id_col=id_col, path_col=path_col, label_col=label_col,
+        group_col=group_col, meta_cols=meta_cols, n_folds=n_folds, seed=seed, size=size, quality=quality,
+        workers=workers, split=split, shard_size=shard_size, skip_bad=skip_bad, overwrite=overwrite,
+        classes_from=classes_from, verify=verify, progress=progress,
+    )
+    frame = read_table(spec)
+    train_manifest = read_train_manifest(spec.classes_from)
+    targets = resolve_targets(spec, frame, train_manifest)
+    bad = BadRows(spec.csv, spec.skip_bad)
+    rows = resolve_rows(spec, frame, targets.errors, bad)
+    n_workers = spec.n_workers(len(rows.keep))
     # Waits for the preloading thread: before forking (a thread inside dlopen at fork
     # time can deadlock the child) and before the progress bar writes to stderr.
     crc32c_backend()
-    with atomic_dir(out_p, overwrite=overwrite) as tmp, contextlib.ExitStack() as stack:
+    with atomic_dir(spec.out, overwrite=spec.overwrite) as tmp, contextlib.ExitStack() as stack:
         pool = worker_pool(n_workers, stack)
-        bar = stack.enter_context(tqdm(total=len(keep), unit="img", desc="build-records", disable=not progress))
-        # Writing and sha256 (both release the GIL) run in a thread of their own, in
-        # record order, 16 records at a time, while this thread reads and frames the
-        # next ones: they are half the CPU time of pass-through.
-        writer = ThreadPoolExecutor(1, thread_name_prefix="tfkit-writer")
-        stack.callback(writer.shutdown, wait=True, cancel_futures=True)
+        bar = _progress_bar(spec, len(rows.keep), stack)
+        writer = ShardWriter(tmp, stack)
         while True:  # once, or again without the images found bad (--skip-bad)
-            sub = frame.iloc[keep].reset_index(drop=True)
-            ids_k = [ids[i].strip() for i in keep]
-            groups = [g.strip() for g in sub[group_col].tolist()] if group_col else list(ids_k)
-
-            # ---- folds, fixed before any image is read
-            if split == "train":
-                from tfkit.folds import assign_folds
-
-                fold_frame = pd.DataFrame({"id": ids_k, "label": label_idx, "group": groups})
-                if n_folds > len(set(groups)):
-                    raise TfkitError(f"--folds {n_folds} exceeds the number of groups ({len(set(groups))}) in {csv}")
-                # n_bins=0: class indices are categories; with > 50 classes assign_folds
-                # would otherwise read them as a numeric target and bin index ranges.
-                folds = np.asarray(assign_folds(fold_frame, n_folds, "label", "group", seed=seed, n_bins=0),
-                                   dtype=np.int64)
-            else:
-                folds = np.full(len(keep), -1, np.int64)
-
-            meta_spec = _metadata_spec(sub, meta_cols, (train_manifest or {}).get("metadata"))
-            order = sorted(range(len(keep)), key=lambda j: (int(folds[j]), j))
-
-            # ---- shards: each fold's rows split evenly into ceil(n / shard_size) shards
-            plan: list[tuple[int, int, list[int]]] = []  # (fold, shard index, row positions)
-            for f in sorted(set(int(f) for f in folds)):
-                rows = [j for j in order if folds[j] == f]
-                n_sh = math.ceil(len(rows) / shard_size)
-                for s, chunk in enumerate(np.array_split(np.array(rows, dtype=np.int64), n_sh)):
-                    plan.append((f, s, chunk.tolist()))
-
-            meta_vals = {c: sub[c].tolist() for c in meta_cols}
-
-            def entries_for(j: int) -> bytes:
-                parts = [
-                    feature_entry("id", ids_k[j]),
-                    feature_entry("group", groups[j]),
-                    feature_entry("label", int(label_idx[j])),
-                    feature_entry("fold", int(folds[j])),
-                ]
-                for c in meta_cols:
-                    parts.append(feature_entry(f"meta/{c}", _meta_value(meta_spec[c], meta_vals[c][j])))
-                return b"".join(parts)
-
-            shards_out: list[dict] = []
-            sizes.clear()
-            n_passed = 0
-            written_ids: list[tuple[str, int]] = []
-            found_bad: set[int] = set()  # CSV rows whose image could not be read
-            results = records_in_order(
-                [j for _, _, rows in plan for j in rows], paths,
-                lambda j, data, h, w: image_record(entries_for(j), data, h, w),
-                size, int(quality), verify, n_workers, pool, stack,
-            )
-            writing: deque = deque()
-            for f, s, rows in plan:
-                part = tmp / f".shard-{f}-{s}.part"
-                digest = hashlib.sha256()
-                recs: list[bytes] = []
-                count = 0
-                with open(part, "wb") as fh:
-                    for _ in rows:
-                        j, rec, h, w, passed, err = next(results)
-                        bar.update(1)
-                        if err is not None:
-                            bad(keep[j], ids_k[j], paths[j], err)
-                            found_bad.add(keep[j])
-                            continue
-                        recs.append(rec)
-                        if len(recs) == 16:
-                            writing.append(writer.submit(_write_all, fh, digest, recs))
-                            recs = []
-                            if len(writing) > 8:  # bounds the records waiting to be written
-                                writing.popleft().result()
-                        count += 1
-                        sizes.add((h, w))
-                        n_passed += bool(passed)
-                        written_ids.append((ids_k[j], int(folds[j])))
-                    writing.append(writer.submit(_write_all, fh, digest, recs))
-                    while writing:
-                        writing.popleft().result()
-                if count == 0:
-                    part.unlink()
-                    continue
-                name = shard_name(split, f, s, count)
-                os.replace(part, tmp / name)
-                shards_out.append({"file": name, "fold": f, "count": count, "sha256": digest.hexdigest()})
-            if split != "train" or not found_bad or len(found_bad) == len(keep):
+            layout = plan_layout(spec, frame, targets, rows, train_manifest)
+            stream = RecordStream(layout.order, layout.rows.paths, layout.encoder.record,
+                                  EncodeOptions(spec.size, int(spec.quality), spec.verify), n_workers, pool, stack)
+            written = write_shards(spec, layout, stream, writer, bad, bar)
+            if not spec.train or not written.bad_rows or len(written.bad_rows) == len(rows.keep):
                 break
             # The folds were balanced counting images that turned out to be unreadable:
             # balance them again without those rows and write the shards again, so the
             # records are exactly those of the CSV without them (a second pass, only then).
-            keep_pos = [p for p, i in enumerate(keep) if i not in found_bad]
-            keep, label_idx, paths = ([xs[p] for p in keep_pos] for xs in (keep, label_idx, paths))
-            for p in tmp.iterdir():
-                p.unlink()
-            if progress:
-                bar.write(f"tfkit: {len(found_bad)} unreadable image(s) skipped; assigning folds without them "
-                          "and writing the shards again", file=sys.stderr)
-            bar.reset(total=len(keep))
+            rows = rows.without(written.bad_rows)
+            _restart(tmp, bar, spec, len(written.bad_rows), len(rows.keep))
         bar.close()
-        if not shards_out:
-            raise TfkitError(f"CSV {csv}: every image was bad; nothing to write")
-
-        features = {"image": "bytes", "id": "bytes", "group": "bytes", "label": "int64", "fold": "int64",
-                    "height": "int64", "width": "int64"}
-        for c in meta_cols:
-            features[f"meta/{c}"] = "float32" if meta_spec[c]["kind"] == "numeric" else "int64"
-        for spec in meta_spec.values():
-            spec.pop("_index", None)
-        manifest = {
-            "tfkit_version": __version__,
-            "split": split,
-            "n_examples": int(sum(s["count"] for s in shards_out)),
-            "classes": classes,
-            "task": ("binary" if len(classes) == 2 else "multiclass") if classes else None,
-            "image": {
-                "size": [size, size] if size else (list(next(iter(sizes))) if len(sizes) == 1 else None),
-                "channels": 3, "format": "jpeg", "quality": int(quality),
-                "resize": "shorter side to size, centre crop" if size else None,
-                "passed_through": int(n_passed),
-                "verify": verify,
-            },
-            "features": features,
-            "metadata": meta_spec,
-            "folds": {
-                "n_folds": int(n_folds) if split == "train" else 0,
-                "method": "tfkit.folds.assign_folds (triple-stratified: groups, classes, group sizes)"
-                if split == "train" else None,
-                "seed": int(seed), "label_col": label_col if has_labels else None, "group_col": group_col,
-            },
-            "shards": shards_out,
-            "skipped": sorted(skipped, key=lambda d: d["row"]),
-            "columns": {"id": id_col, "label": label_col if has_labels else None, "group": group_col,
-                        "path": path_col},
-            "source": {"csv": str(csv), "images": str(images)},
-        }
-        write_csv(tmp / "folds.csv", pd.DataFrame(written_ids, columns=["id", "fold"]))
-        write_json(tmp / "manifest.json", manifest)
-    if progress:
-        print(f"wrote {manifest['n_examples']} examples in {len(shards_out)} shards to {out_p}"
-              + (f" ({len(skipped)} bad rows skipped)" if skipped else ""), file=sys.stderr)
+        if not written.shards:
+            raise TfkitError(f"CSV {spec.csv}: every image was bad; nothing to write")
+        manifest = manifest_dict(spec, targets, layout, written, bad)
+        write_csv(tmp / FOLDS_FILE, _table(written.ids, ["id", "fold"]))
+        write_csv(tmp / SOURCE_SIZES, _table(written.source_sizes, ["id", "height", "width"]))
+        write_json(tmp / MANIFEST_FILE, manifest)
+    if spec.progress:
+        print(f"wrote {manifest['n_examples']} examples in {len(written.shards)} shards to {spec.out}"
+              + (f" ({len(bad.skipped)} bad rows skipped)" if bad.skipped else ""), file=sys.stderr)
     return manifest
+
+
+def _progress_bar(spec: BuildSpec, total: int, stack: contextlib.ExitStack) -> Any:
+    from tqdm.auto import tqdm
+
+    return stack.enter_context(tqdm(total=total, unit="img", desc="build-records", disable=not spec.progress))
+
+
+def _restart(tmp: Any, bar: Any, spec: BuildSpec, n_bad: int, n_rows: int) -> None:
+    for p in tmp.iterdir():
+        p.unlink()
+    if spec.progress:
+        bar.write(f"tfkit: {n_bad} unreadable image(s) skipped; assigning folds without them "
+                  "and writing the shards again", file=sys.stderr)
+    bar.reset(total=n_rows)
+
+
+def _table(rows: list[tuple], columns: list[str]) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=columns)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """What is fixed before any image is read.
+
+    Attributes:
+        rows: the rows laid out; a position indexes its lists.
+        ids, groups: per position.
+        folds: int64 fold per position (-1 for the test split).
+        meta_spec: the metadata columns' specs, over these rows.
+        plan: ``(fold, shard index, positions)`` of every shard, in file order.
+        encoder: frames each position's record.
+    """
+
+    rows: Rows
+    ids: list[str]
+    groups: list[str]
+    folds: Any
+    meta_spec: dict[str, dict]
+    plan: list[tuple[int, int, list[int]]]
+    encoder: ExampleEncoder
+
+    @property
+    def order(self) -> list[int]:
+        """Every position, in the order the records are written."""
+        return [j for _, _, positions in self.plan for j in positions]
+
+
+def plan_layout(spec: BuildSpec, frame: Any, targets: Targets, rows: Rows, train_manifest: dict | None) -> Layout:
+    """Assign folds, take the metadata statistics and plan the shards of ``rows``."""
+    sub = frame.iloc[rows.keep].reset_index(drop=True)
+    ids = [v.strip() for v in sub[spec.id_col].tolist()]
+    groups = [g.strip() for g in sub[spec.group_col].tolist()] if spec.group_col else list(ids)
+    labels = targets.of(rows.keep)
+    folds = assign_row_folds(spec, ids, labels, groups)
+    meta_spec = metadata_spec(sub, spec.meta_cols, (train_manifest or {}).get("metadata"))
+    meta = {c: sub[c].tolist() for c in spec.meta_cols}
+    encoder = ExampleEncoder(ids, groups, labels, folds, meta, meta_spec)
+    return Layout(rows, ids, groups, folds, meta_spec, plan_shards(folds, spec.shard_size), encoder)
+
+
+def assign_row_folds(spec: BuildSpec, ids: list[str], labels: list[Any], groups: list[str]) -> Any:
+    """The fold of each row (train: stratified by label, groups kept together; test: -1).
+
+    Raises:
+        TfkitError: more folds than groups.
+    """
+    import numpy as np
+    import pandas as pd
+
+    if not spec.train:
+        return np.full(len(ids), -1, np.int64)
+    n_groups = len(set(groups))
+    if spec.n_folds > n_groups:
+        raise TfkitError(f"--folds {spec.n_folds} exceeds the number of groups ({n_groups}) in {spec.csv}")
+    fold_frame = pd.DataFrame({"id": ids, "label": labels, "group": groups})
+    # n_bins=0: class indices are categories; with > 50 classes assign_folds would
+    # otherwise read them as a numeric target and bin index ranges.
+    folds = folds_mod.assign_folds(fold_frame, spec.n_folds, "label", "group", seed=spec.seed, n_bins=0)
+    return np.asarray(folds, dtype=np.int64)
+
+
+def plan_shards(folds: Any, shard_size: int) -> list[tuple[int, int, list[int]]]:
+    """Each fold's positions (in row order) split evenly into ``ceil(n / shard_size)`` shards.
+
+    Example:
+        >>> plan_shards([1, 0, 1, 1], 2)
+        [(0, 0, [1]), (1, 0, [0, 2]), (1, 1, [3])]
+    """
+    import numpy as np
+
+    plan: list[tuple[int, int, list[int]]] = []
+    for f in sorted({int(f) for f in folds}):
+        positions = [j for j, fj in enumerate(folds) if fj == f]
+        n_shards = math.ceil(len(positions) / shard_size)
+        for s, chunk in enumerate(np.array_split(np.array(positions, dtype=np.int64), n_shards)):
+            plan.append((f, s, chunk.tolist()))
+    return plan
+
+
+@dataclasses.dataclass
+class Written:
+    """What one pass over the shard plan wrote."""
+
+    shards: list[dict] = dataclasses.field(default_factory=list)
+    sizes: set[tuple[int, int]] = dataclasses.field(default_factory=set)  # stored (height, width)
+    n_passed: int = 0  # images stored byte-for-byte
+    ids: list[tuple[str, int]] = dataclasses.field(default_factory=list)  # (id, fold) in file order
+    source_sizes: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)  # (id, height, width)
+    bad_rows: set[int] = dataclasses.field(default_factory=set)  # CSV rows whose image could not be read
+
+
+def write_shards(spec: BuildSpec, layout: Layout, stream: RecordStream, writer: ShardWriter, bad: BadRows,
+                 bar: Any) -> Written:
+    """Write every shard of ``layout.plan`` from ``stream``; unreadable images go to ``bad``.
+
+    Raises:
+        TfkitError: an unreadable image without ``skip_bad``.
+    """
+    written = Written()
+    records = iter(stream)
+    for fold, shard, positions in layout.plan:
+        with writer.open(spec.split, fold, shard) as out:
+            for _ in positions:
+                res = next(records)
+                bar.update(1)
+                if res.error is not None:
+                    i = layout.rows.keep[res.row]
+                    bad.report(i, layout.ids[res.row], layout.rows.paths[res.row], res.error)
+                    written.bad_rows.add(i)
+                    continue
+                out.add(res.data)
+                written.sizes.add((res.height, res.width))
+                written.n_passed += bool(res.passed)
+                written.ids.append((layout.ids[res.row], int(layout.folds[res.row])))
+                written.source_sizes.append((layout.ids[res.row], res.source_height, res.source_width))
+            info = out.close()
+        if info is not None:
+            written.shards.append(info)
+    return written
+
+
+def manifest_dict(spec: BuildSpec, targets: Targets, layout: Layout, written: Written, bad: BadRows) -> dict:
+    """The ``manifest.json`` of a build: classes, image format, features, metadata, folds, shards."""
+    features = {"image": "bytes", "id": "bytes", "group": "bytes", "label": "int64", "fold": "int64",
+                "height": "int64", "width": "int64", **feature_types(layout.meta_spec)}
+    sizes = written.sizes
+    return {
+        "tfkit_version": __version__,
+        "split": spec.split,
+        "n_examples": int(sum(s["count"] for s in written.shards)),
+        "classes": targets.classes,
+        "task": targets.task,
+        "image": {
+            "size": [spec.size, spec.size] if spec.size else (list(next(iter(sizes))) if len(sizes) == 1 else None),
+            "channels": 3, "format": "jpeg", "quality": int(spec.quality),
+            "resize": "shorter side to size, centre crop" if spec.size else None,
+            "passed_through": int(written.n_passed),
+            "verify": spec.verify,
+        },
+        "features": features,
+        "metadata": layout.meta_spec,
+        "folds": {
+            "n_folds": int(spec.n_folds) if spec.train else 0,
+            "method": "tfkit.folds.assign_folds (triple-stratified: groups, classes, group sizes)"
+            if spec.train else None,
+            "seed": int(spec.seed), "label_col": targets.label_col, "group_col": spec.group_col,
+        },
+        "shards": written.shards,
+        "skipped": bad.sorted(),
+        "columns": {"id": spec.id_col, "label": targets.label_col, "group": spec.group_col, "path": spec.path_col},
+        "source": {"csv": str(spec.csv), "images": str(spec.images)},
+    }

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import struct
@@ -276,3 +277,24 @@ def crc32c(data: bytes, crc: int = 0) -> int:
     if _crc_impl is None:
         crc32c_backend()
     return _crc_impl[1](data, crc)
+
+
+def preloading_crc32c(fn: Callable) -> Callable:
+    """Pick the CRC32C implementation in a thread while ``fn`` reads the CSV and assigns
+    folds (TensorFlow's library takes ~0.2 s to load from a cold disk); ``fn`` calls
+    :func:`crc32c_backend` (which waits for it) before it writes anything to stderr."""
+
+    def preload() -> None:
+        with contextlib.suppress(TfkitError):  # raised again, in the caller, on first use
+            crc32c_backend()
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        loader = threading.Thread(target=preload, name="tfkit-crc32c", daemon=True)
+        loader.start()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            loader.join()
+
+    return run

@@ -165,7 +165,11 @@ def check_jpeg(raw: bytes, header: JpegHeader, verify: str = "decode") -> None:
             marker (catches truncation, not bit errors inside the data; microseconds).
 
     Example:
-        >>> check_jpeg(open("a.jpg", "rb").read(), jpeg_header(open("a.jpg", "rb").read()))  # doctest: +SKIP
+        >>> raw = b"\\xff\\xd8...no end marker"
+        >>> check_jpeg(raw, None, verify="markers")
+        Traceback (most recent call last):
+        ...
+        ValueError: truncated JPEG (no end-of-image marker)
     """
     if b"\xff\xd9" not in raw[-64:]:
         # complete JPEGs end with EOI (decoders tolerate a little padding after it)
@@ -187,8 +191,19 @@ def read_image_file(path: str) -> bytes:
     return raw
 
 
-def encode_image(path: str, size: int | None, quality: int, verify: str = "decode") -> tuple[bytes, int, int, bool]:
-    """Read one image file and return the JPEG bytes to store.
+class StoredImage(NamedTuple):
+    """An image as a record stores it, with the size of the file it came from."""
+
+    data: bytes  # encoded image
+    height: int  # stored size
+    width: int
+    passed_through: bool  # the file's own bytes
+    source_height: int  # the file's size, upright (EXIF orientation applied)
+    source_width: int
+
+
+def store_image(path: str, size: int | None, quality: int, verify: str = "decode") -> StoredImage:
+    """Read one image file and return the JPEG bytes to store, with the file's own size.
 
     Args:
         path: image file.
@@ -197,14 +212,16 @@ def encode_image(path: str, size: int | None, quality: int, verify: str = "decod
         verify: integrity check of a passed-through JPEG (see :func:`check_jpeg`).
 
     Returns:
-        ``(jpeg_bytes, height, width, passed_through)``: the file's own bytes when
-        :func:`passes_through`, else a re-encoded upright 8-bit RGB JPEG.
+        A :class:`StoredImage`: the file's own bytes when :func:`passes_through`, else a
+        re-encoded upright 8-bit RGB JPEG.
 
     Raises:
         ValueError: empty or truncated file; OSError/other Pillow errors for unreadable images.
 
-    Example:
-        >>> data, h, w, raw = encode_image("a.jpg", 256, 95)  # doctest: +SKIP
+    Example (an image folder at hand)::
+
+        stored = store_image("images/a.jpg", 256, 95)
+        stored.height, stored.source_height  # 256 and the file's own height
     """
     from PIL import Image, ImageOps
 
@@ -212,20 +229,34 @@ def encode_image(path: str, size: int | None, quality: int, verify: str = "decod
     header = jpeg_header(raw)
     if passes_through(header, size):
         check_jpeg(raw, header, verify)
-        return raw, header.height, header.width, True
+        return StoredImage(raw, header.height, header.width, True, header.height, header.width)
     img = Image.open(io.BytesIO(raw))
+    source = img.size  # (width, height) of the file, before any reduced-scale decode
     if size is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
         # Let libjpeg decode at a reduced scale while both sides stay >= 2*size
         # (keeps antialiasing quality, much faster for large photos).
         img.draft(img.mode, (2 * size, 2 * size))
     img.load()
+    loaded = img.size
     img = ImageOps.exif_transpose(img)
+    if img.size != loaded:  # turned a quarter by its EXIF orientation
+        source = source[::-1]
     img = _to_rgb8(img)
     if size is not None:
         img = ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC, centering=(0.5, 0.5))
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=int(quality))
-    return buf.getvalue(), img.height, img.width, False
+    return StoredImage(buf.getvalue(), img.height, img.width, False, source[1], source[0])
+
+
+def encode_image(path: str, size: int | None, quality: int, verify: str = "decode") -> tuple[bytes, int, int, bool]:
+    """:func:`store_image` without the source size: ``(jpeg_bytes, height, width, passed_through)``.
+
+    Example (an image folder at hand)::
+
+        data, h, w, passed_through = encode_image("images/a.jpg", 256, 95)
+    """
+    return store_image(path, size, quality, verify)[:4]
 
 
 def bad_image_reason(e: BaseException) -> str:

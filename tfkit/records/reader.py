@@ -3,9 +3,10 @@
 The only module of ``tfkit.records`` that imports TensorFlow (inside its functions:
 for ``gs://`` paths and the parser), so building records never pays for it.
 
-Example:
-    >>> files = shard_files("records", folds=[0])  # doctest: +SKIP
-    >>> parse = make_parser(load_manifest("records"))  # doctest: +SKIP
+Example (a records folder written by ``tfkit build-records``)::
+
+    files = shard_files("records", folds=[0])
+    parse = make_parser(load_manifest("records"))
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import dataclasses
 import os
 from typing import Any, Callable, Iterable, Mapping
 
-from tfkit.records.shards import parse_shard_name
+from tfkit.records.shards import MANIFEST_FILE, SOURCE_SIZES, parse_shard_name
 from tfkit.utils import TfkitError, read_json
 
 
@@ -31,15 +32,15 @@ def load_manifest(records_dir: str | os.PathLike) -> dict:
     Returns:
         The manifest dict.
 
-    Example:
-        >>> load_manifest("records")["classes"]  # doctest: +SKIP
-        ['0', '1', ..., '9']
+    Example (records of the digits)::
+
+        load_manifest("records")["classes"]  # ['0', '1', ..., '9']
     """
     import json
 
     path = str(records_dir)
     if not path.endswith(".json"):
-        path = path.rstrip("/") + "/manifest.json"
+        path = path.rstrip("/") + "/" + MANIFEST_FILE
     if _is_remote(path):
         import tensorflow as tf
 
@@ -50,6 +51,43 @@ def load_manifest(records_dir: str | os.PathLike) -> dict:
     if not os.path.isfile(path):
         raise TfkitError(f"manifest {path} not found (is {records_dir} a folder written by tfkit build-records?)")
     return read_json(path)
+
+
+def source_sizes(records_dir: str | os.PathLike) -> Any:
+    """Each image's size before it was stored (the file's own size, upright), from ``sizes.csv``.
+
+    The stored size is in the manifest (``image.size``) and in every example; this is
+    the size of the files the records were built from, which is what an input size is
+    chosen from.
+
+    Args:
+        records_dir: folder written by :func:`~tfkit.records.builder.build_records` (local or ``gs://``).
+
+    Returns:
+        pandas DataFrame with columns ``id`` (str), ``height``, ``width`` (int), in file order.
+
+    Raises:
+        TfkitError: no ``sizes.csv`` (records built before tfkit recorded it).
+
+    Example (records of the digits)::
+
+        source_sizes("records").value_counts(["height", "width"])  # (8, 8): 1437
+    """
+    import pandas as pd
+
+    path = str(records_dir).rstrip("/") + "/" + SOURCE_SIZES
+    if _is_remote(path):
+        import tensorflow as tf
+
+        found = tf.io.gfile.exists(path)
+        opener = tf.io.gfile.GFile
+    else:
+        found, opener = os.path.isfile(path), open
+    if not found:
+        raise TfkitError(f"{path} not found: records built before tfkit recorded the original image sizes "
+                         "(build them again to see them)")
+    with opener(path) as f:
+        return pd.read_csv(f, dtype={"id": str, "height": "int64", "width": "int64"}, keep_default_na=False)
 
 
 def shard_files(
@@ -68,9 +106,10 @@ def shard_files(
     Returns:
         Sorted list of file paths.
 
-    Example:
-        >>> shard_files("records", folds=[0, 1])  # doctest: +SKIP
-        ['records/train00-000-288.tfrec', 'records/train01-000-287.tfrec']
+    Example (records of the digits)::
+
+        shard_files("records", folds=[0, 1])
+        # ['records/train00-000-288.tfrec', 'records/train01-000-287.tfrec']
     """
     base = str(records_dir).rstrip("/")
     if _is_remote(base):
@@ -134,8 +173,9 @@ class FeatureMapping:
 def feature_spec(mapping: FeatureMapping) -> dict:
     """``tf.io.parse_single_example`` feature spec for a mapping (defaults for optional keys).
 
-    Example:
-        >>> spec = feature_spec(FeatureMapping())  # doctest: +SKIP
+    Example::
+
+        spec = feature_spec(FeatureMapping())  # {"image": FixedLenFeature([], tf.string), ...}
     """
     import tensorflow as tf
 
@@ -172,8 +212,9 @@ def make_parser(manifest_or_mapping: Mapping[str, Any] | FeatureMapping | None =
         (int64) and ``meta`` ({col: float32 numeric | int64 categorical}). Graph-safe
         (usable in ``Dataset.map``).
 
-    Example:
-        >>> ds = tf.data.TFRecordDataset(shard_files("records")).map(make_parser(load_manifest("records")))  # doctest: +SKIP
+    Example::
+
+        ds = tf.data.TFRecordDataset(shard_files("records")).map(make_parser(load_manifest("records")))
     """
     import tensorflow as tf
 

@@ -1,4 +1,5 @@
-"""Shard file names: ``train03-001-1234.tfrec`` = split, fold, shard index, example count.
+"""The files of a records folder: shard names (``train03-001-1234.tfrec`` = split, fold, shard
+index, example count) beside ``manifest.json``, ``folds.csv`` and ``sizes.csv``.
 
 Each shard holds one fold and carries fold, shard index and example count in its name
 (test: ``test-000-359.tfrec``), so a fold is a set of files and counts are known without
@@ -17,6 +18,10 @@ import re
 from typing import Iterable
 
 from tfkit.utils import TfkitError
+
+MANIFEST_FILE = "manifest.json"  # classes, task, image format, features, folds, shards (sha256)
+FOLDS_FILE = "folds.csv"  # id,fold of every example, in file order
+SOURCE_SIZES = "sizes.csv"  # id,height,width of each image file before resizing (upright)
 
 SHARD_RE = re.compile(r"^(?P<split>[A-Za-z_]+?)(?P<fold>\d+)?(?:-(?P<shard>\d+))?-(?P<count>\d+)\.tfrec(?:ord)?$")
 

@@ -21,21 +21,46 @@ import functools
 import multiprocessing as mp
 import os
 import sys
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
-from tfkit.records.images import bad_image_reason, check_jpeg, encode_image, jpeg_header, passes_through, read_image_file
+from tfkit.records.images import bad_image_reason, check_jpeg, jpeg_header, passes_through, read_image_file, store_image
 
-_Encoded = tuple[int, bytes | None, int, int, bool, str | None]
+class Encoded(NamedTuple):
+    """One row's image as a worker or the reading thread returns it (``data`` None when it is bad)."""
+
+    row: int
+    data: bytes | None  # encoded image; the framed record once :class:`RecordStream` yields it
+    height: int
+    width: int
+    passed: bool  # stored byte-for-byte (pass-through)
+    error: str | None  # why the image cannot be used
+    source_height: int = 0  # the file's own size, upright
+    source_width: int = 0
 
 
-def _encode_task(task: tuple[int, str, int | None, int, str]) -> _Encoded:
-    """Worker (process): re-encode one image; any failure becomes a per-row reason."""
-    pos, path, size, quality, verify = task
+class EncodeOptions(NamedTuple):
+    """How images are stored (see :func:`tfkit.records.images.encode_image`)."""
+
+    size: int | None
+    quality: int
+    verify: str
+
+
+def encode_row(row: int, path: str, options: EncodeOptions) -> Encoded:
+    """Re-encode one image (in a worker); any failure becomes the row's reason."""
     try:
-        data, h, w, passed = encode_image(path, size, quality, verify)
+        img = store_image(path, options.size, options.quality, options.verify)
     except Exception as e:  # noqa: BLE001 - any decoder failure is a bad image, reported per row
-        return pos, None, 0, 0, False, bad_image_reason(e)
-    return pos, data, h, w, passed, None
+        return Encoded(row, None, 0, 0, False, bad_image_reason(e))
+    return Encoded(row, img.data, img.height, img.width, img.passed_through, None, img.source_height, img.source_width)
+
+
+def _encode_chunk(tasks: list[tuple[int, str, EncodeOptions]]) -> list[Encoded]:
+    """Worker (process): re-encode a run of images (one message per run, not per image)."""
+    return [encode_row(*t) for t in tasks]
+
 
 def main_reimportable() -> bool:
     """Whether a ``spawn``/``forkserver`` child can import ``__main__`` again.
@@ -87,11 +112,6 @@ def worker_pool(n_workers: int, stack: contextlib.ExitStack) -> Callable[[], Any
     return pool
 
 
-def _encode_chunk(tasks: list[tuple[int, str, int | None, int, str]]) -> list[_Encoded]:
-    """Worker (process): re-encode a run of images (one message per run, not per image)."""
-    return [_encode_task(t) for t in tasks]
-
-
 def _prefetcher(paths: Iterable[str], ahead: int) -> Callable[[], None]:
     """Ask the kernel to start reading files ``ahead`` rows before they are needed.
 
@@ -124,18 +144,18 @@ def _prefetcher(paths: Iterable[str], ahead: int) -> Callable[[], None]:
     return advise_next
 
 
-def records_in_order(
-    rows: Sequence[int],
-    paths: Sequence[str],
-    frame: Callable[[int, bytes, int, int], bytes],
-    size: int | None,
-    quality: int,
-    verify: str,
-    n_workers: int,
-    pool: Callable[[], Any] | None,
-    stack: contextlib.ExitStack,
-) -> Iterator[tuple[int, bytes | None, int, int, bool, str | None]]:
-    """Each row's framed record, or the reason it is bad, in ``rows`` order.
+class _Batch:
+    """Re-encoding tasks sent to the pool together; ``result`` is the async result, then the list."""
+
+    __slots__ = ("tasks", "result")
+
+    def __init__(self) -> None:
+        self.tasks: list[tuple[int, str, EncodeOptions]] = []
+        self.result: Any = None
+
+
+class RecordStream:
+    """Each row's framed record, or the reason it is bad, in ``rows`` order (iterate once).
 
     This thread reads every file (the kernel prefetching the next ones) and parses
     its JPEG header. A JPEG that passes through never leaves this process: it is
@@ -146,86 +166,105 @@ def records_in_order(
     thread pool for reading and framing was 30-50% slower (GIL hand-offs), and a
     message per image to the workers 25% slower.
 
+    Args:
+        rows: positions into ``paths``, in the order records are wanted.
+        paths: image file of each position.
+        frame: ``frame(position, image bytes, height, width)`` -> framed record.
+        options: how images are stored.
+        n_workers: worker processes (and checking threads).
+        pool: :func:`worker_pool`'s result.
+        stack: owns the checking threads.
+
     Yields:
-        ``(row, framed record or None, height, width, passed_through, error or None)``.
+        :class:`Encoded` with the framed record as ``data`` (None when ``error``).
     """
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
 
-    batch = max(1, min(32, len(rows) // (n_workers * 8)))  # as imap's chunksize would
-    window = max(128, 3 * batch * n_workers)  # rows in flight: keeps workers busy
-    left = len(rows)  # rows not admitted yet: batches shrink near the end (guided
-    # scheduling) so no worker is still busy with a full batch while the others idle
-    max_bytes = 256 << 20  # and a bound on the bytes they hold
-    prefetch = _prefetcher((paths[j] for j in rows), ahead=64)
-    checkers = functools.cache(lambda: stack.enter_context(ThreadPoolExecutor(n_workers, "tfkit-verify")))
-    todo = iter(rows)
-    out: deque = deque()  # per row, in order: (kind, item, bytes held)
-    held = 0
-    filling: dict | None = None  # the batch of re-encode tasks not sent yet
+    MAX_BYTES = 256 << 20  # bound on the bytes of the records held in flight
 
-    def send(holder: dict) -> None:
-        nonlocal filling
-        holder["result"] = pool().apply_async(_encode_chunk, (holder["tasks"],))
-        if holder is filling:
-            filling = None
+    def __init__(self, rows: Sequence[int], paths: Sequence[str], frame: Callable[[int, bytes, int, int], bytes],
+                 options: EncodeOptions, n_workers: int, pool: Callable[[], Any] | None,
+                 stack: contextlib.ExitStack) -> None:
+        self.rows, self.paths, self.frame, self.options = rows, paths, frame, options
+        self.n_workers, self.pool = n_workers, pool
+        self.batch = max(1, min(32, len(rows) // (n_workers * 8)))  # as imap's chunksize would
+        self.window = max(128, 3 * self.batch * n_workers)  # rows in flight: keeps workers busy
+        # rows not admitted yet: batches shrink near the end (guided scheduling) so no
+        # worker is still busy with a full batch while the others idle
+        self.left = len(rows)
+        self.prefetch = _prefetcher((paths[j] for j in rows), ahead=64)
+        self.checkers = functools.cache(
+            lambda: stack.enter_context(ThreadPoolExecutor(n_workers, "tfkit-verify")))
+        self.filling: _Batch | None = None  # the batch of re-encode tasks not sent yet
 
-    def admit(j: int) -> tuple[str, Any, int]:
-        nonlocal filling, left
-        prefetch()
-        left -= 1
+    def __iter__(self) -> Iterator[Encoded]:
+        todo = iter(self.rows)
+        out: deque = deque()  # per row, in order: (kind, item, bytes held)
+        held = 0
+        while True:
+            while len(out) < self.window and held < self.MAX_BYTES:
+                j = next(todo, None)
+                if j is None:
+                    break
+                out.append(self._admit(j))
+                held += out[-1][2]
+            if not out:
+                return
+            kind, item, nbytes = out.popleft()
+            held -= nbytes
+            yield self._finish(kind, item)
+
+    def _admit(self, j: int) -> tuple[str, Any, int]:
+        """Start row ``j``: read it, and check and frame it here or queue it for a worker."""
+        self.prefetch()
+        self.left -= 1
+        verify = self.options.verify
         try:
-            raw = read_image_file(paths[j])
+            raw = read_image_file(self.paths[j])
             header = jpeg_header(raw)
-            if passes_through(header, size):
+            if passes_through(header, self.options.size):
                 if verify == "decode":
-                    return "check", (j, raw, header, checkers().submit(check_jpeg, raw, header, verify)), len(raw)
+                    return "check", (j, raw, header, self.checkers().submit(check_jpeg, raw, header, verify)), len(raw)
                 check_jpeg(raw, header, verify)
-                rec = frame(j, raw, header.height, header.width)
-                return "done", (j, rec, header.height, header.width, True, None), len(rec)
+                rec = self.frame(j, raw, header.height, header.width)
+                h, w = header.height, header.width
+                return "done", Encoded(j, rec, h, w, True, None, h, w), len(rec)
         except Exception as e:  # noqa: BLE001 - any read/decoder failure is a bad image, reported per row
-            return "done", (j, None, 0, 0, False, bad_image_reason(e)), 0
-        task = (j, paths[j], size, quality, verify)
-        if pool is None:
+            return "done", Encoded(j, None, 0, 0, False, bad_image_reason(e)), 0
+        task = (j, self.paths[j], self.options)
+        if self.pool is None:
             return "task", task, 0
-        if filling is None:
-            filling = {"tasks": [], "result": None}
-        filling["tasks"].append(task)
-        item = (filling, len(filling["tasks"]) - 1)
-        if len(filling["tasks"]) >= min(batch, 1 + left // (2 * n_workers)):
-            send(filling)
-        return "batch", item, 0
+        if self.filling is None:
+            self.filling = _Batch()
+        batch = self.filling
+        batch.tasks.append(task)
+        if len(batch.tasks) >= min(self.batch, 1 + self.left // (2 * self.n_workers)):
+            self._send(batch)
+        return "batch", (batch, len(batch.tasks) - 1), 0
 
-    while True:
-        while len(out) < window and held < max_bytes:
-            j = next(todo, None)
-            if j is None:
-                break
-            out.append(admit(j))
-            held += out[-1][2]
-        if not out:
-            return
-        kind, item, nbytes = out.popleft()
-        held -= nbytes
+    def _send(self, batch: _Batch) -> None:
+        batch.result = self.pool().apply_async(_encode_chunk, (batch.tasks,))
+        if batch is self.filling:
+            self.filling = None
+
+    def _finish(self, kind: str, item: Any) -> Encoded:
+        """Row's result, waiting for its check or its worker when needed."""
         if kind == "done":
-            yield item
-            continue
+            return item
         if kind == "check":
             j, raw, header, fut = item
             try:
                 fut.result()
             except Exception as e:  # noqa: BLE001 - as above
-                yield j, None, 0, 0, False, bad_image_reason(e)
-                continue
-            yield j, frame(j, raw, header.height, header.width), header.height, header.width, True, None
-            continue
+                return Encoded(j, None, 0, 0, False, bad_image_reason(e))
+            h, w = header.height, header.width
+            return Encoded(j, self.frame(j, raw, h, w), h, w, True, None, h, w)
         if kind == "task":
-            j, data, h, w, passed, err = _encode_task(item)
+            res = encode_row(*item)
         else:
-            holder, k = item
-            if holder["result"] is None:
-                send(holder)  # the next row to write waits on a batch that is not full yet
-            if not isinstance(holder["result"], list):
-                holder["result"] = holder["result"].get()
-            j, data, h, w, passed, err = holder["result"][k]
-        yield j, (frame(j, data, h, w) if err is None else None), h, w, passed, err
+            batch, k = item
+            if batch.result is None:
+                self._send(batch)  # the next row to write waits on a batch that is not full yet
+            if not isinstance(batch.result, list):
+                batch.result = batch.result.get()
+            res = batch.result[k]
+        return res if res.error is not None else res._replace(data=self.frame(res.row, res.data, res.height, res.width))

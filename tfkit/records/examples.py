@@ -1,0 +1,48 @@
+"""The features of each example: id, group, label, fold and metadata, then the image.
+
+Example:
+    >>> enc = ExampleEncoder(ids=["a"], groups=["g"], labels=[1], folds=[0], meta={}, meta_spec={})
+    >>> enc.record(0, b"jpeg", 4, 4) == image_record(enc.entries(0), b"jpeg", 4, 4)
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from tfkit.records.metadata import MetadataEncoder
+from tfkit.records.tfrecord import feature_entry, image_record
+
+
+class ExampleEncoder:
+    """Frames the record of the row at each position of a build (positions index every list).
+
+    Args:
+        ids, groups: per position.
+        labels: per position, the class index.
+        folds: per position (-1 for the test split).
+        meta: ``{col: per-position cell text}`` of the metadata columns.
+        meta_spec: :func:`tfkit.records.metadata.metadata_spec` of those columns.
+    """
+
+    def __init__(self, ids: Sequence[str], groups: Sequence[str], labels: Sequence[Any], folds: Sequence[int],
+                 meta: Mapping[str, Sequence[str]], meta_spec: Mapping[str, Mapping[str, Any]]) -> None:
+        self.ids, self.groups, self.labels, self.folds = ids, groups, labels, folds
+        self.meta = meta
+        self.meta_values = MetadataEncoder(meta_spec)
+
+    def entries(self, j: int) -> bytes:
+        """The serialized features of position ``j`` other than the image and its size."""
+        parts = [
+            feature_entry("id", self.ids[j]),
+            feature_entry("group", self.groups[j]),
+            feature_entry("label", int(self.labels[j])),
+            feature_entry("fold", int(self.folds[j])),
+        ]
+        for c, texts in self.meta.items():
+            parts.append(feature_entry(f"meta/{c}", self.meta_values.value(c, texts[j])))
+        return b"".join(parts)
+
+    def record(self, j: int, image: bytes, height: int, width: int) -> bytes:
+        """The framed TFRecord of position ``j`` with its encoded image."""
+        return image_record(self.entries(j), image, height, width)
