@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from tfkit import augment, data, records
 from tfkit.config import load_config
+from tfkit.manifest import resolve_task
 from tfkit.utils import TfkitError
 
 BATCH = 16
@@ -235,20 +236,20 @@ def test_encode_targets_per_task():
     np.testing.assert_array_equal(data.encode_targets(labels, "multiclass", 3).numpy(),
                                   [[1, 0, 0], [0, 0, 1], [0, 0, 0]])
     np.testing.assert_array_equal(data.encode_targets(tf.constant([1, 0]), "binary", 2).numpy(), [[1.0], [0.0]])
-    assert data.resolve_task({"task": "binary", "classes": ["a", "b"]}) == "binary"
+    assert resolve_task(manifest={"task": "binary", "classes": ["a", "b"]}) == "binary"
     with pytest.raises(TfkitError, match="2 classes"):
-        data.resolve_task({"classes": list("abc")}, "binary")
+        resolve_task("binary", manifest={"classes": list("abc")})
 
 
 def test_tasks_single_label_records_cannot_feed_are_refused():
     # Records store a class index: as a regression target it equals the value only for grades 0..K-1.
-    assert data.resolve_task({"classes": ["0", "1", "2", "3", "4"]}, "regression") == "regression"
+    assert resolve_task("regression", manifest={"classes": ["0", "1", "2", "3", "4"]}) == "regression"
     with pytest.raises(TfkitError, match="ordinal integer labels 0..K-1"):
-        data.resolve_task({"classes": ["1", "2", "3"]}, "regression")
+        resolve_task("regression", manifest={"classes": ["1", "2", "3"]})
     with pytest.raises(TfkitError, match="ordinal integer labels 0..K-1"):
-        data.resolve_task({"classes": ["0", "10", "20"]}, "regression")
+        resolve_task("regression", manifest={"classes": ["0", "10", "20"]})
     with pytest.raises(TfkitError, match="multilabel needs several labels per image"):
-        data.resolve_task({"classes": list("abc")}, "multilabel")
+        resolve_task("multilabel", manifest={"classes": list("abc")})
 
 
 def test_metadata_dict_input(meta_records):

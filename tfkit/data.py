@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -52,9 +52,9 @@ from tqdm.auto import tqdm
 from tfkit import augment as _augment
 from tfkit import records as _records
 from tfkit.config import Config
+from tfkit.manifest import TASKS, Manifest, resolve_task
 from tfkit.utils import TfkitError
 
-TASKS = ("binary", "multiclass", "multilabel", "regression")
 MODES = ("train", "eval", "predict")
 # Eval/predict read this many shards at once, deterministically: a fixed width
 # (never AUTOTUNE, which depends on the machine's core count) keeps the example
@@ -73,7 +73,6 @@ __all__ = [
     "read_index",
     "steps_per_epoch",
     "metadata_dim",
-    "resolve_task",
     "encode_targets",
     "select_files",
     "load_examples",
@@ -84,41 +83,8 @@ __all__ = [
 # --------------------------------------------------------------------------- helpers
 
 
-def _manifest(records: str, manifest: dict | None) -> dict:
-    return manifest if manifest is not None else _records.load_manifest(records)
-
-
-def resolve_task(manifest: dict, task: str = "auto") -> str:
-    """The task a run trains for.
-
-    Args:
-        manifest: the records' manifest (its ``task`` is used when ``task`` is "auto").
-        task: ``cfg.model.task``: "auto", "binary", "multiclass", "multilabel" or "regression".
-
-    Returns:
-        One of :data:`TASKS`.
-
-    Example:
-        >>> resolve_task({"task": "multiclass", "classes": list("abc")})
-        'multiclass'
-    """
-    resolved = manifest.get("task", "multiclass") if task == "auto" else task
-    if resolved not in TASKS:
-        raise TfkitError(f"model.task: expected auto or one of {', '.join(TASKS)}, got {task!r}")
-    if resolved == "binary" and len(manifest.get("classes", [])) not in (0, 2):
-        raise TfkitError(
-            f"model.task=binary needs 2 classes, the records have {len(manifest['classes'])}: {manifest['classes']}"
-        )
-    classes = [str(c) for c in manifest.get("classes") or []]
-    if resolved == "multilabel" and classes:
-        raise TfkitError("model.task=multilabel needs several labels per image; tfkit records store one class "
-                         "index per image (use multiclass, or records with a multi-hot target)")
-    if resolved == "regression" and classes and classes != [str(i) for i in range(len(classes))]:
-        # Records store the index of the label in the class list: it equals the
-        # value only for ordinal grades 0..K-1, so anything else would train on ranks.
-        raise TfkitError(f"model.task=regression needs ordinal integer labels 0..K-1 (e.g. grades), the records "
-                         f"have classes {classes[:8]}{'...' if len(classes) > 8 else ''}")
-    return resolved
+def _manifest(records: str, manifest: Mapping | None) -> Manifest:
+    return Manifest.from_dict(manifest if manifest is not None else _records.load_manifest(records))
 
 
 def encode_targets(labels: tf.Tensor, task: str, num_classes: int) -> tf.Tensor:
@@ -144,7 +110,7 @@ def encode_targets(labels: tf.Tensor, task: str, num_classes: int) -> tf.Tensor:
 
 
 def _meta_specs(manifest: dict, names: Sequence[str]) -> list[tuple[str, dict]]:
-    available = manifest.get("metadata") or {}
+    available = Manifest.from_dict(manifest).metadata
     specs = []
     for name in names:
         if name not in available:
@@ -217,12 +183,12 @@ def select_files(records: str, folds: Sequence[int] | None = None, manifest: dic
         ['records/train00-000-360.tfrec']
     """
     manifest = _manifest(records, manifest)
-    split = manifest.get("split", "train")
+    split = manifest.split
     if folds is not None:
         folds = [int(f) for f in folds]
         if split != "train":
             raise TfkitError(f"{records}: folds={folds} asked of {split} records, which have no folds")
-        n_folds = int((manifest.get("folds") or {}).get("n_folds") or 0)
+        n_folds = manifest.n_folds
         bad = [f for f in folds if not 0 <= f < n_folds]
         if bad:
             raise TfkitError(f"{records}: fold(s) {bad} out of range, the records have folds 0..{n_folds - 1}")
@@ -275,8 +241,8 @@ def _examples(files: list[str], parse: Callable, train: bool, seed: int, determi
     return ds.map(parse, num_parallel_calls=DECODE_CALLS, deterministic=deterministic or not train)
 
 
-def _decoder(manifest: dict, image_size: int) -> Callable[[dict], dict]:
-    size = (manifest.get("image") or {}).get("size")
+def _decoder(manifest: Manifest, image_size: int) -> Callable[[dict], dict]:
+    size = manifest.image_size
 
     def decode(ex: dict) -> dict:
         ex = dict(ex)
@@ -338,7 +304,7 @@ def read_index(
     manifest = _manifest(records, manifest)
     files = select_files(records, folds, manifest)
     parse = _records.make_parser(manifest)
-    meta_cols = list((manifest.get("metadata") or {}).keys()) if extra else []
+    meta_cols = list(manifest.metadata) if extra else []
 
     def slim(ex: dict) -> dict:
         out = {"id": ex["id"], "label": ex["label"], "fold": ex["fold"], "group": ex["group"]}
@@ -368,7 +334,7 @@ def read_index(
         frame["height"] = data["height"].astype(np.int64)
         frame["width"] = data["width"].astype(np.int64)
         for c in meta_cols:
-            spec = manifest["metadata"][c]
+            spec = manifest.metadata[c]
             v = data[f"meta/{c}"]
             if spec["kind"] == "numeric":
                 frame[c] = v.astype(np.float64)
@@ -485,7 +451,7 @@ def build_dataset(
     if dcfg.augment_on not in ("host", "device"):
         raise TfkitError(f"data.augment_on: expected host or device, got {dcfg.augment_on!r}")
     manifest = _manifest(records, manifest)
-    if mode != "predict" and (manifest.get("columns") or {"label": True}).get("label") is None:
+    if mode != "predict" and not manifest.has_labels:
         raise TfkitError(f"{records}: the records hold no labels (built without a label column); "
                          f"mode={mode!r} needs them, use mode='predict'")
     files = select_files(records, folds, manifest)
@@ -496,8 +462,8 @@ def build_dataset(
     size = int(dcfg.image_size)
     seed = int(dcfg.seed)
     # Predict needs no targets (and unlabelled test records may have no task).
-    task = resolve_task(manifest, cfg.model.task) if mode != "predict" else None
-    num_classes = len(manifest.get("classes") or [])
+    task = resolve_task(cfg.model.task, manifest=manifest) if mode != "predict" else None
+    num_classes = manifest.num_classes
     meta_names = list(dcfg.metadata or [])
     encode_meta = _meta_encoder(manifest, meta_names) if meta_names else None
 

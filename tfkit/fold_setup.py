@@ -26,42 +26,19 @@ from tfkit import data as tfdata
 from tfkit import records as tfrec
 from tfkit.config import Config
 from tfkit.losses import create_loss
+from tfkit.manifest import Manifest, resolve_task
 from tfkit.metrics import keras_metrics
 from tfkit.models import model_from_config
 from tfkit.strategy import get_strategy, set_mixed_precision
 from tfkit.train_step import TrainingModel
 from tfkit.utils import TfkitError
 
-__all__ = ["FoldSetup", "check_folds", "n_folds_of", "with_size"]
+__all__ = ["FoldSetup", "with_size"]
 
 
 def with_size(cfg: Config, size: int) -> Config:
     """A copy of ``cfg`` whose data section uses ``size`` pixels."""
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_size=int(size)))
-
-
-def n_folds_of(manifest: dict) -> int:
-    """``folds.n_folds`` of a train records' manifest (one line naming the fix when absent)."""
-    try:
-        return int(manifest["folds"]["n_folds"])
-    except (KeyError, TypeError, ValueError):
-        raise TfkitError("manifest.json has no folds.n_folds: build the records with --split train")
-
-
-def check_folds(folds: Sequence[int], n_folds: int) -> list[int]:
-    """The sorted unique folds, each checked to be one of ``0..n_folds-1`` (and ``n_folds`` >= 2).
-
-    Example:
-        >>> check_folds([2, 0, 2], 5)
-        [0, 2]
-    """
-    out = sorted(set(int(f) for f in folds))
-    bad = [f for f in out if not 0 <= f < n_folds]
-    if bad:
-        raise TfkitError(f"--folds: fold(s) {bad} do not exist (the records have folds 0..{n_folds - 1})")
-    if n_folds < 2:
-        raise TfkitError(f"the records have {n_folds} fold; K-fold training needs at least 2")
-    return out
 
 
 @dataclasses.dataclass
@@ -73,7 +50,7 @@ class FoldSetup:
 
     cfg: Config
     records: Path
-    manifest: dict
+    manifest: Manifest
     fold: int
     train_folds: list[int]
     task: str
@@ -83,7 +60,8 @@ class FoldSetup:
     meta_dim: int
 
     @classmethod
-    def create(cls, cfg: Config, records: str | os.PathLike, fold: int, manifest: dict | None = None) -> "FoldSetup":
+    def create(cls, cfg: Config, records: str | os.PathLike, fold: int,
+               manifest: Manifest | dict | None = None) -> "FoldSetup":
         """Check ``fold`` against the records, pick the strategy and mixed precision.
 
         Args:
@@ -95,10 +73,9 @@ class FoldSetup:
         Returns:
             The set-up.
         """
-        manifest = manifest or tfrec.load_manifest(records)
-        n_folds = n_folds_of(manifest)
-        fold = check_folds([fold], n_folds)[0]
-        task = tfdata.resolve_task(manifest, cfg.model.task)  # a task the records cannot feed fails here
+        manifest = Manifest.from_dict(manifest or tfrec.load_manifest(records))
+        fold = manifest.check_folds([fold])[0]
+        task = resolve_task(cfg.model.task, manifest=manifest)  # a task the records cannot feed fails here
         if cfg.data.augment_on not in ("host", "device"):
             raise TfkitError(f"data.augment_on: expected host or device, got {cfg.data.augment_on!r}")
         strategy = get_strategy()
@@ -107,8 +84,8 @@ class FoldSetup:
             raise TfkitError("train.sam_rho > 0 runs on one replica only (the perturbation is per-device)")
         meta_dim = tfdata.metadata_dim(manifest, cfg.data.metadata) if cfg.data.metadata else 0
         return cls(cfg=cfg, records=Path(records), manifest=manifest, fold=fold,
-                   train_folds=[f for f in range(n_folds) if f != fold], task=task,
-                   classes=list(manifest["classes"]), strategy=strategy,
+                   train_folds=[f for f in range(manifest.n_folds) if f != fold], task=task,
+                   classes=manifest.classes, strategy=strategy,
                    global_batch=cfg.data.batch_size * strategy.num_replicas_in_sync, meta_dim=meta_dim)
 
     @property

@@ -25,9 +25,9 @@ from typing import Any, Callable, Sequence
 import keras
 from keras import layers, ops
 
+from tfkit.manifest import resolve_task
 from tfkit.utils import TfkitError
 
-TASKS = ("binary", "multiclass", "multilabel", "regression")
 POOLINGS = ("avg", "max", "gem")
 
 # Caffe-style ImageNet channel means, in BGR order (keras.applications.resnet50).
@@ -215,29 +215,6 @@ def _spec(name: str) -> _Spec:
     if name not in _MODELS:
         raise TfkitError(f"model.name: unknown model {name!r} (expected one of: {', '.join(list_models())})")
     return _MODELS[name]
-
-
-def resolve_task(task: str, num_classes: int) -> str:
-    """Turn ``"auto"`` into ``"binary"`` (2 classes) or ``"multiclass"``; check the rest.
-
-    Args:
-        task: ``auto | binary | multiclass | multilabel | regression``.
-        num_classes: number of classes (labels for multilabel; ignored for regression).
-
-    Returns:
-        The concrete task.
-
-    Example:
-        >>> resolve_task("auto", 2), resolve_task("auto", 10)
-        ('binary', 'multiclass')
-    """
-    if task == "auto":
-        return "binary" if num_classes == 2 else "multiclass"
-    if task not in TASKS:
-        raise TfkitError(f"model.task: unknown task {task!r} (expected auto or one of: {', '.join(TASKS)})")
-    if task in ("multiclass", "multilabel") and num_classes < 2:
-        raise TfkitError(f"model.task={task} needs at least 2 classes, got {num_classes}")
-    return task
 
 
 def output_units(task: str, num_classes: int) -> int:

@@ -25,10 +25,15 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from tfkit.config import Config, PredictConfig, load_config
-from tfkit.utils import TfkitError, read_json, write_csv, write_json
+from tfkit.config import Config, PredictConfig
+from tfkit.manifest import Manifest, resolve_task
+from tfkit.metrics import lower_is_better
+from tfkit.records import IMAGE_EXTENSIONS, load_manifest
+from tfkit.run import RunFolder, oof_frame, oof_metrics, primary_metric, recompute_cv_frame
+from tfkit.utils import TfkitError, write_csv
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+# Image formats the builder reads (Pillow) but tf.io.decode_image cannot: predict them from records.
+_TF_CANNOT_DECODE = frozenset({".tif", ".tiff", ".webp"})
 TTA_MODES = ("dihedral", "flips", "augment")
 MAX_VIEWS = {"dihedral": 8, "flips": 4}
 AVERAGES = ("mean", "gmean")
@@ -39,7 +44,7 @@ _EPS = 1e-7
 # --------------------------------------------------------------------------- run folder
 
 
-def load_run(run: str | os.PathLike, overrides: Iterable[str] = ()) -> tuple[Config, dict]:
+def load_run(run: str | os.PathLike, overrides: Iterable[str] = ()) -> tuple[Config, Manifest]:
     """Read a run folder's resolved config (plus ``--set`` overrides) and manifest.
 
     Args:
@@ -52,21 +57,15 @@ def load_run(run: str | os.PathLike, overrides: Iterable[str] = ()) -> tuple[Con
     Raises:
         TfkitError: the folder, its config or its manifest is missing.
 
-    Example:
-        >>> cfg, manifest = load_run("runs/digits", ["predict.average=gmean"])  # doctest: +SKIP
+    Example::
+
+        cfg, manifest = load_run("runs/digits", ["predict.average=gmean"])
     """
-    run = Path(run)
-    if not run.is_dir():
-        raise TfkitError(f"run folder not found: {run}")
-    for name in ("config.yaml", "manifest.json"):
-        if not (run / name).is_file():
-            raise TfkitError(f"{run}: missing {name} (expected a run folder written by `tfkit train`)")
-    cfg = load_config(run / "config.yaml", overrides)
-    return cfg, read_json(run / "manifest.json")
+    return RunFolder(run).load(overrides)
 
 
 def run_folds(run: str | os.PathLike) -> list[int]:
-    """Folds of a run that finished training (``fold{k}/done.json`` and ``model.keras`` exist).
+    """Folds of a run that finished training (``done.json`` and ``model.keras`` exist).
 
     Args:
         run: run folder.
@@ -77,23 +76,15 @@ def run_folds(run: str | os.PathLike) -> list[int]:
     Raises:
         TfkitError: no fold has finished.
 
-    Example:
-        >>> run_folds("runs/digits")  # doctest: +SKIP
-        [0, 1, 2, 3, 4]
+    Example::
+
+        run_folds("runs/digits")   # [0, 1, 2, 3, 4]
     """
-    run = Path(run)
-    folds = []
-    for d in run.glob("fold*"):
-        suffix = d.name[4:]
-        if d.is_dir() and suffix.isdigit() and (d / "done.json").is_file() and (d / "model.keras").is_file():
-            folds.append(int(suffix))
-    if not folds:
-        raise TfkitError(f"{run}: no finished fold (expected fold<k>/model.keras and fold<k>/done.json)")
-    return sorted(folds)
+    return RunFolder(run).finished_folds()
 
 
 def load_models(run: str | os.PathLike, folds: Sequence[int] | None = None) -> list[Any]:
-    """Load the best model of each fold with ``safe_mode=True``.
+    """Load the model of each fold with ``safe_mode=True``.
 
     Args:
         run: run folder.
@@ -102,22 +93,12 @@ def load_models(run: str | os.PathLike, folds: Sequence[int] | None = None) -> l
     Returns:
         Keras models, in the order of ``folds``.
 
-    Example:
-        >>> models = load_models("runs/digits", folds=[0, 1])  # doctest: +SKIP
+    Example::
+
+        models = load_models("runs/digits", folds=[0, 1])
     """
-    import keras
-
-    import tfkit.models  # noqa: F401  registers tfkit's serialisable layers before loading
-
-    run = Path(run)
-    folds = run_folds(run) if folds is None else list(folds)
-    models = []
-    for k in folds:
-        path = run / f"fold{k}" / "model.keras"
-        if not path.is_file():
-            raise TfkitError(f"{path}: model not found (fold {k} has not finished training)")
-        models.append(keras.models.load_model(path, compile=False, safe_mode=True))
-    return models
+    folder = RunFolder(run)
+    return [folder.load_model(k) for k in (folder.finished_folds() if folds is None else folds)]
 
 
 def fold_weights(run: str | os.PathLike, folds: Sequence[int], how: str = "equal") -> np.ndarray:
@@ -141,10 +122,11 @@ def fold_weights(run: str | os.PathLike, folds: Sequence[int], how: str = "equal
         return np.full(n, 1.0 / n)
     if how != "cv":
         raise TfkitError(f"predict.fold_weights: expected 'equal' or 'cv', got {how!r}")
-    path = Path(run) / "cv.json"
+    folder = RunFolder(run)
+    path = folder.cv_path
     if not path.is_file():
         raise TfkitError(f"predict.fold_weights=cv needs {path}, which does not exist")
-    cv = read_json(path)
+    cv = folder.read_cv()
     primary = cv.get("primary")
     scores = []
     for k in folds:
@@ -154,8 +136,6 @@ def fold_weights(run: str | os.PathLike, folds: Sequence[int], how: str = "equal
             raise TfkitError(f"{path}: fold {k} has no finite '{primary}' score for predict.fold_weights=cv")
         scores.append(float(score))
     scores = np.asarray(scores, dtype=np.float64)
-    from tfkit.metrics import lower_is_better
-
     if lower_is_better(primary):
         if np.any(scores <= 0):
             raise TfkitError(f"{path}: '{primary}' must be positive to weight folds by 1/score, got {scores.tolist()}")
@@ -388,11 +368,12 @@ def predict_proba(
 def list_images(folder: str | os.PathLike, csv: str | os.PathLike | None = None, id_column: str = "id") -> pd.DataFrame:
     """Resolve the images to predict in a plain folder.
 
-    Without ``csv`` every ``.jpg/.jpeg/.png/.bmp`` file directly in ``folder`` is
-    used and its id is the file stem. With ``csv`` the rows (and their order) come
-    from the CSV's ``id_column``; a ``path`` column, if present, names each file
-    relative to ``folder``, otherwise the file is ``<id>.<ext>``. Every path must
-    stay inside ``folder``.
+    Without ``csv`` every image file directly in ``folder`` (the extensions of
+    :data:`tfkit.records.IMAGE_EXTENSIONS`) is used and its id is the file stem.
+    With ``csv`` the rows (and their order) come from the CSV's ``id_column``; a
+    ``path`` column, if present, names each file relative to ``folder``, otherwise
+    the file is ``<id>.<ext>``. Every path must stay inside ``folder``. TIFF and
+    WebP files, which TensorFlow cannot decode, are refused.
 
     Args:
         folder: images folder.
@@ -418,7 +399,7 @@ def list_images(folder: str | os.PathLike, csv: str | os.PathLike | None = None,
     if csv is None:
         if not files:
             raise TfkitError(f"--images: no {'/'.join(IMAGE_EXTENSIONS)} files in {root}")
-        return pd.DataFrame({"id": list(by_stem), "path": [str(p) for p in by_stem.values()]})
+        return _decodable(pd.DataFrame({"id": list(by_stem), "path": [str(p) for p in by_stem.values()]}))
     csv = Path(csv)
     if not csv.is_file():
         raise TfkitError(f"--csv: file not found: {csv}")
@@ -443,7 +424,16 @@ def list_images(folder: str | os.PathLike, csv: str | os.PathLike | None = None,
     if frame[id_column].duplicated().any():
         dup = frame[id_column][frame[id_column].duplicated()].iloc[0]
         raise TfkitError(f"{csv}: id {dup!r} appears more than once")
-    return pd.DataFrame({"id": frame[id_column].tolist(), "path": paths})
+    return _decodable(pd.DataFrame({"id": frame[id_column].tolist(), "path": paths}))
+
+
+def _decodable(images: pd.DataFrame) -> pd.DataFrame:
+    """``images`` unchanged, or a one-line error naming the first file TensorFlow cannot decode."""
+    for path in images["path"]:
+        if Path(path).suffix.lower() in _TF_CANNOT_DECODE:
+            raise TfkitError(f"--images: {Path(path).name}: TensorFlow cannot decode {Path(path).suffix} files; "
+                             "build test records from the folder instead (tfkit build-records --split test)")
+    return images
 
 
 def image_folder_dataset(paths: Sequence[str], image_size: int, batch_size: int) -> Any:
@@ -482,19 +472,11 @@ def image_folder_dataset(paths: Sequence[str], image_size: int, batch_size: int)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _task(cfg: Config, manifest: dict) -> str:
-    from tfkit.data import resolve_task
-
-    return resolve_task(manifest, cfg.model.task)
-
-
 def _image_size(run: str | os.PathLike, folds: Sequence[int], cfg: Config) -> int:
     """The input side the fold models were selected at (progressive resizing may
     end above ``data.image_size``); every fold must agree. Sets ``cfg.data.image_size``."""
-    sizes = set()
-    for k in folds:
-        done = read_json(Path(run) / f"fold{k}" / "done.json")
-        sizes.add(int(done.get("image_size") or cfg.data.image_size))
+    folder = RunFolder(run)
+    sizes = {int(folder.done(k).get("image_size") or cfg.data.image_size) for k in folds}
     if len(sizes) != 1:
         raise TfkitError(f"{run}: folds were trained at different image sizes {sorted(sizes)}; predict them separately")
     cfg.data.image_size = sizes.pop()
@@ -505,19 +487,15 @@ def _batch_size(cfg: Config) -> int:
     return int(cfg.predict.batch_size or cfg.data.batch_size)
 
 
-def _check_same_records(records: str | os.PathLike, manifest: dict) -> None:
+def _check_same_records(records: str | os.PathLike, manifest: Manifest) -> None:
     """Out-of-fold predictions are only out of fold on the records the run was
     trained on: other folds (another seed or K) would score images a model saw."""
-    from tfkit.records import load_manifest
-
-    own = load_manifest(str(records))
-    shards = lambda m: sorted((s["file"], s["sha256"]) for s in m.get("shards", []))  # noqa: E731
-    if own.get("folds") != manifest.get("folds") or shards(own) != shards(manifest):
+    if not manifest.same_source(load_manifest(str(records))):
         raise TfkitError(f"{records}: these are not the records the run was trained on (folds or shard checksums "
                          "differ from RUN/manifest.json); OOF scores on them would leak")
 
 
-def records_dataset(records: str | os.PathLike, cfg: Config, manifest: dict, folds: Sequence[int] | None = None):
+def records_dataset(records: str | os.PathLike, cfg: Config, manifest: Manifest, folds: Sequence[int] | None = None):
     """Deterministic predict-mode dataset of a records folder plus its aligned index.
 
     Args:
@@ -534,21 +512,18 @@ def records_dataset(records: str | os.PathLike, cfg: Config, manifest: dict, fol
         >>> ds, index = records_dataset("records/test", cfg, manifest)  # doctest: +SKIP
     """
     from tfkit import data
-    from tfkit.records import load_manifest
 
     records = str(records)
-    own = load_manifest(records)
-    if own.get("classes") and list(own["classes"]) != list(manifest["classes"]):
+    own = Manifest.from_dict(load_manifest(records))
+    manifest = Manifest.from_dict(manifest)
+    if own.classes and own.classes != manifest.classes:
         raise TfkitError(
             f"{records}: classes {own['classes']} differ from the run's {manifest['classes']} "
             "(build test records with --classes-from the training manifest)"
         )
     for col in cfg.data.metadata or []:
         # The model learned one encoding (vocabulary order, mean/std) of each column.
-        def spec(m: dict) -> dict:
-            return {k: v for k, v in (m.get("metadata") or {}).get(col, {}).items() if not k.startswith("_")}
-
-        if spec(own) != spec(manifest):
+        if own.metadata_spec(col) != manifest.metadata_spec(col):
             raise TfkitError(
                 f"{records}: metadata column {col!r} is encoded differently from the run's "
                 "(rebuild the records with --classes-from RUN/manifest.json)"
@@ -632,8 +607,6 @@ def submission_frame(ids: Sequence[str], out: np.ndarray, classes: Sequence[str]
 
 def _oof_layout(index: pd.DataFrame, out: np.ndarray, classes: Sequence[str], task: str) -> pd.DataFrame:
     """Predictions in ``oof.csv`` layout (id, fold, label, ``p_<class>``... or ``pred``)."""
-    from tfkit.train import oof_frame
-
     return oof_frame(index, np.asarray(out, dtype=np.float64), [str(c) for c in classes], task)
 
 
@@ -692,7 +665,7 @@ def predict(
         raise TfkitError("predict: --csv is used with --images only")
     cfg, manifest = load_run(run, overrides)
     pcfg = _resolve(cfg, tta)
-    task = _task(cfg, manifest)
+    task = resolve_task(cfg.model.task, manifest=manifest)
     check_tta(pcfg.tta, pcfg.tta_mode, pcfg.average, task)
     folds = run_folds(run)
     weights = fold_weights(run, folds, pcfg.fold_weights)
@@ -715,14 +688,11 @@ def predict(
     )
     if len(proba) != len(ids):
         raise TfkitError(f"predict: {len(proba)} predictions for {len(ids)} ids (records index and data disagree)")
-    frame = submission_frame(ids, proba, manifest["classes"], task, pcfg)
+    frame = submission_frame(ids, proba, manifest.classes, task, pcfg)
     labels = _known_labels(index) if records is not None else None
     if labels is not None:
-        from tfkit.train import recompute_cv_frame
-
-        held = _oof_layout(index.assign(fold=-1), proba, manifest["classes"], task)
-        frame.attrs["metrics"] = recompute_cv_frame(held, [str(c) for c in manifest["classes"]], task,
-                                                    names=cfg.train.metrics)["metrics"]
+        held = _oof_layout(index.assign(fold=-1), proba, manifest.classes, task)
+        frame.attrs["metrics"] = oof_metrics(held, manifest.classes, task, names=cfg.train.metrics)
     if out is not None:
         write_csv(out, frame)
     msg = f"predicted {len(frame)} images with {len(folds)} folds x {pcfg.tta} {pcfg.tta_mode} views ({pcfg.average})"
@@ -761,13 +731,11 @@ def oof_tta(
     Example:
         >>> oof_tta("runs/digits", "records/train", tta=4)["tta"]["accuracy"]  # doctest: +SKIP
     """
-    from tfkit.train import recompute_cv_frame
-
     cfg, manifest = load_run(run, overrides)
     pcfg = _resolve(cfg, tta)
-    task = _task(cfg, manifest)
+    task = resolve_task(cfg.model.task, manifest=manifest)
     check_tta(pcfg.tta, pcfg.tta_mode, pcfg.average, task)
-    classes = [str(c) for c in manifest["classes"]]
+    classes = manifest.classes
     folds = run_folds(run)
     _image_size(run, folds, cfg)
     _check_same_records(records, manifest)
@@ -785,16 +753,15 @@ def oof_tta(
     oof, oof_plain = pd.concat(with_tta, ignore_index=True), pd.concat(without, ignore_index=True)
     scored = recompute_cv_frame(oof, classes, task, names=cfg.train.metrics)
     plain = recompute_cv_frame(oof_plain, classes, task, names=cfg.train.metrics)
-    primary = next((m for m in cfg.train.metrics if m in scored["metrics"]), next(iter(scored["metrics"])))
+    primary = primary_metric(cfg.train.metrics, scored["metrics"])
     result: dict[str, Any] = {
         "n_views": pcfg.tta, "mode": pcfg.tta_mode, "average": pcfg.average, "primary": primary,
         "no_tta": plain["metrics"], "tta": scored["metrics"],
         "folds": {k: {"no_tta": plain["folds"][k], "tta": scored["folds"][k]} for k in scored["folds"]},
     }
-    write_csv(Path(run) / "oof_tta.csv", oof)
-    write_json(Path(run) / "cv_tta.json", result)
+    path = RunFolder(run).write_oof_tta(oof, result)
     print(
         f"OOF {primary}: {result['no_tta'][primary]:.4f} without TTA, {result['tta'][primary]:.4f} with "
-        f"{pcfg.tta} {pcfg.tta_mode} views ({pcfg.average}) -> {Path(run) / 'cv_tta.json'}"
+        f"{pcfg.tta} {pcfg.tta_mode} views ({pcfg.average}) -> {path}"
     )
     return result

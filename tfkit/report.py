@@ -29,7 +29,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from tfkit.utils import TfkitError, atomic_write, pyplot, read_json, save_figure, write_csv
+from tfkit.manifest import resolve_task
+from tfkit.run import RunFolder, oof_probabilities
+from tfkit.utils import TfkitError, atomic_write, pyplot, save_figure, write_csv
 
 N_BINS = 10
 
@@ -390,34 +392,29 @@ def report(
     Example:
         >>> report("runs/digits", records="records", gradcam_ids=["img_0007"])  # doctest: +SKIP
     """
-    from tfkit.predict import load_models, load_run, _task
-    from tfkit.train import oof_probabilities
-
     if fmt not in ("html", "md"):
         raise TfkitError(f"report: fmt must be 'html' or 'md', got {fmt!r}")
-    run = Path(run)
-    cfg, manifest = load_run(run)
-    if not (run / "oof.csv").is_file():
-        raise TfkitError(f"{run}: no oof.csv (train at least one fold first)")
-    task = _task(cfg, manifest)
+    folder = RunFolder(run)
+    cfg, manifest = folder.load()
+    oof = folder.read_oof()
+    task = resolve_task(cfg.model.task, manifest=manifest)
     if task not in ("binary", "multiclass"):
         raise TfkitError(f"report: task {task!r} is not supported (binary and multiclass only)")
-    classes = [str(c) for c in manifest["classes"]]
-    out = Path(out) if out is not None else run / "report"
+    classes = manifest.classes
+    out = Path(out) if out is not None else folder.report_dir
     out.mkdir(parents=True, exist_ok=True)
 
-    oof = pd.read_csv(run / "oof.csv", dtype={"id": str})
     proba = oof_probabilities(oof, classes, task)
     if task == "binary":
         proba = np.stack([1.0 - proba, proba], axis=1)
     labels = oof["label"].to_numpy().astype(int)
     pred = proba.argmax(1)
-    cv = read_json(run / "cv.json") if (run / "cv.json").is_file() else {}
+    cv = folder.read_cv()
     sections: list[tuple[str, str | None, pd.DataFrame | None, str]] = []
 
     summary = pd.DataFrame([{"metric": k, "value": v} for k, v in (cv.get("metrics") or {}).items()])
-    if (run / "cv_tta.json").is_file():
-        tta = read_json(run / "cv_tta.json")
+    tta = folder.read_cv_tta()
+    if tta is not None:
         summary["with TTA"] = [tta["tta"].get(k, float("nan")) for k in summary["metric"]]
         note_tta = f" 'with TTA': {tta['n_views']} {tta['mode']} views ({tta['average']}), cv_tta.json."
     else:
@@ -459,17 +456,17 @@ def report(
                              "Grad-CAM yet; run the report without --gradcam")
         sections.append(("Grad-CAM", None, None, "Left out: the models also take metadata inputs."))
     elif ids and records is not None:
-        _gradcam_section(run, cfg, records, oof, proba, classes, ids, out / "gradcam.png", load_models)
+        _gradcam_section(folder, cfg, records, oof, proba, classes, ids, out / "gradcam.png")
         sections.append(("Grad-CAM", "gradcam.png", None,
                          "Where each fold model looks: heatmaps of the last convolutional feature map for the "
                          "true class and the predicted class (out-of-fold models)."))
-    path = _write_page(out, fmt, f"tfkit report: {run.name}", sections)
+    path = _write_page(out, fmt, f"tfkit report: {folder.path.name}", sections)
     print(f"report -> {path}")
     return path
 
 
-def _gradcam_section(run: Path, cfg: Any, records: Any, oof: pd.DataFrame, proba: np.ndarray,
-                     classes: list[str], ids: list[str], path: Path, load_models: Any) -> Path:
+def _gradcam_section(folder: RunFolder, cfg: Any, records: Any, oof: pd.DataFrame, proba: np.ndarray,
+                     classes: list[str], ids: list[str], path: Path) -> Path:
     from tfkit.augment import resize_batch
     from tfkit.data import load_examples
 
@@ -483,7 +480,7 @@ def _gradcam_section(run: Path, cfg: Any, records: Any, oof: pd.DataFrame, proba
     cams: list[list[np.ndarray]] = [[] for _ in ids]
     titles: list[list[str]] = [[] for _ in ids]
     for k in sorted(set(int(f) for f in folds)):
-        (model,) = load_models(run, [k])
+        model = folder.load_model(k)
         size = int(model.input_shape[1] if not isinstance(model.input_shape, list) else model.input_shape[0][1])
         sel = [n for n, f in enumerate(folds) if f == k]
         x = resize_batch(ex["image"][sel], size)

@@ -23,12 +23,13 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
 from tfkit.config import Config
+from tfkit.manifest import Manifest, resolve_task
 from tfkit.utils import TfkitError, pyplot, save_figure, write_csv, write_json
 
 MAX_SIZE_BARS = 12  # more distinct stored sizes than this: histograms instead of bars
@@ -88,7 +89,7 @@ def _pick_ids(index: pd.DataFrame, n: int) -> list[str]:
     return picked
 
 
-def plot_augment_grid(records: str, cfg: Config, index: pd.DataFrame, manifest: dict, path: Path,
+def plot_augment_grid(records: str, cfg: Config, index: pd.DataFrame, manifest: Mapping, path: Path,
                       n_images: int = 8, n_draws: int = 4) -> Path:
     """Write the grid of original + augmented draws of the same images.
 
@@ -113,8 +114,9 @@ def plot_augment_grid(records: str, cfg: Config, index: pd.DataFrame, manifest: 
 
     ids = _pick_ids(index, n_images)
     ex = data.load_examples(records, ids, manifest=manifest, image_size=cfg.data.image_size)
-    task = data.resolve_task(manifest, cfg.model.task)
-    classes = list(manifest.get("classes") or [])
+    manifest = Manifest.from_dict(manifest)
+    task = resolve_task(cfg.model.task, manifest=manifest)
+    classes = manifest.classes
     y = data.encode_targets(tf.constant(np.maximum(ex["label"], 0)), task, len(classes))
     size = int(cfg.data.image_size)
     columns = [(augment.resize_batch(tf.constant(ex["image"]), size).numpy(), y.numpy(), "original")]
@@ -171,7 +173,7 @@ def plot_class_counts(counts: pd.DataFrame, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def eda_summary(index: pd.DataFrame, manifest: dict, source: pd.DataFrame | None = None) -> dict:
+def eda_summary(index: pd.DataFrame, manifest: Mapping, source: pd.DataFrame | None = None) -> dict:
     """Numbers behind ``eda.png``.
 
     Args:
@@ -190,7 +192,8 @@ def eda_summary(index: pd.DataFrame, manifest: dict, source: pd.DataFrame | None
         >>> eda_summary(read_index("records", extra=True), manifest)["n_examples"]  # doctest: +SKIP
         1437
     """
-    classes = list(manifest.get("classes") or [])
+    manifest = Manifest.from_dict(manifest)
+    classes = manifest.classes
     summary: dict[str, Any] = {
         "n_examples": int(len(index)),
         "image_sizes": _size_counts(index),
@@ -198,7 +201,7 @@ def eda_summary(index: pd.DataFrame, manifest: dict, source: pd.DataFrame | None
         "class_counts": {name: int((index["label"] == i).sum()) for i, name in enumerate(classes)},
         "metadata": {},
     }
-    for col, spec in (manifest.get("metadata") or {}).items():
+    for col, spec in manifest.metadata.items():
         v = index[col]
         entry: dict[str, Any] = {"kind": spec["kind"], "missing": int(v.isna().sum())}
         if spec["kind"] == "numeric":
@@ -241,7 +244,7 @@ def _plot_sizes(ax: Any, index: pd.DataFrame, summary: dict, source: pd.DataFram
     ax.set_title(f"image sizes ({distinct} distinct)", fontsize=9)
 
 
-def plot_eda(index: pd.DataFrame, manifest: dict, summary: dict, path: Path,
+def plot_eda(index: pd.DataFrame, manifest: Mapping, summary: dict, path: Path,
              source: pd.DataFrame | None = None) -> Path:
     """Write the EDA panels: image sizes (stored and original), per-class counts, metadata distributions.
 
@@ -260,7 +263,8 @@ def plot_eda(index: pd.DataFrame, manifest: dict, summary: dict, path: Path,
         >>> plot_eda(idx, manifest, eda_summary(idx, manifest), Path("eda.png"))  # doctest: +SKIP
     """
     plt = pyplot()
-    meta = list((manifest.get("metadata") or {}).items())
+    manifest = Manifest.from_dict(manifest)
+    meta = list(manifest.metadata.items())
     n_panels = 2 + len(meta)
     ncols = min(3, n_panels)
     nrows = math.ceil(n_panels / ncols)
@@ -288,7 +292,7 @@ def plot_eda(index: pd.DataFrame, manifest: dict, summary: dict, path: Path,
         ax.set_title(f"{col} ({spec['kind']}, {entry['missing']} missing)", fontsize=9)
     for ax in flat[n_panels:]:
         ax.axis("off")
-    fig.suptitle(f"records EDA: {manifest.get('split', '?')} split", fontsize=10)
+    fig.suptitle(f"records EDA: {manifest.split} split", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -319,11 +323,11 @@ def show(records: str, cfg: Config, out: str | os.PathLike, n_images: int = 8, n
         raise TfkitError(f"show: expected n_images >= 1 and n_draws >= 0, got {n_images} and {n_draws}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = records_mod.load_manifest(records)
+    manifest = Manifest.from_dict(records_mod.load_manifest(records))
     index = data.read_index(records, manifest=manifest, extra=True)
     if index.empty:
         raise TfkitError(f"{records}: the records hold no examples")
-    classes = list(manifest.get("classes") or [])
+    classes = manifest.classes
 
     paths = [plot_augment_grid(records, cfg, index, manifest, out / "augment_grid.png", n_images, n_draws)]
     counts = class_counts(index, classes)

@@ -59,16 +59,18 @@ import yaml
 from tfkit import data as tfdata
 from tfkit import records as tfrec
 from tfkit.callbacks import BestCheckpoint, ResumeCheckpoint, ResumeCommit, ResumeFolder, SwaCheckpoint, write_keras_model
-from tfkit.config import Config, config_to_dict, load_config, save_config
-from tfkit.fold_setup import FoldSetup, check_folds, n_folds_of
+from tfkit.config import Config, config_to_dict
+from tfkit.fold_setup import FoldSetup
 from tfkit.losses import class_weights
 from tfkit.lr_find import lr_find
-from tfkit.metrics import compute_metrics
+from tfkit.manifest import Manifest, resolve_task
 from tfkit.optim import create_optimizer, layer_multipliers, offset_schedule
+from tfkit.run import (FoldFiles, RunFolder, oof_frame, oof_metrics, oof_probabilities, primary_metric, recompute_cv,
+                       recompute_cv_frame)
 from tfkit.scheduler import create_schedule, schedule_callbacks
 from tfkit.swa import SWA_BN_BATCHES, SwaAverage, bn_update, swa_start
 from tfkit.train_step import TrainingModel
-from tfkit.utils import TfkitError, pyplot, read_json, save_figure, seed_everything, write_csv, write_json
+from tfkit.utils import TfkitError, pyplot, save_figure, seed_everything
 
 __all__ = ["train", "train_fold", "lr_find", "oof_frame", "oof_probabilities", "recompute_cv", "recompute_cv_frame",
            "TrainingModel", "bn_update", "FoldSetup", "phases"]
@@ -135,12 +137,13 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
 
         summary = train_fold(cfg, "records", 0, "runs/r1")
     """
-    fold_dir = Path(out) / f"fold{fold}"
-    if (fold_dir / "done.json").is_file():
-        return read_json(fold_dir / "done.json")
+    run = RunFolder(out)
+    if run.fold(fold).done.is_file():
+        return run.done(fold)
     setup = FoldSetup.create(cfg, records, fold, manifest)
     fold = setup.fold
-    fold_dir.mkdir(parents=True, exist_ok=True)
+    files = run.fold(fold)
+    files.dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     steps = tfdata.steps_per_epoch(records, setup.train_folds, setup.global_batch)
     if steps < 1:
@@ -151,7 +154,7 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
             raise TfkitError(f"train.class_weight: expected null or balanced, got {cfg.train.class_weight!r}")
         labels = tfdata.read_index(records, folds=setup.train_folds, manifest=setup.manifest)["label"].to_numpy()
         cw = class_weights(labels, setup.num_classes)
-    resume = ResumeFolder(fold_dir / "resume")
+    resume = ResumeFolder(files.resume)
     state = resume.load_state()
     resumed_from = state["epoch"]
     if resumed_from and cfg.train.verbose:
@@ -159,7 +162,7 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
     start = swa_start(cfg.train)
     swa = resume.load_swa(state, start) if start is not None else None
     if state["epoch"] == 0:
-        (fold_dir / "best.keras").unlink(missing_ok=True)  # a stale one from a deleted attempt
+        files.best.unlink(missing_ok=True)  # a stale one from a deleted attempt
 
     seed_everything(cfg.train.seed + fold)
     if cfg.train.deterministic:
@@ -179,7 +182,7 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
         wrapper.fit(setup.dataset(phase["size"], "train", deterministic=cfg.train.deterministic),
                     validation_data=setup.dataset(phase["size"], "eval", folds=[fold]).repeat(),
                     epochs=phase["end"], initial_epoch=state["epoch"],
-                    callbacks=[*_fold_callbacks(setup, fold_dir, resume, inner, state, phase, swa), *callbacks], **fit_args)
+                    callbacks=[*_fold_callbacks(setup, files, resume, inner, state, phase, swa), *callbacks], **fit_args)
         if state.get("stopped"):
             break
 
@@ -188,17 +191,17 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
         raise TfkitError(f"fold {fold}: validation rows carry folds {sorted(index['fold'].unique())}")
     size, swa_info = int(state["best_size"] or cfg.data.image_size), None
     if swa is not None and swa.count:
-        size, swa_info = _finish_swa(setup, fold_dir, swa, plan, state, index, best_size=size)
-    if not (fold_dir / "model.keras").is_file():
+        size, swa_info = _finish_swa(setup, files, swa, plan, state, index, best_size=size)
+    if not files.model.is_file():
         raise TfkitError(f"fold {fold}: no checkpoint was written (monitor {cfg.train.monitor} never finite)")
-    frame, metrics = _evaluate(setup, fold_dir / "model.keras", size, index)
-    write_csv(fold_dir / "oof.csv", frame)
+    frame, metrics = _evaluate(setup, files.model, size, index)
+    run.write_oof(frame, fold)
     summary = dict(fold=fold, metrics=metrics, best_epoch=state["best_epoch"], best=state["best"],
                    monitor=cfg.train.monitor, epochs_run=state["epoch"], image_size=size, swa=swa_info,
                    n_train=setup.count(setup.train_folds), n_val=int(len(index)),
                    replicas=setup.strategy.num_replicas_in_sync,
                    resumed_from_epoch=resumed_from, seconds=round(time.time() - t_start, 1))
-    write_json(fold_dir / "done.json", summary)
+    run.write_done(fold, summary)
     resume.remove()
     keras.backend.clear_session()
     return summary
@@ -225,18 +228,18 @@ def _build_phase(setup: FoldSetup, phase: dict, previous: keras.Model | None, st
     return wrapper, inner
 
 
-def _fold_callbacks(setup: FoldSetup, fold_dir: Path, resume: ResumeFolder, inner: keras.Model, state: dict,
+def _fold_callbacks(setup: FoldSetup, files: FoldFiles, resume: ResumeFolder, inner: keras.Model, state: dict,
                     phase: dict, swa: SwaAverage | None) -> list:
     """tfkit's callbacks of one phase, in the order :mod:`tfkit.callbacks` describes."""
     t = setup.cfg.train
-    cbs: list = [ResumeCheckpoint(resume, fold_dir / "history.csv", inner, state, phase)]
+    cbs: list = [ResumeCheckpoint(resume, files.history, inner, state, phase)]
     if t.ema > 0:
         cbs.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
-    cbs.append(BestCheckpoint(fold_dir / "model.keras", inner, state, t.monitor, t.early_stopping, phase["size"]))
+    cbs.append(BestCheckpoint(files.model, inner, state, t.monitor, t.early_stopping, phase["size"]))
     if swa is not None:
         cbs.append(SwaCheckpoint(swa, resume, inner, state))
     return [*cbs, ResumeCommit(resume, state),
-            keras.callbacks.TensorBoard(str(fold_dir / "logs"), write_graph=False, profile_batch=0),
+            keras.callbacks.TensorBoard(str(files.logs), write_graph=False, profile_batch=0),
             *schedule_callbacks(t)]
 
 
@@ -247,11 +250,10 @@ def _evaluate(setup: FoldSetup, path: Path, size: int, index: pd.DataFrame) -> t
     if len(index) != len(proba):
         raise TfkitError(f"fold {setup.fold}: {len(proba)} predictions for {len(index)} validation rows")
     frame = oof_frame(index, proba, setup.classes, setup.task)
-    return frame, _clean(compute_metrics(index["label"].to_numpy(), oof_probabilities(frame, setup.classes, setup.task),
-                                         setup.task, names=setup.cfg.train.metrics, num_classes=setup.num_classes))
+    return frame, oof_metrics(frame, setup.classes, setup.task, setup.cfg.train.metrics)
 
 
-def _finish_swa(setup: FoldSetup, fold_dir: Path, swa: SwaAverage, plan: list[dict], state: dict,
+def _finish_swa(setup: FoldSetup, files: FoldFiles, swa: SwaAverage, plan: list[dict], state: dict,
                 index: pd.DataFrame, best_size: int) -> tuple[int, dict]:
     """Write the SWA model (BatchNorm recomputed) as model.keras, keeping the best epoch as best.keras.
 
@@ -260,8 +262,9 @@ def _finish_swa(setup: FoldSetup, fold_dir: Path, swa: SwaAverage, plan: list[di
     """
     # SWA always becomes model.keras (it is what was asked for); the best epoch stays as best.keras.
     # The rename happens once, so a kill after it and a re-run still evaluate the true best checkpoint.
-    if (fold_dir / "model.keras").is_file() and not (fold_dir / "best.keras").is_file():
-        os.replace(fold_dir / "model.keras", fold_dir / "best.keras")
+    model, best = files.model, files.best
+    if model.is_file() and not best.is_file():
+        os.replace(model, best)
     last = state["epoch"] - 1
     phase = next(p for p in plan if p["start"] <= last < p["end"])
     size = int(phase["size"])
@@ -271,94 +274,18 @@ def _finish_swa(setup: FoldSetup, fold_dir: Path, swa: SwaAverage, plan: list[di
             setup.freeze_backbone(swa_model)
         swa.assign_to(swa_model)
         n_bn = bn_update(swa_model, setup.dataset(size, "eval"), max_batches=SWA_BN_BATCHES)
-    write_keras_model(swa_model, fold_dir / "model.keras")
-    best = fold_dir / "best.keras"
+    write_keras_model(swa_model, model)
     best_metrics = _evaluate(setup, best, best_size, index)[1] if best.is_file() else None
     return size, dict(swa.info(), bn_batches=n_bn, image_size=size, best_checkpoint_metrics=best_metrics)
-
-
-def _clean(metrics: dict) -> dict:
-    return {k: (float(v) if np.ndim(v) == 0 else v) for k, v in metrics.items()}
-
-
-def oof_frame(index: pd.DataFrame, proba: np.ndarray, classes: list[str], task: str) -> pd.DataFrame:
-    """Predictions in the ``oof.csv`` layout: ``id, fold, label, p_<class>...``.
-
-    Args:
-        index: rows in prediction order (``tfkit.data.read_index``), with id, fold, label.
-        proba: model outputs ``[N, C]`` (binary may be ``[N, 1]``; regression ``[N, 1]``).
-        classes: class names, in the manifest's order.
-        task: the run's task.
-
-    Returns:
-        The frame (regression: a ``pred`` column instead of ``p_<class>``).
-
-    Example:
-        >>> oof_frame(pd.DataFrame({"id": ["a"], "fold": [0], "label": [1]}), np.array([[0.2, 0.8]]), ["x", "y"], "multiclass")
-          id  fold  label  p_x  p_y
-        0  a     0      1  0.2  0.8
-    """
-    frame = index[["id", "fold", "label"]].reset_index(drop=True).copy()
-    if task == "regression":
-        frame["pred"] = proba.reshape(len(frame), -1)[:, 0]
-        return frame
-    if task == "binary" and proba.ndim == 2 and proba.shape[1] == 1:
-        proba = np.concatenate([1.0 - proba, proba], axis=1)
-    if proba.ndim != 2 or proba.shape[1] != len(classes):
-        raise TfkitError(f"model outputs shape {proba.shape}, expected [N, {len(classes)}] for classes {classes}")
-    for j, c in enumerate(classes):
-        frame[f"p_{c}"] = proba[:, j]
-    return frame
-
-
-def oof_probabilities(frame: pd.DataFrame, classes: list[str], task: str) -> np.ndarray:
-    """The prediction array ``compute_metrics`` expects, from ``oof.csv`` columns.
-
-    Args:
-        frame: ``oof.csv`` as a DataFrame.
-        classes: class names (manifest order).
-        task: binary | multiclass | multilabel | regression.
-
-    Returns:
-        ``[N]`` positive-class probability (binary) or prediction (regression),
-        else ``[N, C]`` probabilities.
-
-    Example:
-        >>> p = oof_probabilities(pd.read_csv("run/oof.csv"), classes, "multiclass")  # doctest: +SKIP
-    """
-    if task == "regression":
-        return frame["pred"].to_numpy(dtype=np.float64)
-    p = frame[[f"p_{c}" for c in classes]].to_numpy(dtype=np.float64)
-    return p[:, 1] if task == "binary" else p
-
-
-def recompute_cv(run: str | os.PathLike) -> dict:
-    """Recompute the overall and per-fold metrics of a run from its ``oof.csv``.
-
-    Args:
-        run: run folder.
-
-    Returns:
-        ``{"metrics": {...}, "folds": {"k": {...}}}``: what ``cv.json`` holds.
-
-    Example:
-        >>> recompute_cv("runs/digits")["metrics"]["accuracy"]  # doctest: +SKIP
-    """
-    run = Path(run)
-    manifest = read_json(run / "manifest.json")
-    task = read_json(run / "cv.json")["task"] if (run / "cv.json").is_file() else manifest.get("task", "multiclass")
-    frame = pd.read_csv(run / "oof.csv", dtype={"id": str})
-    names = load_config(run / "config.yaml").train.metrics
-    return recompute_cv_frame(frame, [str(c) for c in manifest["classes"]], task, names=names)
 
 
 # --------------------------------------------------------------------------- all folds
 
 
-def _check_resume_config(cfg: Config, path: Path) -> None:
-    if not path.is_file():
+def _check_resume_config(cfg: Config, run: RunFolder) -> None:
+    if not run.config_path.is_file():
         return
-    with open(path, encoding="utf-8") as f:
+    with open(run.config_path, encoding="utf-8") as f:
         old = yaml.safe_load(f) or {}
     new = config_to_dict(cfg)
     diffs = []
@@ -370,7 +297,7 @@ def _check_resume_config(cfg: Config, path: Path) -> None:
             if before != value and not (isinstance(value, tuple) and list(value) == before):
                 diffs.append(f"{section}.{key}: {before!r} -> {value!r}")
     if diffs:
-        raise TfkitError(f"{path.parent} was trained with another config ({'; '.join(diffs[:3])}); "
+        raise TfkitError(f"{run.path} was trained with another config ({'; '.join(diffs[:3])}); "
                          "use a new --out or restore the config")
 
 
@@ -389,69 +316,46 @@ def train(cfg: Config, records: str | os.PathLike, out: str | os.PathLike,
         The ``cv.json`` dict: ``metrics`` (out-of-fold over every finished fold),
         ``folds`` (per fold), ``primary`` (the headline metric's name), ``task``.
 
-    Example:
-        >>> cv = train(load_config("tfkit/configs/digits.yaml"), "records", "runs/d")  # doctest: +SKIP
+    Example::
+
+        cv = train(load_config("tfkit/configs/digits.yaml"), "records", "runs/d")
     """
-    out = Path(out)
-    manifest = tfrec.load_manifest(records)
-    n_folds = n_folds_of(manifest)
-    chosen = check_folds(folds if folds is not None else (cfg.train.folds if cfg.train.folds is not None
-                                                           else range(n_folds)), n_folds)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_resume_config(cfg, out / "config.yaml")
-    save_config(cfg, out / "config.yaml")
-    write_json(out / "manifest.json", manifest)
+    run = RunFolder(out)
+    manifest = Manifest.from_dict(tfrec.load_manifest(records))
+    if folds is None:
+        folds = cfg.train.folds if cfg.train.folds is not None else range(manifest.require_folds())
+    chosen = manifest.check_folds(folds)
+    run.path.mkdir(parents=True, exist_ok=True)
+    _check_resume_config(cfg, run)
+    run.write_config(cfg)
+    run.write_manifest(manifest)
     t0 = time.time()
     for k in chosen:
         train_fold(cfg, records, k, out, manifest=manifest, callbacks=callbacks)
-    cv = _write_cv(cfg, out, manifest)
-    _plot_curves(out)
+    cv = _write_cv(cfg, run, manifest)
+    _plot_curves(run)
     _print_summary(cv, time.time() - t0)
     return cv
 
 
-def _write_cv(cfg: Config, out: Path, manifest: dict) -> dict:
-    done = sorted(int(p.parent.name[4:]) for p in out.glob("fold*/done.json"))
-    frames = [pd.read_csv(out / f"fold{k}" / "oof.csv", dtype={"id": str}) for k in done]
-    oof = pd.concat(frames, ignore_index=True)
+def _write_cv(cfg: Config, run: RunFolder, manifest: Manifest) -> dict:
+    done = run.trained_folds(with_models=False)
+    oof = pd.concat([run.read_oof(k) for k in done], ignore_index=True)
     if oof["id"].duplicated().any():
-        raise TfkitError(f"{out}: id {oof['id'][oof['id'].duplicated()].iloc[0]!r} is predicted by two folds")
-    write_csv(out / "oof.csv", oof)
-    task = tfdata.resolve_task(manifest, cfg.model.task)
-    cv = recompute_cv_frame(oof, [str(c) for c in manifest["classes"]], task, names=cfg.train.metrics)
+        raise TfkitError(f"{run.path}: id {oof['id'][oof['id'].duplicated()].iloc[0]!r} is predicted by two folds")
+    run.write_oof(oof)
+    task = resolve_task(cfg.model.task, manifest=manifest)
+    cv = recompute_cv_frame(oof, manifest.classes, task, names=cfg.train.metrics)
     for k in done:
-        info = read_json(out / f"fold{k}" / "done.json")
+        info = run.done(k)
         cv["folds"][str(k)].update(best_epoch=info["best_epoch"], epochs_run=info["epochs_run"],
                                    seconds=info["seconds"], n_val=info["n_val"])
         if info.get("swa"):
             cv["folds"][str(k)]["swa"] = info["swa"]
-    primary = next((m for m in cfg.train.metrics if m in cv["metrics"]), next(iter(cv["metrics"]), None))
-    cv.update(primary=primary, task=task, n_folds_trained=len(done), n_folds=n_folds_of(manifest))
-    write_json(out / "cv.json", cv)
+    cv.update(primary=primary_metric(cfg.train.metrics, cv["metrics"]), task=task, n_folds_trained=len(done),
+              n_folds=manifest.n_folds)
+    run.write_cv(cv)
     return cv
-
-
-def recompute_cv_frame(oof: pd.DataFrame, classes: list[str], task: str,
-                       names: Sequence[str] | None = None) -> dict:
-    """Overall and per-fold metrics of an OOF frame (``oof.csv`` layout).
-
-    Args:
-        oof: DataFrame with id, fold, label and ``p_<class>`` (or ``pred``) columns.
-        classes: class names in manifest order.
-        task: the task name.
-        names: metric names (``cfg.train.metrics``); ``None`` for every applicable one.
-
-    Returns:
-        ``{"metrics": {...}, "folds": {"k": {...}}}``.
-
-    Example:
-        >>> recompute_cv_frame(pd.read_csv("run/oof.csv"), ["0", "1"], "binary")  # doctest: +SKIP
-    """
-    def m(part: pd.DataFrame) -> dict:
-        return _clean(compute_metrics(part["label"].to_numpy(), oof_probabilities(part, classes, task), task,
-                                      names=names, num_classes=len(classes)))
-
-    return {"metrics": m(oof), "folds": {str(int(k)): m(p) for k, p in oof.groupby("fold", sort=True)}}
 
 
 def _print_summary(cv: dict, seconds: float) -> None:
@@ -467,9 +371,9 @@ def _print_summary(cv: dict, seconds: float) -> None:
         print(f"CV {p}: {cv['metrics'][p]:.4f} ({cv['n_folds_trained']}/{cv['n_folds']} folds)")
 
 
-def _plot_curves(out: Path) -> Path | None:
+def _plot_curves(run: RunFolder) -> Path | None:
     plt = pyplot()
-    hist = {int(p.parent.name[4:]): pd.read_csv(p) for p in sorted(out.glob("fold*/history.csv"))}
+    hist = run.histories()
     if not hist:
         return None
     metric_cols = sorted({c[4:] for h in hist.values() for c in h.columns if c.startswith("val_") and c != "val_loss"})
@@ -488,5 +392,5 @@ def _plot_curves(out: Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    return save_figure(fig, out / "curves.png", dpi=100)
+    return save_figure(fig, run.curves_path, dpi=100)
 

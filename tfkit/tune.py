@@ -54,7 +54,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import keras_tuner
 import yaml
+from keras_tuner.engine.base_tuner import BaseTuner
 
 from tfkit.config import (
     Config,
@@ -63,6 +65,8 @@ from tfkit.config import (
     config_to_dict,
     save_config,
 )
+from tfkit.manifest import Manifest
+from tfkit.run import RunFolder
 from tfkit.utils import TfkitError, prepare_out_dir, read_json, write_csv, write_json
 
 SPEC_KEYS = ("choice", "min", "max", "step", "log", "boolean", "fixed", "default")
@@ -375,8 +379,6 @@ def parse_objective(objective: str) -> Any:
         >>> parse_objective("val_loss").direction, parse_objective("val_qwk:max").direction
         ('min', 'max')
     """
-    import keras_tuner
-
     text = str(objective).strip()
     name, _, direction = text.partition(":")
     name, direction = name.strip(), direction.strip().lower()
@@ -409,8 +411,6 @@ def build_oracle(name: str, objective: Any, max_trials: int, seed: int = 42, max
         >>> build_oracle("random", parse_objective("val_loss"), max_trials=5)  # doctest: +ELLIPSIS
         <...RandomSearchOracle object at ...>
     """
-    import keras_tuner
-
     if not isinstance(max_trials, int) or max_trials < 1:
         raise TfkitError(f"--trials: expected a positive integer, got {max_trials!r}")
     common = dict(objective=objective, seed=seed, max_retries_per_trial=0, max_consecutive_failed_trials=3)
@@ -432,13 +432,7 @@ def build_oracle(name: str, objective: Any, max_trials: int, seed: int = 42, max
 # --------------------------------------------------------------------------- hypermodel + tuner
 
 
-def _hypermodel_base() -> type:
-    import keras_tuner
-
-    return keras_tuner.HyperModel
-
-
-class SpaceHyperModel(_hypermodel_base()):  # type: ignore[misc]
+class SpaceHyperModel(keras_tuner.HyperModel):
     """A ``keras_tuner.HyperModel`` whose ``build(hp)`` returns the trial's Config.
 
     Args:
@@ -467,13 +461,8 @@ class SpaceHyperModel(_hypermodel_base()):  # type: ignore[misc]
         return cfg
 
 
-def _fatal_error_type() -> type:
-    from keras_tuner.errors import FatalError
-
-    class TfkitFatalError(FatalError):
-        """A user-fixable error inside a trial: stop the search, do not retry."""
-
-    return TfkitFatalError
+class TfkitFatalError(keras_tuner.errors.FatalError):
+    """A user-fixable error inside a trial: stop the search, do not retry."""
 
 
 def fold_score(result: Mapping[str, Any], name: str) -> float:
@@ -506,13 +495,7 @@ def fold_score(result: Mapping[str, Any], name: str) -> float:
     )
 
 
-def _base_tuner() -> type:
-    from keras_tuner.engine.base_tuner import BaseTuner
-
-    return BaseTuner
-
-
-class KFoldTuner(_base_tuner()):  # type: ignore[misc]
+class KFoldTuner(BaseTuner):
     """Keras Tuner tuner whose trials are tfkit K-fold training runs.
 
     ``run_trial`` builds the trial's Config with the hypermodel, trains each
@@ -547,7 +530,7 @@ class KFoldTuner(_base_tuner()):  # type: ignore[misc]
         hypermodel: Any,
         records: str | os.PathLike,
         folds: list[int],
-        manifest: dict | None = None,
+        manifest: Manifest | dict | None = None,
         train_fn: Callable[..., Mapping[str, Any]] | None = None,
         directory: str | os.PathLike | None = None,
         project_name: str = PROJECT,
@@ -574,16 +557,17 @@ class KFoldTuner(_base_tuner()):  # type: ignore[misc]
             run_dir = self.trial_run_dir(trial.trial_id)
             run_dir.mkdir(parents=True, exist_ok=True)
             # A trial's folder is a tfkit run: `tfkit predict --run` works on it.
-            save_config(cfg, run_dir / "config.yaml")
+            run = RunFolder(run_dir)
+            run.write_config(cfg)
             if self.manifest is not None:
-                write_json(run_dir / "manifest.json", self.manifest)
+                run.write_manifest(self.manifest)
             if self.isolate:
                 results = _run_isolated(self.train_fn, cfg, self.records, self.folds, run_dir, self.manifest)
             else:
                 results = _train_folds(self.train_fn, cfg, self.records, self.folds, run_dir, self.manifest)
             scores = {k: fold_score(r, name) for k, r in zip(self.folds, results)}
         except TfkitError as e:
-            raise _fatal_error_type()(str(e)) from e
+            raise TfkitFatalError(str(e)) from e
         score = sum(scores.values()) / len(scores)
         write_json(run_dir / _TRIAL_FILE, {
             "trial_id": trial.trial_id, "tuner_id": self.tuner_id, "objective": name, "score": score,
@@ -608,7 +592,7 @@ class KFoldTuner(_base_tuner()):  # type: ignore[misc]
 
 
 def _train_folds(train_fn: Callable[..., Mapping[str, Any]], cfg: Config, records: str, folds: list[int],
-                 run_dir: Path, manifest: dict | None) -> list[Mapping[str, Any]]:
+                 run_dir: Path, manifest: Manifest | dict | None) -> list[Mapping[str, Any]]:
     results = []
     for k in folds:
         results.append(train_fn(cfg, records, k, run_dir, manifest=manifest))
@@ -617,7 +601,7 @@ def _train_folds(train_fn: Callable[..., Mapping[str, Any]], cfg: Config, record
 
 
 def _run_isolated(train_fn: Callable[..., Mapping[str, Any]], cfg: Config, records: str, folds: list[int],
-                  run_dir: Path, manifest: dict | None) -> list[Mapping[str, Any]]:
+                  run_dir: Path, manifest: Manifest | dict | None) -> list[Mapping[str, Any]]:
     """Train the folds in a fresh (spawned) process that exits afterwards.
 
     TF/Keras keep about 20 MiB per trained model after ``clear_session()``
@@ -860,21 +844,17 @@ def tune(
         >>> tune(load_config("base.yaml"), "space.yaml", "records", "tune", tuner="hyperband",
         ...      max_trials=30, objective="val_loss", cv=True)  # doctest: +SKIP
     """
-    import keras_tuner
-
     from tfkit.records import load_manifest
 
     search_space = space if isinstance(space, SearchSpace) else load_space(space)
     obj = parse_objective(objective)
-    manifest = load_manifest(records)
-    n_folds = int(manifest["folds"]["n_folds"])
+    manifest = Manifest.from_dict(load_manifest(records))
+    n_folds = manifest.require_folds()
     if cv:
         folds = list(cfg.train.folds) if cfg.train.folds is not None else list(range(n_folds))
     else:
         folds = [fold]
-    bad = [k for k in folds if not 0 <= k < n_folds]
-    if bad:
-        raise TfkitError(f"--fold/train.folds: fold(s) {bad} do not exist in {records} (it has folds 0..{n_folds - 1})")
+    manifest.check_folds(folds, option="--fold/train.folds")
 
     role = _role()
     out = Path(out)

@@ -1,0 +1,296 @@
+"""The run folder: one object owns its layout, its files and what is computed from them.
+
+``tfkit train`` writes a run folder; ``predict``, ``report`` and ``tune`` read it
+(a tuning trial's folder is a run folder too). Layout::
+
+    RUN/config.yaml      the resolved config (``tfkit train --config`` takes it back)
+    RUN/manifest.json    a copy of the training records' manifest
+    RUN/oof.csv          out-of-fold predictions of every finished fold: id, fold, label, p_<class>... (or pred)
+    RUN/cv.json          metrics recomputed from oof.csv alone, per fold and overall
+    RUN/curves.png       training curves of every fold
+    RUN/oof_tta.csv      RUN/cv_tta.json    written by ``tfkit predict --oof`` (OOF with TTA)
+    RUN/report/          written by ``tfkit report``
+    RUN/fold{k}/model.keras  the fold's model (best epoch, or SWA)   best.keras (with SWA)
+    RUN/fold{k}/done.json    the fold's summary; its presence marks the fold finished
+    RUN/fold{k}/oof.csv  history.csv  logs/ (TensorBoard)  resume/ (while training)
+
+Life cycle: ``train`` creates the folder and writes everything but the TTA
+files and the report; readers never write the training files.
+
+Example:
+    >>> import pandas as pd
+    >>> oof = pd.DataFrame({"id": ["a", "b", "c", "d"], "fold": [0, 0, 1, 1], "label": [0, 1, 1, 0],
+    ...                     "p_x": [0.9, 0.2, 0.4, 0.7], "p_y": [0.1, 0.8, 0.6, 0.3]})
+    >>> cv = recompute_cv_frame(oof, ["x", "y"], "multiclass", names=["accuracy"])
+    >>> cv["metrics"]["accuracy"], sorted(cv["folds"])
+    (1.0, ['0', '1'])
+    >>> primary_metric(["accuracy"], cv["metrics"])
+    'accuracy'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from tfkit.config import Config, load_config, save_config
+from tfkit.manifest import Manifest
+from tfkit.utils import TfkitError, read_json, write_csv, write_json
+
+__all__ = ["RunFolder", "FoldFiles", "oof_frame", "oof_probabilities", "oof_metrics", "recompute_cv", "recompute_cv_frame",
+           "primary_metric", "clean_metrics"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldFiles:
+    """The files of one fold, ``RUN/fold{k}/...``."""
+
+    dir: Path
+    model: Path  # the fold's model: the best epoch, or the SWA average
+    best: Path  # the best-epoch checkpoint kept beside an SWA model
+    done: Path  # the fold's summary; its presence marks the fold finished
+    history: Path
+    oof: Path
+    logs: Path  # TensorBoard
+    resume: Path  # owned by tfkit.callbacks.ResumeFolder while the fold trains
+
+
+class RunFolder:
+    """Paths and typed reads/writes of one run folder (see the module docstring for the layout).
+
+    Args:
+        path: the run folder (need not exist yet).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.config_path = self.path / "config.yaml"
+        self.manifest_path = self.path / "manifest.json"
+        self.oof_path = self.path / "oof.csv"
+        self.cv_path = self.path / "cv.json"
+        self.curves_path = self.path / "curves.png"
+        self.oof_tta_path = self.path / "oof_tta.csv"
+        self.cv_tta_path = self.path / "cv_tta.json"
+        self.report_dir = self.path / "report"
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def fold(self, k: int) -> FoldFiles:
+        """The paths of fold ``k``'s files."""
+        d = self.path / f"fold{int(k)}"
+        return FoldFiles(dir=d, model=d / "model.keras", best=d / "best.keras", done=d / "done.json",
+                         history=d / "history.csv", oof=d / "oof.csv", logs=d / "logs", resume=d / "resume")
+
+    # ----------------------------------------------------------------------- config and manifest
+
+    def check(self) -> None:
+        """A one-line error unless this is a run folder (config and manifest present)."""
+        if not self.path.is_dir():
+            raise TfkitError(f"run folder not found: {self.path}")
+        for p in (self.config_path, self.manifest_path):
+            if not p.is_file():
+                raise TfkitError(f"{self.path}: missing {p.name} (expected a run folder written by `tfkit train`)")
+
+    def load(self, overrides: Iterable[str] = ()) -> tuple[Config, Manifest]:
+        """The run's resolved config (plus ``--set`` overrides) and its manifest."""
+        self.check()
+        return load_config(self.config_path, overrides), Manifest.load(self.manifest_path)
+
+    def write_config(self, cfg: Config) -> None:
+        save_config(cfg, self.config_path)
+
+    def write_manifest(self, manifest: Manifest | dict) -> None:
+        write_json(self.manifest_path, Manifest.from_dict(manifest).to_dict())
+
+    # ----------------------------------------------------------------------- folds and models
+
+    def fold_numbers(self) -> list[int]:
+        """Sorted ``k`` of every ``fold{k}`` folder, finished or not."""
+        return sorted(int(d.name[4:]) for d in self.path.glob("fold*") if d.is_dir() and d.name[4:].isdigit())
+
+    def trained_folds(self, with_models: bool = True) -> list[int]:
+        """Sorted folds that finished training (``done.json``; with ``with_models`` also ``model.keras``)."""
+        return [k for k in self.fold_numbers()
+                if self.fold(k).done.is_file() and (not with_models or self.fold(k).model.is_file())]
+
+    def finished_folds(self) -> list[int]:
+        """:meth:`trained_folds` with models; a one-line error when none has finished."""
+        folds = self.trained_folds()
+        if not folds:
+            raise TfkitError(f"{self.path}: no finished fold (expected fold<k>/model.keras and fold<k>/done.json)")
+        return folds
+
+    def done(self, k: int) -> dict:
+        """The fold's summary (``done.json``)."""
+        return read_json(self.fold(k).done)
+
+    def write_done(self, k: int, summary: dict) -> None:
+        """Write the fold's summary: from now on the fold counts as finished."""
+        write_json(self.fold(k).done, summary)
+
+    def load_model(self, k: int) -> Any:
+        """Fold ``k``'s ``model.keras``, loaded with ``safe_mode=True`` and without compiling."""
+        import keras  # here, not at the top: reading a run's CSVs and JSONs needs no Keras
+
+        import tfkit.models  # noqa: F401  registers tfkit's serialisable layers before loading
+
+        path = self.fold(k).model
+        if not path.is_file():
+            raise TfkitError(f"{path}: model not found (fold {k} has not finished training)")
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+
+    def histories(self) -> dict[int, pd.DataFrame]:
+        """Each fold's ``history.csv`` (folds without one are left out)."""
+        return {k: pd.read_csv(self.fold(k).history) for k in self.fold_numbers() if self.fold(k).history.is_file()}
+
+    # ----------------------------------------------------------------------- OOF and CV
+
+    def read_oof(self, k: int | None = None) -> pd.DataFrame:
+        """``oof.csv`` of the run (or of fold ``k``), ids read as strings."""
+        path = self.oof_path if k is None else self.fold(k).oof
+        if not path.is_file():
+            raise TfkitError(f"{self.path}: no {path.name} (train at least one fold first)")
+        return pd.read_csv(path, dtype={"id": str})
+
+    def write_oof(self, frame: pd.DataFrame, k: int | None = None) -> None:
+        write_csv(self.oof_path if k is None else self.fold(k).oof, frame)
+
+    def read_cv(self) -> dict:
+        """``cv.json`` (``{}`` when absent)."""
+        return read_json(self.cv_path) if self.cv_path.is_file() else {}
+
+    def write_cv(self, cv: dict) -> None:
+        write_json(self.cv_path, cv)
+
+    def read_cv_tta(self) -> dict | None:
+        """``cv_tta.json`` of ``tfkit predict --oof``, or ``None``."""
+        return read_json(self.cv_tta_path) if self.cv_tta_path.is_file() else None
+
+    def write_oof_tta(self, frame: pd.DataFrame, result: dict) -> Path:
+        """Write ``oof_tta.csv`` and ``cv_tta.json``; returns the latter's path."""
+        write_csv(self.oof_tta_path, frame)
+        write_json(self.cv_tta_path, result)
+        return self.cv_tta_path
+
+
+def clean_metrics(metrics: dict) -> dict:
+    """Scalars as Python floats (JSON-ready); arrays are left as they are."""
+    return {k: (float(v) if np.ndim(v) == 0 else v) for k, v in metrics.items()}
+
+
+def primary_metric(names: Sequence[str], metrics: dict) -> str | None:
+    """The headline metric: the first of ``names`` (``train.metrics``) that was computed, else the first computed."""
+    return next((m for m in names if m in metrics), next(iter(metrics), None))
+
+
+def oof_frame(index: pd.DataFrame, proba: np.ndarray, classes: list[str], task: str) -> pd.DataFrame:
+    """Predictions in the ``oof.csv`` layout: ``id, fold, label, p_<class>...``.
+
+    Args:
+        index: rows in prediction order (``tfkit.data.read_index``), with id, fold, label.
+        proba: model outputs ``[N, C]`` (binary may be ``[N, 1]``; regression ``[N, 1]``).
+        classes: class names, in the manifest's order.
+        task: the run's task.
+
+    Returns:
+        The frame (regression: a ``pred`` column instead of ``p_<class>``).
+
+    Example:
+        >>> oof_frame(pd.DataFrame({"id": ["a"], "fold": [0], "label": [1]}), np.array([[0.2, 0.8]]), ["x", "y"], "multiclass")
+          id  fold  label  p_x  p_y
+        0  a     0      1  0.2  0.8
+    """
+    frame = index[["id", "fold", "label"]].reset_index(drop=True).copy()
+    if task == "regression":
+        frame["pred"] = proba.reshape(len(frame), -1)[:, 0]
+        return frame
+    if task == "binary" and proba.ndim == 2 and proba.shape[1] == 1:
+        proba = np.concatenate([1.0 - proba, proba], axis=1)
+    if proba.ndim != 2 or proba.shape[1] != len(classes):
+        raise TfkitError(f"model outputs shape {proba.shape}, expected [N, {len(classes)}] for classes {classes}")
+    for j, c in enumerate(classes):
+        frame[f"p_{c}"] = proba[:, j]
+    return frame
+
+
+def oof_probabilities(frame: pd.DataFrame, classes: list[str], task: str) -> np.ndarray:
+    """The prediction array ``compute_metrics`` expects, from ``oof.csv`` columns.
+
+    Args:
+        frame: ``oof.csv`` as a DataFrame.
+        classes: class names (manifest order).
+        task: binary | multiclass | multilabel | regression.
+
+    Returns:
+        ``[N]`` positive-class probability (binary) or prediction (regression),
+        else ``[N, C]`` probabilities.
+
+    Example:
+        >>> frame = pd.DataFrame({"p_x": [0.9, 0.2], "p_y": [0.1, 0.8]})
+        >>> oof_probabilities(frame, ["x", "y"], "binary").tolist()
+        [0.1, 0.8]
+    """
+    if task == "regression":
+        return frame["pred"].to_numpy(dtype=np.float64)
+    p = frame[[f"p_{c}" for c in classes]].to_numpy(dtype=np.float64)
+    return p[:, 1] if task == "binary" else p
+
+
+def recompute_cv_frame(oof: pd.DataFrame, classes: list[str], task: str,
+                       names: Sequence[str] | None = None) -> dict:
+    """Overall and per-fold metrics of an OOF frame (``oof.csv`` layout).
+
+    Args:
+        oof: DataFrame with id, fold, label and ``p_<class>`` (or ``pred``) columns.
+        classes: class names in manifest order.
+        task: the task name.
+        names: metric names (``cfg.train.metrics``); ``None`` for every applicable one.
+
+    Returns:
+        ``{"metrics": {...}, "folds": {"k": {...}}}`` (see the module example).
+    """
+    return {"metrics": oof_metrics(oof, classes, task, names),
+            "folds": {str(int(k)): oof_metrics(p, classes, task, names) for k, p in oof.groupby("fold", sort=True)}}
+
+
+def oof_metrics(frame: pd.DataFrame, classes: list[str], task: str, names: Sequence[str] | None = None) -> dict:
+    """Metrics of the rows of an OOF frame (``oof.csv`` layout) against their labels.
+
+    Args:
+        frame: id, label and ``p_<class>`` (or ``pred``) columns.
+        classes: class names in manifest order.
+        task: the task name.
+        names: metric names; ``None`` for every applicable one.
+
+    Returns:
+        ``{name: value}`` with scalars as floats.
+    """
+    from tfkit.metrics import compute_metrics  # here: tfkit.metrics imports Keras, readers of a run need not
+
+    return clean_metrics(compute_metrics(frame["label"].to_numpy(), oof_probabilities(frame, classes, task), task,
+                                         names=names, num_classes=len(classes)))
+
+
+def recompute_cv(run: str | os.PathLike) -> dict:
+    """Recompute the overall and per-fold metrics of a run from its ``oof.csv``.
+
+    Args:
+        run: run folder.
+
+    Returns:
+        ``{"metrics": {...}, "folds": {"k": {...}}}``: what ``cv.json`` holds.
+
+    Example::
+
+        recompute_cv("runs/digits")["metrics"]["accuracy"]
+    """
+    folder = RunFolder(run)
+    cfg, manifest = folder.load()
+    task = folder.read_cv().get("task") or manifest.get("task", "multiclass")
+    return recompute_cv_frame(folder.read_oof(), manifest.classes, task, names=cfg.train.metrics)
