@@ -155,6 +155,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tfkit.datasets import DATASETS
+
     parser = argparse.ArgumentParser(
         prog="tfkit",
         description="Kaggle-grade image classification: records, folds, augmentation, training, tuning, TTA.",
@@ -171,9 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("datasets", help="embedded datasets that need no download", description="embedded datasets")
     dsub = p.add_subparsers(dest="datasets_command", metavar="ACTION", required=True)
     e = dsub.add_parser("export", help="write an embedded dataset as image files plus train.csv and test.csv")
-    e.add_argument("name", choices=["digits"], help="digits: scikit-learn's 1,797 handwritten digit scans")
+    e.add_argument("name", choices=list(DATASETS),
+                   help="digits: scikit-learn's 1,797 handwritten digit scans (10 classes); digits-multilabel: "
+                        "2x2 mosaics of them tagged with the digits present; digits-regression: the scans with "
+                        "numeric targets (digit value, ink fraction); digits-channels: 4 grey files per scan")
     e.add_argument("--out", required=True, help="folder to create")
-    e.add_argument("--test-size", type=float, default=0.2, help="held-out fraction for test.csv (default 0.2)")
+    e.add_argument("--test-size", type=float, default=0.2, help="held-out fraction of the scans for test.csv (default 0.2)")
     e.add_argument("--seed", type=int, default=42, help="seed of the stratified train/test split")
     e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     e.set_defaults(func=cmd_datasets_export)
