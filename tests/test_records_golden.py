@@ -53,11 +53,12 @@ def digests(out: Path) -> dict[str, str]:
     """sha256 of every shard and folds.csv, and of the manifest without its machine-specific fields."""
     files = sorted(out.glob("*.tfrec")) + [out / "folds.csv"]
     d = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
-    # the temporary folder's path appears in skipped rows' messages
-    m = json.loads((out / "manifest.json").read_text().replace(str(out.parent), "TMP"))
-    for key in ("source", "tfkit_version"):
-        m.pop(key)
-    d["manifest"] = hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()
+    # the file as written (key order included), less the version and the temporary
+    # folder's path (in "source" and in skipped rows' messages)
+    m = json.loads((out / "manifest.json").read_text())
+    m.pop("tfkit_version")
+    text = json.dumps(m, indent=2).replace(str(out.parent), "TMP")
+    d["manifest"] = hashlib.sha256(text.encode()).hexdigest()
     return d
 
 
@@ -99,7 +100,6 @@ def build_b(tmp: Path) -> dict[str, str]:
 
 GOLDEN_A: dict[str, dict[str, str]] = {
     "train": {
-        "folds.csv": "c28325225ac7951b5e8e605a7e9cb968813dfd5ce7d6fc637ec056ff0f13d479",
         "train00-000-4.tfrec": "e5f480c5e40facb758a4e0ce2a44a5aa391e08bcdcb0bec830a6a8c1c5755243",
         "train00-001-3.tfrec": "4ccabb22be699db16fe65cdc13f1e0e809405f43dcd0300f9824e02069aa0622",
         "train00-002-3.tfrec": "d8f633d41bbe755c66591a5eaddf7e13cc758a1d94b126b36022ecea7fce94f9",
@@ -109,20 +109,21 @@ GOLDEN_A: dict[str, dict[str, str]] = {
         "train02-000-4.tfrec": "eaa02d77fab73109ea20ae239dba6d39696edcb8b876198ff46bc7a3f158034a",
         "train02-001-3.tfrec": "c5f18dc7486abc87e24d35fb1a60680d73c81ef824f3aebb7794e0fe91c317f1",
         "train02-002-3.tfrec": "8173b26fb643340cc58b307a58c997fcde68e4ba0753dfe320b7f2fd4f90eb39",
-        "manifest": "c012be7f3b94a8424bcdc316ef3b0128c6a4ca698b1d4366217e709869a3240e"
+        "folds.csv": "c28325225ac7951b5e8e605a7e9cb968813dfd5ce7d6fc637ec056ff0f13d479",
+        "manifest": "df9e9d314e5fbdda35d3461a99423a683ba3d648d7263071b25468cec9c19f38"
     },
     "test": {
-        "folds.csv": "42cba2ab1bf4c1eb45d1c89f99639b335095c243db35a16524ea6c97fa5b6aac",
         "test-000-5.tfrec": "81167d1fb618867e38d2466f4d4d9b0a756138fe726c7b16e9068219227fd699",
         "test-001-4.tfrec": "b8e23eb1bdc624a198a20931c0ec2e420343cb96c6467e366b8890aafcd38548",
-        "manifest": "8906ed602266582aa1f0f022db3cc337205e80b81ab2633a43fb411ac55b8a0e"
+        "folds.csv": "42cba2ab1bf4c1eb45d1c89f99639b335095c243db35a16524ea6c97fa5b6aac",
+        "manifest": "0852143e74ba8f5d9c5b509b4c441fd677af3471186c9b202dc81b0521cbeb95"
     }
 }
 GOLDEN_B: dict[str, str] = {
-    "folds.csv": "67ead73a2607024fbb4a27be9783969538d0f7f54fc6748aa6540ab69f8e5eb4",
     "train00-000-6.tfrec": "6fe5ebc5fbf72e3f079bd94f6f72cf09937cf03ad4a7ffb02fcba60a603c8bd9",
     "train01-000-6.tfrec": "4a039f1b674237814f36f60c2ae29bfe87d08ab70e7da3b7c6718430fb5dd5ea",
-    "manifest": "1dca3e36a931672f068ceebc36966a92255abe5246a760f1b1f640e36583406a"
+    "folds.csv": "67ead73a2607024fbb4a27be9783969538d0f7f54fc6748aa6540ab69f8e5eb4",
+    "manifest": "cb0848e0002ba6b4260d5a4baf4148f72347a75c509394ea0af152b70b313b7d"
 }
 
 

@@ -26,6 +26,10 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,2, got {text!r}")
 
 
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",")]
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (every option has a default; see README)")
     p.add_argument(
@@ -70,7 +74,8 @@ def cmd_build_records(args: argparse.Namespace) -> int:
         label_col=args.label_col, group_col=args.group_col, meta_cols=args.meta, n_folds=args.folds,
         seed=args.seed, size=args.size, quality=args.quality, workers=args.workers, split=args.split,
         shard_size=args.shard_size, skip_bad=args.skip_bad, overwrite=args.overwrite,
-        classes_from=args.classes_from, verify=args.verify,
+        classes_from=args.classes_from, verify=args.verify, label_sep=args.label_sep, label_cols=args.label_cols,
+        target_cols=args.target_cols, channels=args.channels,
     )
     return 0
 
@@ -150,6 +155,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tfkit.datasets import DATASETS
+
     parser = argparse.ArgumentParser(
         prog="tfkit",
         description="Kaggle-grade image classification: records, folds, augmentation, training, tuning, TTA.",
@@ -166,9 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("datasets", help="embedded datasets that need no download", description="embedded datasets")
     dsub = p.add_subparsers(dest="datasets_command", metavar="ACTION", required=True)
     e = dsub.add_parser("export", help="write an embedded dataset as image files plus train.csv and test.csv")
-    e.add_argument("name", choices=["digits"], help="digits: scikit-learn's 1,797 handwritten digit scans")
+    e.add_argument("name", choices=list(DATASETS),
+                   help="digits: scikit-learn's 1,797 handwritten digit scans (10 classes); digits-multilabel: "
+                        "2x2 mosaics of them tagged with the digits present; digits-regression: the scans with "
+                        "numeric targets (digit value, ink fraction); digits-channels: 4 grey files per scan")
     e.add_argument("--out", required=True, help="folder to create")
-    e.add_argument("--test-size", type=float, default=0.2, help="held-out fraction for test.csv (default 0.2)")
+    e.add_argument("--test-size", type=float, default=0.2, help="held-out fraction of the scans for test.csv (default 0.2)")
     e.add_argument("--seed", type=int, default=42, help="seed of the stratified train/test split")
     e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     e.set_defaults(func=cmd_datasets_export)
@@ -197,6 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path-col", default=None, help="column of image paths relative to --images; "
                    "without it an image is <id>.<ext> for the first extension found")
     p.add_argument("--label-col", default="label", help="label column (train split)")
+    p.add_argument("--label-sep", default=None, metavar="SEP",
+                   help='multi-label: --label-col holds tags separated by SEP, e.g. " " (Planet, Plant Pathology 2021)')
+    p.add_argument("--label-cols", type=_names, default=None, metavar="A,B,...",
+                   help="multi-label: one 0/1 column per class, e.g. healthy,rust,scab (Plant Pathology 2020, RANZCR)")
+    p.add_argument("--target-cols", type=_names, default=None, metavar="X,Y,...",
+                   help="regression on these numeric columns; several make a distribution target")
+    p.add_argument("--channels", type=_names, default=None, metavar="C1,C2,...",
+                   help="one grey file per channel, <id>_<channel>.<ext>, e.g. red,green,blue,yellow; "
+                        "stored losslessly as a PNG per channel (8- or 16-bit)")
     p.add_argument("--group-col", default=None, help="group column kept together in one fold, e.g. patient_id")
     p.add_argument("--meta", nargs="*", default=[], metavar="COL", help="extra metadata columns to store: numeric when every value is a number "
                    "(float, NaN when missing), else categorical (index into the manifest's vocab)")

@@ -37,11 +37,13 @@ from typing import Any
 _EXPORTS = {
     "builder": ("build_records", "sort_classes", "MISSING", "BuildSpec"),
     "images": ("IMAGE_EXTENSIONS", "VERIFY_MODES", "JpegHeader", "jpeg_header", "passes_through", "check_jpeg",
-               "encode_image", "store_image", "StoredImage"),
-    "tfrecord": ("tfrecord_frame", "feature_entry", "example_from_entries", "image_record"),
+               "encode_image", "store_image", "store_channels", "StoredImage"),
+    "tfrecord": ("tfrecord_frame", "feature_entry", "bytes_list_entry", "int64_list_entry", "float_list_entry",
+                 "example_from_entries", "image_record"),
     "checksum": ("CRC32C_BACKENDS", "crc32c_backend", "crc32c", "use_crc32c_backend"),
     "shards": ("SHARD_RE", "shard_name", "parse_shard_name", "count_from_names"),
-    "reader": ("load_manifest", "source_sizes", "shard_files", "FeatureMapping", "feature_spec", "make_parser"),
+    "reader": ("load_manifest", "source_sizes", "shard_files", "FeatureMapping", "feature_spec", "make_parser",
+               "make_image_decoder"),
     "schemas": ("SIIM_ISIC_2020",),
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -38,6 +38,7 @@ Example (on the exported digits)::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import math
@@ -83,6 +84,10 @@ def build_records(
     classes_from: str | os.PathLike | None = None,
     verify: str = "decode",
     progress: bool = True,
+    label_sep: str | None = None,
+    label_cols: Sequence[str] | None = None,
+    target_cols: Sequence[str] | None = None,
+    channels: Sequence[str] | None = None,
 ) -> dict:
     """Turn a folder of images plus a CSV into fold-sharded TFRecords with a manifest.
 
@@ -115,6 +120,13 @@ def build_records(
             reads every byte) or ``"markers"`` (truncation only, ~10x cheaper); see
             :func:`encode_image`. Re-encoded images are always fully decoded.
         progress: show a tqdm progress bar.
+        label_sep: multi-label from tags in ``label_col`` separated by this (e.g. ``" "``);
+            stored as the list of positive class indices.
+        label_cols: multi-label from one 0/1 column per class (the classes, in this order).
+        target_cols: regression on these numeric columns (several: a distribution target);
+            stored as a float list ``target``.
+        channels: each image is one grey file per channel, ``<id>_<channel>.<ext>``, stored
+            losslessly as one PNG per channel (8- or 16-bit as the files are).
 
     Returns:
         The manifest dict (also written to ``out/manifest.json``).
@@ -132,10 +144,12 @@ def build_records(
         csv=csv, images=images, out=out, id_col=id_col, path_col=path_col, label_col=label_col,
         group_col=group_col, meta_cols=meta_cols, n_folds=n_folds, seed=seed, size=size, quality=quality,
         workers=workers, split=split, shard_size=shard_size, skip_bad=skip_bad, overwrite=overwrite,
-        classes_from=classes_from, verify=verify, progress=progress,
+        classes_from=classes_from, verify=verify, progress=progress, label_sep=label_sep,
+        label_cols=label_cols, target_cols=target_cols, channels=channels,
     )
-    frame = read_table(spec)
     train_manifest = read_train_manifest(spec.classes_from)
+    spec = spec.with_train_manifest(train_manifest)
+    frame = read_table(spec)
     targets = resolve_targets(spec, frame, train_manifest)
     bad = BadRows(spec.csv, spec.skip_bad)
     rows = resolve_rows(spec, frame, targets.errors, bad)
@@ -226,15 +240,41 @@ def plan_layout(spec: BuildSpec, frame: Any, targets: Targets, rows: Rows, train
     ids = [v.strip() for v in sub[spec.id_col].tolist()]
     groups = [g.strip() for g in sub[spec.group_col].tolist()] if spec.group_col else list(ids)
     labels = targets.of(rows.keep)
-    folds = assign_row_folds(spec, ids, labels, groups)
+    folds = assign_row_folds(spec, ids, stratify_labels(targets.kind, labels, len(targets.classes)), groups)
     meta_spec = metadata_spec(sub, spec.meta_cols, (train_manifest or {}).get("metadata"))
     meta = {c: sub[c].tolist() for c in spec.meta_cols}
-    encoder = ExampleEncoder(ids, groups, labels, folds, meta, meta_spec)
+    encoder = ExampleEncoder(ids, groups, labels, folds, meta, meta_spec, targets.kind)
     return Layout(rows, ids, groups, folds, meta_spec, plan_shards(folds, spec.shard_size), encoder)
 
 
-def assign_row_folds(spec: BuildSpec, ids: list[str], labels: list[Any], groups: list[str]) -> Any:
-    """The fold of each row (train: stratified by label, groups kept together; test: -1).
+def stratify_labels(kind: str, labels: Sequence[Any], n_classes: int, n_bins: int = 10) -> list[int]:
+    """One class per row for the fold assigner to balance.
+
+    Single-label rows are their class. Until ``tfkit.folds`` stratifies multi-label
+    sets and regression targets itself, those stand in: a multi-label row is its
+    rarest positive class (rows without one: class ``n_classes``), a regression row the
+    quantile bin of its first target.
+
+    Example:
+        >>> stratify_labels("multilabel", [(0, 1), (1,), (), (0, 1)], 2)
+        [0, 1, 2, 0]
+        >>> stratify_labels("regression", [(3.0,), (1.0,), (2.0,), (0.5,)], 0, n_bins=2)
+        [1, 0, 1, 0]
+    """
+    import numpy as np
+
+    if kind == "single":
+        return list(labels)
+    if kind == "multilabel":
+        counts = collections.Counter(k for row in labels for k in row)
+        return [min(row, key=lambda k: (counts[k], k)) if row else n_classes for row in labels]
+    ranks = np.empty(len(labels), np.int64)
+    ranks[np.argsort([row[0] for row in labels], kind="stable")] = np.arange(len(labels))
+    return (ranks * n_bins // max(1, len(labels))).tolist()
+
+
+def assign_row_folds(spec: BuildSpec, ids: list[str], labels: list[int], groups: list[str]) -> Any:
+    """The fold of each row (train: stratified by ``labels``, groups kept together; test: -1).
 
     Raises:
         TfkitError: more folds than groups.
@@ -280,6 +320,7 @@ class Written:
     sizes: set[tuple[int, int]] = dataclasses.field(default_factory=set)  # stored (height, width)
     n_passed: int = 0  # images stored byte-for-byte
     ids: list[tuple[str, int]] = dataclasses.field(default_factory=list)  # (id, fold) in file order
+    bit_depth: int = 8  # of channel PNGs: 16 when any is
     source_sizes: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)  # (id, height, width)
     bad_rows: set[int] = dataclasses.field(default_factory=set)  # CSV rows whose image could not be read
 
@@ -306,6 +347,7 @@ def write_shards(spec: BuildSpec, layout: Layout, stream: RecordStream, writer: 
                 out.add(res.data)
                 written.sizes.add((res.height, res.width))
                 written.n_passed += bool(res.passed)
+                written.bit_depth = max(written.bit_depth, res.bit_depth)
                 written.ids.append((layout.ids[res.row], int(layout.folds[res.row])))
                 written.source_sizes.append((layout.ids[res.row], res.source_height, res.source_width))
             info = out.close()
@@ -315,29 +357,24 @@ def write_shards(spec: BuildSpec, layout: Layout, stream: RecordStream, writer: 
 
 
 def manifest_dict(spec: BuildSpec, targets: Targets, layout: Layout, written: Written, bad: BadRows) -> dict:
-    """The ``manifest.json`` of a build: classes, image format, features, metadata, folds, shards."""
-    features = {"image": "bytes", "id": "bytes", "group": "bytes", "label": "int64", "fold": "int64",
-                "height": "int64", "width": "int64", **feature_types(layout.meta_spec)}
-    sizes = written.sizes
-    return {
+    """The ``manifest.json`` of a build: classes, image format, features, metadata, folds, shards.
+
+    Single-label RGB builds keep exactly the keys they always had; other tasks add
+    ``targets`` (regression) and label columns, multi-channel images their channel names.
+    """
+    manifest = {
         "tfkit_version": __version__,
         "split": spec.split,
         "n_examples": int(sum(s["count"] for s in written.shards)),
         "classes": targets.classes,
         "task": targets.task,
-        "image": {
-            "size": [spec.size, spec.size] if spec.size else (list(next(iter(sizes))) if len(sizes) == 1 else None),
-            "channels": 3, "format": "jpeg", "quality": int(spec.quality),
-            "resize": "shorter side to size, centre crop" if spec.size else None,
-            "passed_through": int(written.n_passed),
-            "verify": spec.verify,
-        },
-        "features": features,
+        **({"targets": targets.names} if targets.kind == "regression" else {}),
+        "image": _image_entry(spec, written),
+        "features": _features(spec, targets, layout),
         "metadata": layout.meta_spec,
         "folds": {
             "n_folds": int(spec.n_folds) if spec.train else 0,
-            "method": "tfkit.folds.assign_folds (triple-stratified: groups, classes, group sizes)"
-            if spec.train else None,
+            "method": FOLD_METHODS[targets.kind] if spec.train else None,
             "seed": int(spec.seed), "label_col": targets.label_col, "group_col": spec.group_col,
         },
         "shards": written.shards,
@@ -345,3 +382,36 @@ def manifest_dict(spec: BuildSpec, targets: Targets, layout: Layout, written: Wr
         "columns": {"id": spec.id_col, "label": targets.label_col, "group": spec.group_col, "path": spec.path_col},
         "source": {"csv": str(spec.csv), "images": str(spec.images)},
     }
+    given = {"label_sep": spec.label_sep, "label_cols": list(spec.label_cols), "target_cols": list(spec.target_cols)}
+    manifest["columns"].update({k: v for k, v in given.items() if v})
+    return manifest
+
+
+FOLD_METHODS = {
+    "single": "tfkit.folds.assign_folds (triple-stratified: groups, classes, group sizes)",
+    "multilabel": "tfkit.folds.assign_folds on each row's rarest positive class (groups, classes, group sizes)",
+    "regression": "tfkit.folds.assign_folds on quantile bins of the first target (groups, bins, group sizes)",
+}
+
+
+def _image_entry(spec: BuildSpec, written: Written) -> dict:
+    sizes = written.sizes
+    entry = {
+        "size": [spec.size, spec.size] if spec.size else (list(next(iter(sizes))) if len(sizes) == 1 else None),
+        "channels": len(spec.channels) or 3,
+        "format": "png" if spec.channels else "jpeg",
+        "quality": None if spec.channels else int(spec.quality),
+        "resize": "shorter side to size, centre crop" if spec.size else None,
+        "passed_through": int(written.n_passed),
+        "verify": spec.verify,
+    }
+    if spec.channels:
+        entry.update(channel_names=list(spec.channels), bit_depth=written.bit_depth)
+    return entry
+
+
+def _features(spec: BuildSpec, targets: Targets, layout: Layout) -> dict[str, str]:
+    label = {"single": {"label": "int64"}, "multilabel": {"label": "int64_list"},
+             "regression": {"target": "float32_list"}}[targets.kind]
+    return {"image": "bytes_list" if spec.channels else "bytes", "id": "bytes", "group": "bytes", **label,
+            "fold": "int64", "height": "int64", "width": "int64", **feature_types(layout.meta_spec)}

@@ -18,8 +18,9 @@ Example:
 from __future__ import annotations
 
 import io
+import os
 import struct
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
@@ -194,12 +195,13 @@ def read_image_file(path: str) -> bytes:
 class StoredImage(NamedTuple):
     """An image as a record stores it, with the size of the file it came from."""
 
-    data: bytes  # encoded image
+    data: bytes | tuple[bytes, ...]  # encoded image, or one PNG per channel
     height: int  # stored size
     width: int
     passed_through: bool  # the file's own bytes
     source_height: int  # the file's size, upright (EXIF orientation applied)
     source_width: int
+    bit_depth: int = 8  # of the channel PNGs (16 when a channel file is 16-bit)
 
 
 def store_image(path: str, size: int | None, quality: int, verify: str = "decode") -> StoredImage:
@@ -259,12 +261,78 @@ def encode_image(path: str, size: int | None, quality: int, verify: str = "decod
     return store_image(path, size, quality, verify)[:4]
 
 
+def _channel_array(img: Any) -> Any:
+    """One grey channel of a file as uint8 or uint16 (16-bit files stay 16-bit: nothing is lost)."""
+    import numpy as np
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        return np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
+    if img.mode == "F":
+        return np.clip(np.rint(np.asarray(img)), 0, 255).astype(np.uint8)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return np.asarray(img.convert("L"))  # L, 1, P, LA, RGB(A), CMYK: luminance, alpha dropped
+
+
+def _fit_channel(arr: Any, size: int) -> Any:
+    """Shorter side to ``size`` (bicubic, antialiased), centre crop: as RGB images are resized."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    top = 65535 if arr.dtype == np.uint16 else 255
+    img = ImageOps.fit(Image.fromarray(arr.astype(np.float32)), (size, size),
+                       method=Image.Resampling.BICUBIC, centering=(0.5, 0.5))
+    return np.clip(np.rint(np.asarray(img)), 0, top).astype(arr.dtype)
+
+
+def store_channels(paths: Sequence[str], size: int | None) -> StoredImage:
+    """Read one grey file per channel and return a lossless PNG per channel (8- or 16-bit).
+
+    Args:
+        paths: the channel files, in channel order.
+        size: square output side (shorter side resized, centre crop) or None to keep.
+
+    Returns:
+        A :class:`StoredImage` whose ``data`` is a tuple of PNG bytes, one per channel.
+
+    Raises:
+        ValueError: channel files of different sizes; OSError/other Pillow errors for unreadable files.
+
+    Example (files ``images/a_red.png``, ``images/a_green.png`` at hand)::
+
+        stored = store_channels(["images/a_red.png", "images/a_green.png"], None)
+        len(stored.data)  # 2
+    """
+    from PIL import Image, ImageOps
+
+    arrays = []
+    for path in paths:
+        img = Image.open(io.BytesIO(read_image_file(path)))
+        img.load()
+        arrays.append(_channel_array(ImageOps.exif_transpose(img)))
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        sizes = ", ".join(f"{os.path.basename(p)} {a.shape[0]}x{a.shape[1]}" for p, a in zip(paths, arrays))
+        raise ValueError(f"channel files differ in size: {sizes}")
+    source_h, source_w = arrays[0].shape
+    if size is not None:
+        arrays = [_fit_channel(a, size) for a in arrays]
+    pngs = []
+    for a in arrays:
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    depth = 16 if any(a.dtype.itemsize == 2 for a in arrays) else 8
+    h, w = arrays[0].shape
+    return StoredImage(tuple(pngs), h, w, False, source_h, source_w, depth)
+
+
 def bad_image_reason(e: BaseException) -> str:
     """The per-row reason a build reports for an image that failed to read or decode."""
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     if "cannot identify image file" in msg:
         return "not an image file (Pillow cannot identify it)"
-    if msg in ("zero-byte file", "truncated JPEG (no end-of-image marker)"):
+    if msg in ("zero-byte file", "truncated JPEG (no end-of-image marker)") or msg.startswith("channel files differ"):
         return msg
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
         return f"cannot read file ({e.strerror})"

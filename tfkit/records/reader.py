@@ -139,14 +139,19 @@ class FeatureMapping:
     """Which keys and dtypes of a TFRecord schema feed tfkit's parsed fields.
 
     Args:
-        image: key of the encoded image bytes.
+        image: key of the encoded image bytes (a list of one PNG per channel when ``channels``).
         id: key of the example id (``id_dtype`` ``"string"`` or ``"int64"``; ints become strings).
-        label: key of the integer class index (None: always -1). Missing in an example -> -1.
+        label: key of the label (None: always -1): an integer class index (single task;
+            missing in an example -> -1), an int64 list of positive class indices
+            (``"multilabel"``) or a float list of targets (``"regression"``).
         group: key of the group (None: the id).
         fold: key of the fold (None: -1).
         id_dtype, group_dtype: ``"string"`` or ``"int64"``.
         meta: ``{name: (key, kind)}`` with kind ``"numeric"`` (read as float32; int64
             sources give ``"numeric_int64"``) or ``"categorical"`` (int64 index).
+        task: ``"single"``, ``"multilabel"`` or ``"regression"``.
+        n_labels: classes (multilabel) or targets (regression) per example.
+        channels: 0 for one encoded image; C for C single-channel PNGs.
 
     Example:
         >>> m = FeatureMapping(image="img", id="name", label="y", group=None)
@@ -162,12 +167,19 @@ class FeatureMapping:
     id_dtype: str = "string"
     group_dtype: str = "string"
     meta: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    task: str = "single"
+    n_labels: int = 0
+    channels: int = 0
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> "FeatureMapping":
         """The mapping of records written by :func:`build_records`."""
         meta = {c: (f"meta/{c}", s["kind"]) for c, s in (manifest.get("metadata") or {}).items()}
-        return cls(meta=meta)
+        task = manifest.get("task") if manifest.get("task") in ("multilabel", "regression") else "single"
+        names = manifest.get("targets") if task == "regression" else manifest.get("classes")
+        channels = len((manifest.get("image") or {}).get("channel_names") or ())
+        label = "target" if task == "regression" else "label"
+        return cls(label=label, meta=meta, task=task, n_labels=len(names or ()), channels=channels)
 
 
 def feature_spec(mapping: FeatureMapping) -> dict:
@@ -183,9 +195,13 @@ def feature_spec(mapping: FeatureMapping) -> dict:
         tfd = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}[dtype]
         return tf.io.FixedLenFeature([], tfd, default_value=default)
 
-    spec = {mapping.image: tf.io.FixedLenFeature([], tf.string)}
+    spec = {mapping.image: tf.io.FixedLenFeature([mapping.channels] if mapping.channels else [], tf.string)}
     spec[mapping.id] = scalar(mapping.id_dtype, "" if mapping.id_dtype == "string" else -1)
-    if mapping.label:
+    if mapping.label and mapping.task == "multilabel":
+        spec[mapping.label] = tf.io.VarLenFeature(tf.int64)
+    elif mapping.label and mapping.task == "regression":
+        spec[mapping.label] = tf.io.FixedLenFeature([mapping.n_labels], tf.float32, [float("nan")] * mapping.n_labels)
+    elif mapping.label:
         spec[mapping.label] = scalar("int64", -1)
     if mapping.group:
         spec[mapping.group] = scalar(mapping.group_dtype, "" if mapping.group_dtype == "string" else -1)
@@ -207,9 +223,12 @@ def make_parser(manifest_or_mapping: Mapping[str, Any] | FeatureMapping | None =
             (e.g. :data:`SIIM_ISIC_2020`), or None for tfkit records without metadata.
 
     Returns:
-        ``fn(serialized scalar tf.string) -> dict`` with ``image`` (encoded bytes), ``id``
-        (tf.string), ``label`` (int64, -1 when absent), ``group`` (tf.string), ``fold``
-        (int64) and ``meta`` ({col: float32 numeric | int64 categorical}). Graph-safe
+        ``fn(serialized scalar tf.string) -> dict`` with ``image`` (encoded bytes; ``[C]``
+        PNGs for multi-channel records, see :func:`make_image_decoder`), ``id`` (tf.string),
+        ``label``, ``group`` (tf.string), ``fold`` (int64) and ``meta`` ({col: float32
+        numeric | int64 categorical}). ``label`` is the int64 class index (-1 when absent)
+        for single-label records, a float32 multi-hot ``[n_classes]`` for multi-label ones
+        and float32 targets ``[n_targets]`` (NaN when unknown) for regression. Graph-safe
         (usable in ``Dataset.map``).
 
     Example::
@@ -237,10 +256,49 @@ def make_parser(manifest_or_mapping: Mapping[str, Any] | FeatureMapping | None =
         return {
             "image": ex[mapping.image],
             "id": ident,
-            "label": ex[mapping.label] if mapping.label else tf.constant(-1, tf.int64),
+            "label": _label(tf, ex, mapping),
             "group": as_str(ex[mapping.group], mapping.group_dtype) if mapping.group else ident,
             "fold": ex[mapping.fold] if mapping.fold else tf.constant(-1, tf.int64),
             "meta": meta,
         }
 
     return parse
+
+
+def _label(tf: Any, ex: Mapping[str, Any], mapping: FeatureMapping) -> Any:
+    if not mapping.label:
+        return tf.constant(-1, tf.int64)
+    if mapping.task == "multilabel":  # positive indices -> multi-hot (none: all zeros)
+        return tf.reduce_sum(tf.one_hot(ex[mapping.label].values, mapping.n_labels, dtype=tf.float32), axis=0)
+    return ex[mapping.label]
+
+
+def make_image_decoder(manifest: Mapping[str, Any] | None = None) -> Callable:
+    """Decode function for the parsed ``image`` of a tfkit manifest's records.
+
+    Args:
+        manifest: the records' manifest (None: JPEG, 3 channels).
+
+    Returns:
+        ``fn(image) -> [H, W, C]`` tensor: uint8 RGB for JPEG records; for multi-channel
+        records the channel PNGs stacked in channel order, uint8, or uint16 when the
+        manifest's ``bit_depth`` is 16 (8-bit channels then scaled by 257, as TensorFlow
+        decodes them). Graph-safe.
+
+    Example::
+
+        decode = make_image_decoder(manifest)
+        ds = ds.map(lambda ex: {**ex, "image": decode(ex["image"])})
+    """
+    import tensorflow as tf
+
+    image = (manifest or {}).get("image") or {}
+    names = image.get("channel_names") or ()
+    if not names:
+        return lambda data: tf.io.decode_jpeg(data, channels=3)
+    dtype = tf.uint16 if image.get("bit_depth") == 16 else tf.uint8
+
+    def decode(data: Any) -> Any:
+        return tf.stack([tf.io.decode_png(data[k], channels=1, dtype=dtype)[..., 0] for k in range(len(names))], -1)
+
+    return decode

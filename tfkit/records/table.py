@@ -15,7 +15,7 @@ import dataclasses
 import os
 import stat
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from tfkit.records.images import IMAGE_EXTENSIONS
 from tfkit.records.spec import BuildSpec
@@ -146,6 +146,22 @@ class ImageLocator:
             return None, (path, f"image {path} is a zero-byte file")
         return os.path.join(self.real, name), None
 
+    def by_channels(self, stem: str, channels: Sequence[str]) -> tuple[tuple[str, ...] | None, Any]:
+        """One file per channel, each named ``<stem>_<channel>.<ext>``; the first missing one is the problem."""
+        paths = []
+        for channel in channels:
+            path, problem = self.by_id(f"{stem}_{channel}")
+            if problem is not None:
+                return None, problem
+            paths.append(path)
+        return tuple(paths), None
+
+    def locate(self, ident: str, rel: str | None, channels: Sequence[str]) -> tuple[Any, Any]:
+        """A row's image: by its relative path ``rel``, by channel files, or by its id."""
+        if rel is not None:
+            return self.by_path(rel)
+        return self.by_channels(ident, channels) if channels else self.by_id(ident)
+
     def _inside(self, real: str) -> bool:
         return real == self.real or real.startswith(self.real.rstrip(os.sep) + os.sep)
 
@@ -170,11 +186,11 @@ class Rows:
 
     Attributes:
         keep: CSV row index of each usable row.
-        paths: its image file.
+        paths: its image file, or its channel files (``--channels``).
     """
 
     keep: list[int]
-    paths: list[str]
+    paths: list[str | tuple[str, ...]]
 
     def without(self, bad: set[int]) -> "Rows":
         """These rows less the CSV rows in ``bad``."""
@@ -202,7 +218,7 @@ def resolve_rows(spec: BuildSpec, frame: Any, label_errors: Mapping[int, str], b
     rel_paths = frame[spec.path_col].tolist() if spec.path_col else None
     seen: dict[str, int] = {}
     keep: list[int] = []
-    paths: list[str] = []
+    paths: list[Any] = []
     for i, ident in enumerate(frame[spec.id_col].tolist()):
         ident = ident.strip()
         reason = _id_problem(spec, ident, seen)
@@ -214,7 +230,7 @@ def resolve_rows(spec: BuildSpec, frame: Any, label_errors: Mapping[int, str], b
         if reason is not None:
             bad.report(i, ident, None, reason)
             continue
-        path, problem = locator.by_path(rel_paths[i].strip()) if rel_paths is not None else locator.by_id(ident)
+        path, problem = locator.locate(ident, rel_paths[i].strip() if rel_paths is not None else None, spec.channels)
         if problem is not None:
             bad.report(i, ident, *problem)
             continue

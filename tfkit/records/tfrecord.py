@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from typing import Sequence
 
 from tfkit.records.checksum import crc32c
 
@@ -66,6 +67,10 @@ def _ld(field: int, payload: bytes) -> bytes:
     return _ld_head(field, len(payload)) + payload
 
 
+def _entry(key: str, feature: bytes) -> bytes:
+    return _ld(1, _ld(1, key.encode("utf-8")) + _ld(2, feature))
+
+
 def feature_entry(key: str, value: bytes | int | float) -> bytes:
     """Serialize one ``Features.feature`` map entry (bytes, int64 or float scalar).
 
@@ -81,15 +86,44 @@ def feature_entry(key: str, value: bytes | int | float) -> bytes:
         >>> feature_entry("label", 3)[:2]
         b'\\n\\x0e'
     """
-    if isinstance(value, str):
-        value = value.encode("utf-8")
-    if isinstance(value, (bytes, bytearray)):
-        feat = _ld(1, _ld(1, bytes(value)))  # Feature.bytes_list{value}
-    elif isinstance(value, (bool, int)) or type(value).__name__.startswith("int"):
-        feat = _ld(3, _ld(1, _varint(int(value))))  # Feature.int64_list, packed
-    else:
-        feat = _ld(2, _ld(1, struct.pack("<f", float(value))))  # Feature.float_list, packed
-    return _ld(1, _ld(1, key.encode("utf-8")) + _ld(2, feat))
+    if isinstance(value, (str, bytes, bytearray)):
+        return bytes_list_entry(key, [value])
+    if isinstance(value, (bool, int)) or type(value).__name__.startswith("int"):
+        return int64_list_entry(key, [value])
+    return float_list_entry(key, [value])
+
+
+def bytes_list_entry(key: str, values: Sequence[bytes | str]) -> bytes:
+    """A map entry holding a BytesList (``str`` values are UTF-8 encoded).
+
+    Example:
+        >>> bytes_list_entry("id", ["x"]) == feature_entry("id", b"x")
+        True
+    """
+    items = (v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in values)
+    return _entry(key, _ld(1, b"".join(_ld(1, v) for v in items)))  # Feature.bytes_list{value...}
+
+
+def int64_list_entry(key: str, values: Sequence[int]) -> bytes:
+    """A map entry holding an Int64List (packed; empty when ``values`` is).
+
+    Example:
+        >>> int64_list_entry("label", [3]) == feature_entry("label", 3)
+        True
+    """
+    packed = b"".join(_varint(int(v)) for v in values)
+    return _entry(key, _ld(3, _ld(1, packed) if values else b""))  # Feature.int64_list
+
+
+def float_list_entry(key: str, values: Sequence[float]) -> bytes:
+    """A map entry holding a FloatList (packed float32; empty when ``values`` is).
+
+    Example:
+        >>> float_list_entry("target", [0.5]) == feature_entry("target", 0.5)
+        True
+    """
+    packed = struct.pack(f"<{len(values)}f", *(float(v) for v in values))
+    return _entry(key, _ld(2, _ld(1, packed) if values else b""))  # Feature.float_list
 
 
 def example_from_entries(entries: bytes) -> bytes:

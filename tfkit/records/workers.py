@@ -25,7 +25,15 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
-from tfkit.records.images import bad_image_reason, check_jpeg, jpeg_header, passes_through, read_image_file, store_image
+from tfkit.records.images import (
+    bad_image_reason,
+    check_jpeg,
+    jpeg_header,
+    passes_through,
+    read_image_file,
+    store_channels,
+    store_image,
+)
 
 class Encoded(NamedTuple):
     """One row's image as a worker or the reading thread returns it (``data`` None when it is bad)."""
@@ -38,6 +46,7 @@ class Encoded(NamedTuple):
     error: str | None  # why the image cannot be used
     source_height: int = 0  # the file's own size, upright
     source_width: int = 0
+    bit_depth: int = 8
 
 
 class EncodeOptions(NamedTuple):
@@ -48,13 +57,17 @@ class EncodeOptions(NamedTuple):
     verify: str
 
 
-def encode_row(row: int, path: str, options: EncodeOptions) -> Encoded:
-    """Re-encode one image (in a worker); any failure becomes the row's reason."""
+def encode_row(row: int, path: str | tuple[str, ...], options: EncodeOptions) -> Encoded:
+    """Re-encode one image, or the channel files of one image (in a worker); any failure becomes the row's reason."""
     try:
-        img = store_image(path, options.size, options.quality, options.verify)
+        if isinstance(path, tuple):
+            img = store_channels(path, options.size)
+        else:
+            img = store_image(path, options.size, options.quality, options.verify)
     except Exception as e:  # noqa: BLE001 - any decoder failure is a bad image, reported per row
         return Encoded(row, None, 0, 0, False, bad_image_reason(e))
-    return Encoded(row, img.data, img.height, img.width, img.passed_through, None, img.source_height, img.source_width)
+    return Encoded(row, img.data, img.height, img.width, img.passed_through, None, img.source_height,
+                   img.source_width, img.bit_depth)
 
 
 def _encode_chunk(tasks: list[tuple[int, str, EncodeOptions]]) -> list[Encoded]:
@@ -144,6 +157,10 @@ def _prefetcher(paths: Iterable[str], ahead: int) -> Callable[[], None]:
     return advise_next
 
 
+def _files(path: str | tuple[str, ...]) -> tuple[str, ...]:
+    return path if isinstance(path, tuple) else (path,)
+
+
 class _Batch:
     """Re-encoding tasks sent to the pool together; ``result`` is the async result, then the list."""
 
@@ -191,7 +208,7 @@ class RecordStream:
         # rows not admitted yet: batches shrink near the end (guided scheduling) so no
         # worker is still busy with a full batch while the others idle
         self.left = len(rows)
-        self.prefetch = _prefetcher((paths[j] for j in rows), ahead=64)
+        self.prefetch = _prefetcher((p for j in rows for p in _files(paths[j])), ahead=64)
         self.checkers = functools.cache(
             lambda: stack.enter_context(ThreadPoolExecutor(n_workers, "tfkit-verify")))
         self.filling: _Batch | None = None  # the batch of re-encode tasks not sent yet
@@ -214,23 +231,14 @@ class RecordStream:
             yield self._finish(kind, item)
 
     def _admit(self, j: int) -> tuple[str, Any, int]:
-        """Start row ``j``: read it, and check and frame it here or queue it for a worker."""
+        """Start row ``j``: check and frame it here, or queue it for a worker."""
         self.prefetch()
         self.left -= 1
-        verify = self.options.verify
-        try:
-            raw = read_image_file(self.paths[j])
-            header = jpeg_header(raw)
-            if passes_through(header, self.options.size):
-                if verify == "decode":
-                    return "check", (j, raw, header, self.checkers().submit(check_jpeg, raw, header, verify)), len(raw)
-                check_jpeg(raw, header, verify)
-                rec = self.frame(j, raw, header.height, header.width)
-                h, w = header.height, header.width
-                return "done", Encoded(j, rec, h, w, True, None, h, w), len(rec)
-        except Exception as e:  # noqa: BLE001 - any read/decoder failure is a bad image, reported per row
-            return "done", Encoded(j, None, 0, 0, False, bad_image_reason(e)), 0
-        task = (j, self.paths[j], self.options)
+        path = self.paths[j]
+        started = None if isinstance(path, tuple) else self._pass_through(j, path)  # channel files: re-encoded
+        if started is not None:
+            return started
+        task = (j, path, self.options)
         if self.pool is None:
             return "task", task, 0
         if self.filling is None:
@@ -240,6 +248,27 @@ class RecordStream:
         if len(batch.tasks) >= min(self.batch, 1 + self.left // (2 * self.n_workers)):
             self._send(batch)
         return "batch", (batch, len(batch.tasks) - 1), 0
+
+    def _pass_through(self, j: int, path: str) -> tuple[str, Any, int] | None:
+        """Read row ``j``'s file; a JPEG stored as it is is checked (or queued for a check) and framed.
+
+        Returns:
+            ``(kind, item, bytes held)``, or None when the image must be re-encoded.
+        """
+        verify = self.options.verify
+        try:
+            raw = read_image_file(path)
+            header = jpeg_header(raw)
+            if not passes_through(header, self.options.size):
+                return None
+            if verify == "decode":
+                return "check", (j, raw, header, self.checkers().submit(check_jpeg, raw, header, verify)), len(raw)
+            check_jpeg(raw, header, verify)
+        except Exception as e:  # noqa: BLE001 - any read/decoder failure is a bad image, reported per row
+            return "done", Encoded(j, None, 0, 0, False, bad_image_reason(e)), 0
+        h, w = header.height, header.width
+        rec = self.frame(j, raw, h, w)
+        return "done", Encoded(j, rec, h, w, True, None, h, w), len(rec)
 
     def _send(self, batch: _Batch) -> None:
         batch.result = self.pool().apply_async(_encode_chunk, (batch.tasks,))
