@@ -26,6 +26,9 @@ Usage::
     python bench/bench_records.py            # 1,500 images, memory at 500/1000/2000, 3 repeats
     python bench/bench_records.py --quick    # 150 images, memory at 100/200, 1 repeat
     python bench/bench_records.py --cold     # disk comparison also with a cold page cache (root)
+    # this checkout against another tfkit source tree, builds interleaved (e.g. before a refactor):
+    git archive main tfkit | tar -x -C /tmp/main_src
+    python bench/bench_records.py --against /tmp/main_src --n 600 --repeats 5
 """
 
 from __future__ import annotations
@@ -71,8 +74,9 @@ def make_images(folder: Path, n: int, seed: int = 0) -> Path:
 
 
 def run_build(csv: Path, out: Path, workers: int, size: int | None, n_limit: int | None = None,
-              verify: str = "decode", cold: bool = False) -> dict:
-    """One end-to-end build in a subprocess; returns seconds and peak RSS (MiB)."""
+              verify: str = "decode", cold: bool = False, source: str | None = None) -> dict:
+    """One end-to-end build in a subprocess (of the tfkit in ``source`` when given, a folder
+    holding a ``tfkit`` package); returns seconds and peak RSS (MiB)."""
     src = csv
     if n_limit is not None:
         lines = csv.read_text().splitlines(keepends=True)
@@ -83,7 +87,8 @@ def run_build(csv: Path, out: Path, workers: int, size: int | None, n_limit: int
     shutil.rmtree(out, ignore_errors=True)  # deleting the last output is not part of a build
     _settle(cold)
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": source} if source else None
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     dt = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"build failed: {r.stderr[-2000:]}")
@@ -217,6 +222,23 @@ def encode_only(images: Path, n: int, processes: int, size: int) -> float:
         return n / (time.perf_counter() - t0)
 
 
+def compare_sources(csv: Path, tmp: Path, n: int, repeats: int, other: str) -> None:
+    """Each mode built by this checkout and by the tfkit in ``other``, alternately; medians side by side."""
+    here = str(Path(__file__).resolve().parents[1])
+    cores = os.cpu_count() or 1
+    print(f"| mode (n={n}) | workers | this checkout s | {other} s | ratio (other / this) |")
+    print("|---|---:|---:|---:|---:|")
+    for mode, size, verify in (("re-encode 512->384", 384, "decode"), ("pass-through, --verify decode", None, "decode")):
+        for w in sorted({1, cores}):
+            secs: dict[str, list[float]] = {here: [], other: []}
+            for _ in range(repeats):  # interleaved: drift in the machine's speed hits both alike
+                for src in secs:
+                    secs[src].append(run_build(csv, tmp / "out", w, size, n_limit=n, verify=verify,
+                                               source=src)["seconds"])
+            a, b = statistics.median(secs[here]), statistics.median(secs[other])
+            print(f"| {mode} | {w} | {a:.2f} | {b:.2f} | {b / a:.2f} |")
+
+
 def _startup_seconds() -> float:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import tfkit.cli, tfkit.records, tfkit.folds, pandas, PIL.Image"], check=True)
@@ -231,6 +253,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=None, help="where to write images/records (default a temp dir)")
     ap.add_argument("--cold", action="store_true",
                     help="disk comparison also with the page cache dropped before each run (needs root)")
+    ap.add_argument("--against", default=None, metavar="SRC",
+                    help="only compare this checkout's builds with those of the tfkit package in folder SRC")
     ap.add_argument("--disk-n", type=int, default=None,
                     help="files for the pass-through vs disk comparison (default 20000; --quick 1500)")
     args = ap.parse_args()
@@ -241,13 +265,17 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         tmp = Path(tmp)
-        n_make = max(n, max(mem_counts))
+        n_make = n if args.against else max(n, max(mem_counts))
         t0 = time.perf_counter()
         csv = make_images(tmp / "data", n_make)
         sizes = [p.stat().st_size for p in (tmp / "data" / "images").iterdir()]
         print(f"made {n_make} 512x512 JPEGs (mean {np.mean(sizes) / 1024:.0f} KiB) in {time.perf_counter() - t0:.1f} s; "
               f"{cores} cores; {repeats} repeat(s), medians")
         print()
+        if args.against:
+            compare_sources(csv, tmp, n, repeats, args.against)
+            print(f"\ncommand: {sys.executable} bench/bench_records.py {' '.join(sys.argv[1:])}")
+            return
         print(f"| mode (n={n}) | workers | seconds | img/s | ratio vs cores x 1-worker |")
         print("|---|---:|---:|---:|---:|")
         modes = (("re-encode 512->384", 384, "decode"), ("pass-through, --verify decode", None, "decode"),

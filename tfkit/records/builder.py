@@ -1,10 +1,12 @@
 """The builder: images + CSV -> fold-sharded TFRecords, ``manifest.json`` and ``folds.csv``.
 
-Every example is a ``tf.train.Example`` with ``image`` (JPEG, 3 channels), ``id``,
-``group``, ``label`` (class index, -1 when unknown), ``fold`` (-1 for test),
-``height``, ``width`` and ``meta/<col>`` (float for numeric columns, NaN when
-missing; int64 vocab index for categorical ones, -1 when missing/unknown).
-``manifest.json`` holds the class list, feature schema, metadata vocabularies,
+Every example is a ``tf.train.Example`` with ``image`` (JPEG, 3 channels; or one PNG
+per channel with ``channels``), ``id``, ``group``, ``label`` (class index, -1 when
+unknown; for multi-label records the list of positive class indices) or ``target``
+(regression: the list of targets), ``fold`` (-1 for test), ``height``, ``width`` and
+``meta/<col>`` (float for numeric columns, NaN when missing; int64 vocab index for
+categorical ones, -1 when missing/unknown). ``manifest.json`` holds the task, the class
+(or target) names, image format and channels, feature schema, metadata vocabularies,
 fold settings and per-shard sha256; ``folds.csv`` holds id,fold; ``sizes.csv`` holds
 id,height,width of each image file as it was (upright), before any resizing.
 
