@@ -11,9 +11,10 @@ Kaggle competition ships data, so every tfkit command can be tried offline::
 The images keep their native 8x8 size; ``tfkit build-records --size 32`` upsizes
 them.
 
-Example:
-    >>> paths = export_dataset("digits", "data/digits")  # doctest: +SKIP
-    >>> sorted(paths)  # doctest: +SKIP
+Example::
+
+    paths = export_dataset("digits", "data/digits")
+    sorted(paths)
     ['images', 'test_csv', 'train_csv']
 """
 
@@ -52,9 +53,10 @@ def export_dataset(
     Raises:
         TfkitError: unknown name, bad ``test_size``, or non-empty ``out`` without ``overwrite``.
 
-    Example:
-        >>> p = export_dataset("digits", "/tmp/digits", overwrite=True)  # doctest: +SKIP
-        >>> import pandas as pd; len(pd.read_csv(p["train_csv"]))  # doctest: +SKIP
+    Example::
+
+        p = export_dataset("digits", "/tmp/digits", overwrite=True)
+        import pandas as pd; len(pd.read_csv(p["train_csv"]))
         1437
     """
     if name not in DATASETS:
