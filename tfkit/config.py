@@ -10,7 +10,11 @@ Example:
     >>> cfg = load_config(None, overrides=["train.epochs=3", "model.name=small_cnn"])
     >>> cfg.train.epochs
     3
-    >>> save_config(cfg, "run/config.yaml")  # doctest: +SKIP
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "config.yaml")
+    >>> save_config(cfg, path)
+    >>> load_config(path) == cfg
+    True
 """
 
 from __future__ import annotations

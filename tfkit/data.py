@@ -30,12 +30,13 @@ iterator can block for seconds; ``model.fit(ds, epochs=N)`` makes a new
 iterator per epoch and pays it every epoch. Train on the repeated stream
 (``repeat=True``, the default) with ``steps_per_epoch=steps_per_epoch(...)``.
 
-Example:
-    >>> cfg = load_config(None, ["data.image_size=32", "data.batch_size=16"])  # doctest: +SKIP
-    >>> train_ds = build_dataset("records", cfg, folds=[1, 2, 3, 4], mode="train")  # doctest: +SKIP
-    >>> val_ds = build_dataset("records", cfg, folds=[0], mode="eval")  # doctest: +SKIP
-    >>> model.fit(train_ds, epochs=5, validation_data=val_ds,
-    ...           steps_per_epoch=steps_per_epoch("records", [1, 2, 3, 4], 16))  # doctest: +SKIP
+Example::
+
+    cfg = load_config(None, ["data.image_size=32", "data.batch_size=16"])
+    train_ds = build_dataset("records", cfg, folds=[1, 2, 3, 4], mode="train")
+    val_ds = build_dataset("records", cfg, folds=[0], mode="eval")
+    model.fit(train_ds, epochs=5, validation_data=val_ds,
+              steps_per_epoch=steps_per_epoch("records", [1, 2, 3, 4], 16))
 """
 
 from __future__ import annotations
@@ -178,8 +179,9 @@ def select_files(records: str, folds: Sequence[int] | None = None, manifest: dic
     Raises:
         TfkitError: a fold is out of range, or no shard matches.
 
-    Example:
-        >>> select_files("records", folds=[0])  # doctest: +SKIP
+    Example::
+
+        select_files("records", folds=[0])
         ['records/train00-000-360.tfrec']
     """
     manifest = _manifest(records, manifest)
@@ -212,8 +214,9 @@ def steps_per_epoch(records: str, folds: Sequence[int] | None, global_batch: int
     Raises:
         TfkitError: the folds hold fewer examples than one batch.
 
-    Example:
-        >>> steps_per_epoch("records", [1, 2, 3, 4], 64)  # doctest: +SKIP
+    Example::
+
+        steps_per_epoch("records", [1, 2, 3, 4], 64)
         22
     """
     n = _records.count_from_names(select_files(records, folds))
@@ -296,10 +299,11 @@ def read_index(
     Returns:
         DataFrame with columns id, label, fold, group (+ extras), one row per example.
 
-    Example:
-        >>> idx = read_index("records", folds=[0])  # doctest: +SKIP
-        >>> proba = model.predict(build_dataset("records", cfg, [0], mode="eval"))  # doctest: +SKIP
-        >>> idx["p"] = proba[:, 1]  # row i of proba is idx.id[i]  # doctest: +SKIP
+    Example::
+
+        idx = read_index("records", folds=[0])
+        proba = model.predict(build_dataset("records", cfg, [0], mode="eval"))
+        idx["p"] = proba[:, 1]  # row i of proba is idx.id[i]
     """
     manifest = _manifest(records, manifest)
     files = select_files(records, folds, manifest)
@@ -365,9 +369,10 @@ def load_examples(
     Raises:
         TfkitError: an id is not in the records.
 
-    Example:
-        >>> ex = load_examples("records", ["img_0001", "img_0002"])  # doctest: +SKIP
-        >>> ex["image"].shape  # doctest: +SKIP
+    Example::
+
+        ex = load_examples("records", ["img_0001", "img_0002"])
+        ex["image"].shape
         (2, 32, 32, 3)
     """
     manifest = _manifest(records, manifest)
@@ -439,10 +444,11 @@ def build_dataset(
         TfkitError: unknown mode, bad folds, missing metadata column, no shards,
             train/eval asked of records without labels.
 
-    Example:
-        >>> ds = build_dataset("records", cfg, folds=[1, 2, 3, 4], mode="train")  # doctest: +SKIP
-        >>> x, y = next(iter(ds))  # doctest: +SKIP
-        >>> x.shape, y.shape  # doctest: +SKIP
+    Example::
+
+        ds = build_dataset("records", cfg, folds=[1, 2, 3, 4], mode="train")
+        x, y = next(iter(ds))
+        x.shape, y.shape
         (TensorShape([64, 32, 32, 3]), TensorShape([64, 10]))
     """
     if mode not in MODES:

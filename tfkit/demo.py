@@ -6,11 +6,11 @@ out-of-fold score with TTA -> predict the held-out test set with every fold and
 TTA -> write the evaluation report -> print the CV score, the held-out score
 and where every output is.
 
-Example:
-    >>> from tfkit.demo import demo
-    >>> outputs = demo("demo", overwrite=True)  # doctest: +SKIP
-    >>> outputs["submission"]  # doctest: +SKIP
-    PosixPath('demo/submission.csv')
+Example::
+
+    from tfkit.demo import demo
+    outputs = demo("demo", overwrite=True)
+    outputs["submission"]   # PosixPath('demo/submission.csv')
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ def demo(out: str | os.PathLike = "demo", overwrite: bool = False, quick: bool =
         ``{"cv": cv dict, "cv_tta": oof TTA dict, "test_metrics": {...}, "seconds": float,
         "data", "records", "test_records", "run", "submission", "report": paths}``.
 
-    Example:
-        >>> demo("/tmp/demo", overwrite=True, quick=True)["test_metrics"]["accuracy"]  # doctest: +SKIP
+    Example::
+
+        demo("/tmp/demo", overwrite=True, quick=True)["test_metrics"]["accuracy"]
     """
     from tfkit.config import load_config
     from tfkit.datasets import export_dataset

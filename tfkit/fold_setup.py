@@ -24,6 +24,7 @@ import keras
 
 from tfkit import data as tfdata
 from tfkit import records as tfrec
+from tfkit.checks import validate
 from tfkit.config import Config
 from tfkit.losses import create_loss
 from tfkit.manifest import Manifest, resolve_task
@@ -61,7 +62,7 @@ class FoldSetup:
 
     @classmethod
     def create(cls, cfg: Config, records: str | os.PathLike, fold: int,
-               manifest: Manifest | dict | None = None) -> "FoldSetup":
+               manifest: Manifest | dict | None = None, strategy: Any = None) -> "FoldSetup":
         """Check ``fold`` against the records, pick the strategy and mixed precision.
 
         Args:
@@ -69,19 +70,17 @@ class FoldSetup:
             records: train records folder.
             fold: the held-out fold.
             manifest: the records' manifest (read when ``None``).
+            strategy: the distribution strategy (detected when ``None``).
 
         Returns:
             The set-up.
         """
         manifest = Manifest.from_dict(manifest or tfrec.load_manifest(records))
         fold = manifest.check_folds([fold])[0]
-        task = resolve_task(cfg.model.task, manifest=manifest)  # a task the records cannot feed fails here
-        if cfg.data.augment_on not in ("host", "device"):
-            raise TfkitError(f"data.augment_on: expected host or device, got {cfg.data.augment_on!r}")
-        strategy = get_strategy()
+        strategy = strategy or get_strategy()
+        validate(cfg, manifest, replicas=strategy.num_replicas_in_sync)
+        task = resolve_task(cfg.model.task, manifest=manifest)
         set_mixed_precision(cfg.train.mixed_precision, strategy)
-        if cfg.train.sam_rho > 0 and strategy.num_replicas_in_sync > 1:
-            raise TfkitError("train.sam_rho > 0 runs on one replica only (the perturbation is per-device)")
         meta_dim = tfdata.metadata_dim(manifest, cfg.data.metadata) if cfg.data.metadata else 0
         return cls(cfg=cfg, records=Path(records), manifest=manifest, fold=fold,
                    train_folds=[f for f in range(manifest.n_folds) if f != fold], task=task,

@@ -18,9 +18,43 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
+from tfkit.config import TrainConfig
 from tfkit.utils import TfkitError
 
 LOSSES = ("auto", "crossentropy", "focal", "mse")
+
+
+def check_loss(train_cfg: TrainConfig, task: str) -> str:
+    """Check the loss settings against the task; one-line errors naming the key.
+
+    Args:
+        train_cfg: the ``train`` section (``loss``, ``label_smoothing``, ``focal_gamma``).
+        task: binary | multiclass | multilabel | regression.
+
+    Returns:
+        The concrete loss name (``auto`` resolved).
+
+    Example:
+        >>> from tfkit.config import TrainConfig
+        >>> check_loss(TrainConfig(loss="auto"), "regression")
+        'mse'
+    """
+    name = train_cfg.loss
+    if name not in LOSSES:
+        raise TfkitError(f"train.loss: unknown loss {name!r} (expected one of: {', '.join(LOSSES)})")
+    if task not in ("binary", "multiclass", "multilabel", "regression"):
+        raise TfkitError(f"create_loss: unknown task {task!r}")
+    if name == "auto":
+        name = "mse" if task == "regression" else "crossentropy"
+    if not 0.0 <= float(train_cfg.label_smoothing) < 1.0:
+        raise TfkitError(f"train.label_smoothing: expected a value in [0, 1), got {float(train_cfg.label_smoothing)}")
+    if task == "regression" and name != "mse":
+        raise TfkitError(f"train.loss={name} is a classification loss; regression uses mse (or auto)")
+    if task != "regression" and name == "mse":
+        raise TfkitError(f"train.loss=mse is for regression; task {task} uses crossentropy or focal")
+    if name == "focal" and float(train_cfg.focal_gamma) < 0:
+        raise TfkitError(f"train.focal_gamma: expected >= 0, got {float(train_cfg.focal_gamma)}")
+    return name
 
 
 def create_loss(train_cfg: Any, task: str, num_classes: int) -> keras.losses.Loss:
@@ -48,30 +82,16 @@ def create_loss(train_cfg: Any, task: str, num_classes: int) -> keras.losses.Los
         >>> create_loss(TrainConfig(), "binary", 2).name
         'binary_crossentropy'
     """
-    name = train_cfg.loss
-    if name not in LOSSES:
-        raise TfkitError(f"train.loss: unknown loss {name!r} (expected one of: {', '.join(LOSSES)})")
-    if task not in ("binary", "multiclass", "multilabel", "regression"):
-        raise TfkitError(f"create_loss: unknown task {task!r}")
-    if name == "auto":
-        name = "mse" if task == "regression" else "crossentropy"
+    name = check_loss(train_cfg, task)
     smoothing = float(train_cfg.label_smoothing)
-    if not 0.0 <= smoothing < 1.0:
-        raise TfkitError(f"train.label_smoothing: expected a value in [0, 1), got {smoothing}")
     if task == "regression":
-        if name != "mse":
-            raise TfkitError(f"train.loss={name} is a classification loss; regression uses mse (or auto)")
         return keras.losses.MeanSquaredError()
-    if name == "mse":
-        raise TfkitError(f"train.loss=mse is for regression; task {task} uses crossentropy or focal")
     categorical = task == "multiclass"
     if name == "crossentropy":
         if categorical:
             return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
         return keras.losses.BinaryCrossentropy(label_smoothing=smoothing)
     gamma = float(train_cfg.focal_gamma)
-    if gamma < 0:
-        raise TfkitError(f"train.focal_gamma: expected >= 0, got {gamma}")
     if categorical:
         # Keras' default alpha=0.25 only rescales the loss for softmax targets; 1.0 keeps
         # gamma=0 identical to cross-entropy.

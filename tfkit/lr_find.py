@@ -96,9 +96,9 @@ def lr_find(cfg: Config, records: str | os.PathLike, out: str | os.PathLike, min
         raise TfkitError(f"lr-find: expected 0 < --min-lr < --max-lr, got {min_lr} and {max_lr}")
     if steps < 10:
         raise TfkitError(f"lr-find: --steps must be at least 10, got {steps}")
+    setup = FoldSetup.create(cfg, records, fold)  # validates the whole config before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    setup = FoldSetup.create(cfg, records, fold)
     seed_everything(cfg.train.seed)
     sweep = ExponentialSweep(min_lr, max_lr, steps)
     with setup.strategy.scope():

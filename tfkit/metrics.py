@@ -304,6 +304,38 @@ class QuadraticWeightedKappa(keras.metrics.Metric):
         return {**super().get_config(), "num_classes": self.num_classes, "task": self.task}
 
 
+def applicable_metrics(names: Sequence[str], task: str | None = None, num_classes: int = 0) -> list[str]:
+    """The names of ``names`` a run of ``task`` computes (:func:`keras_metrics` builds exactly these).
+
+    Args:
+        names: ``train.metrics``.
+        task: the task; ``None`` keeps every known name.
+        num_classes: number of classes (regression QWK needs at least 2 ratings).
+
+    Returns:
+        The applicable names, in the order given.
+
+    Raises:
+        TfkitError: an unknown name.
+
+    Example:
+        >>> applicable_metrics(["accuracy", "rmse", "qwk"], "multiclass", 5)
+        ['accuracy', 'qwk']
+        >>> applicable_metrics(["accuracy", "rmse", "qwk"], "regression", 5)
+        ['rmse', 'qwk']
+    """
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise TfkitError(f"train.metrics: unknown metric {unknown[0]!r} (expected some of: {', '.join(METRICS)})")
+    if task is None:
+        return list(names)
+    if task == "regression":
+        ok = {"rmse", "mae"} | ({"qwk"} if num_classes >= 2 else set())
+    else:
+        ok = {"accuracy", "auc", "f1", "log_loss"} | ({"qwk"} if task in ("binary", "multiclass") else set())
+    return [n for n in names if n in ok]
+
+
 def keras_metrics(names: Sequence[str], task: str, num_classes: int) -> list[keras.metrics.Metric]:
     """Keras metric objects for ``compile(metrics=...)``, named like the numpy ones.
 
@@ -326,16 +358,14 @@ def keras_metrics(names: Sequence[str], task: str, num_classes: int) -> list[ker
         ['accuracy', 'qwk']
     """
     out: list[keras.metrics.Metric] = []
-    for name in names:
-        if name not in METRICS:
-            raise TfkitError(f"train.metrics: unknown metric {name!r} (expected some of: {', '.join(METRICS)})")
+    for name in applicable_metrics(names, task, num_classes):
         m: keras.metrics.Metric | None = None
         if task == "regression":
             if name == "rmse":
                 m = keras.metrics.RootMeanSquaredError(name="rmse")
             elif name == "mae":
                 m = keras.metrics.MeanAbsoluteError(name="mae")
-            elif name == "qwk" and num_classes >= 2:
+            else:
                 m = QuadraticWeightedKappa(num_classes, task="regression")
         elif name == "accuracy":
             m = (keras.metrics.CategoricalAccuracy if task == "multiclass" else keras.metrics.BinaryAccuracy)(name="accuracy")
@@ -349,8 +379,7 @@ def keras_metrics(names: Sequence[str], task: str, num_classes: int) -> list[ker
             m = keras.metrics.F1Score(average="macro", threshold=None if task == "multiclass" else 0.5, name="f1")
         elif name == "log_loss":
             m = (keras.metrics.CategoricalCrossentropy if task == "multiclass" else keras.metrics.BinaryCrossentropy)(name="log_loss")
-        elif name == "qwk" and task in ("binary", "multiclass"):
+        else:
             m = QuadraticWeightedKappa(num_classes, task=task)
-        if m is not None:
-            out.append(m)
+        out.append(m)
     return out

@@ -217,6 +217,25 @@ def _spec(name: str) -> _Spec:
     return _MODELS[name]
 
 
+def check_model_config(name: str, pooling: str = "avg", dropout: float = 0.0, image_size: int = 32) -> None:
+    """One-line errors for a model :func:`create_model` cannot build (before anything is built).
+
+    Example:
+        >>> check_model_config("small_cnn", "gem", 0.2, 32)
+        >>> check_model_config("small_cnn", "sum")
+        Traceback (most recent call last):
+        ...
+        tfkit.utils.TfkitError: model.pooling: unknown pooling 'sum' (expected one of: avg, max, gem)
+    """
+    _spec(name)
+    if pooling not in POOLINGS:
+        raise TfkitError(f"model.pooling: unknown pooling {pooling!r} (expected one of: {', '.join(POOLINGS)})")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise TfkitError(f"model.dropout: expected a rate in [0, 1), got {dropout}")
+    if int(image_size) < 8:
+        raise TfkitError(f"data.image_size: expected at least 8 pixels, got {image_size}")
+
+
 def output_units(task: str, num_classes: int) -> int:
     """Width of the output layer: 1 for binary and regression, else ``num_classes``."""
     return 1 if task in ("binary", "regression") else int(num_classes)
@@ -329,12 +348,7 @@ def create_model(
         ['image', 'meta']
     """
     task = resolve_task(task, num_classes)
-    if pooling not in POOLINGS:
-        raise TfkitError(f"model.pooling: unknown pooling {pooling!r} (expected one of: {', '.join(POOLINGS)})")
-    if not 0.0 <= float(dropout) < 1.0:
-        raise TfkitError(f"model.dropout: expected a rate in [0, 1), got {dropout}")
-    if int(image_size) < 8:
-        raise TfkitError(f"data.image_size: expected at least 8 pixels, got {image_size}")
+    check_model_config(name, pooling, dropout, image_size)
     if meta_dim < 0:
         raise TfkitError(f"meta_dim: expected >= 0, got {meta_dim}")
 

@@ -28,7 +28,7 @@ import keras
 from tfkit.config import TrainConfig
 from tfkit.utils import TfkitError
 
-__all__ = ["OPTIMIZERS", "OptimizerInfo", "LayerScaled", "create_optimizer", "layer_multipliers", "lr_scaled",
+__all__ = ["OPTIMIZERS", "OptimizerInfo", "LayerScaled", "check_optimizer", "create_optimizer", "layer_multipliers", "lr_scaled",
            "OffsetSchedule", "offset_schedule"]
 
 
@@ -98,6 +98,24 @@ OPTIMIZERS: dict[str, OptimizerInfo] = {
 }
 
 
+def check_optimizer(t: TrainConfig) -> OptimizerInfo:
+    """Check ``train.optimizer`` and ``train.ema``; one-line errors naming the key.
+
+    Returns:
+        The optimizer's registry entry.
+
+    Example:
+        >>> check_optimizer(TrainConfig(optimizer="SGD")).cls.__name__
+        'SGD'
+    """
+    info = OPTIMIZERS.get(t.optimizer.lower())
+    if info is None:
+        raise TfkitError(f"train.optimizer: unknown optimizer {t.optimizer!r} (expected adamw, adam or sgd)")
+    if t.ema > 0 and not 0 < t.ema < 1:
+        raise TfkitError(f"train.ema: expected a decay in (0, 1) such as 0.999, got {t.ema}")
+    return info
+
+
 def create_optimizer(t: TrainConfig, schedule: Any, multipliers: dict[str, float]) -> keras.optimizers.Optimizer:
     """The optimizer of ``train.optimizer`` with clipping, EMA and per-variable LR factors.
 
@@ -109,13 +127,9 @@ def create_optimizer(t: TrainConfig, schedule: Any, multipliers: dict[str, float
     Returns:
         An unbuilt Keras optimizer.
     """
-    info = OPTIMIZERS.get(t.optimizer.lower())
-    if info is None:
-        raise TfkitError(f"train.optimizer: unknown optimizer {t.optimizer!r} (expected adamw, adam or sgd)")
+    info = check_optimizer(t)
     common: dict[str, Any] = dict(learning_rate=schedule, global_clipnorm=t.clip_norm)
     if t.ema > 0:
-        if not 0 < t.ema < 1:
-            raise TfkitError(f"train.ema: expected a decay in (0, 1) such as 0.999, got {t.ema}")
         common.update(use_ema=True, ema_momentum=float(t.ema))
     opt = lr_scaled(info.cls)(lr_multipliers=multipliers, **common, **info.kwargs(t))
     if info.no_weight_decay:

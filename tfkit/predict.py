@@ -8,11 +8,11 @@ inside one ``tf.function``; the outputs are reshaped back to
 are then averaged with equal weights or weights proportional to each fold's
 CV score.
 
-Example:
-    >>> from tfkit.predict import predict
-    >>> sub = predict("runs/digits", out="submission.csv", records="records/test", tta=4)  # doctest: +SKIP
-    >>> sub.columns[:3].tolist()  # doctest: +SKIP
-    ['id', '0', '1']
+Example::
+
+    from tfkit.predict import predict
+    sub = predict("runs/digits", out="submission.csv", records="records/test", tta=4)
+    sub.columns[:3].tolist()   # ['id', '0', '1']
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from tfkit.checks import AVERAGES, MAX_VIEWS, TTA_MODES, check_tta, validate  # noqa: F401  (re-exported)
 from tfkit.config import Config, PredictConfig
 from tfkit.manifest import Manifest, resolve_task
 from tfkit.metrics import lower_is_better
@@ -34,9 +35,6 @@ from tfkit.utils import TfkitError, write_csv
 
 # Image formats the builder reads (Pillow) but tf.io.decode_image cannot: predict them from records.
 _TF_CANNOT_DECODE = frozenset({".tif", ".tiff", ".webp"})
-TTA_MODES = ("dihedral", "flips", "augment")
-MAX_VIEWS = {"dihedral": 8, "flips": 4}
-AVERAGES = ("mean", "gmean")
 # Metrics where a smaller value is better: their fold weight is 1 / score.
 _EPS = 1e-7
 
@@ -113,8 +111,9 @@ def fold_weights(run: str | os.PathLike, folds: Sequence[int], how: str = "equal
     Returns:
         float64 array of ``len(folds)`` weights.
 
-    Example:
-        >>> fold_weights("runs/digits", [0, 1], "cv")  # doctest: +SKIP
+    Example::
+
+        fold_weights("runs/digits", [0, 1], "cv")
         array([0.49, 0.51])
     """
     n = len(folds)
@@ -146,20 +145,6 @@ def fold_weights(run: str | os.PathLike, folds: Sequence[int], how: str = "equal
 
 
 # --------------------------------------------------------------------------- TTA core
-
-
-def check_tta(n_views: int, mode: str, average: str, task: str = "multiclass") -> None:
-    """Validate TTA options; raise a one-line :class:`TfkitError` naming the bad option."""
-    if mode not in TTA_MODES:
-        raise TfkitError(f"predict.tta_mode: expected one of {', '.join(TTA_MODES)}, got {mode!r}")
-    if average not in AVERAGES:
-        raise TfkitError(f"predict.average: expected one of {', '.join(AVERAGES)}, got {average!r}")
-    if not isinstance(n_views, int) or n_views < 1:
-        raise TfkitError(f"predict.tta: expected an integer >= 1, got {n_views!r}")
-    if mode in MAX_VIEWS and n_views > MAX_VIEWS[mode]:
-        raise TfkitError(f"predict.tta={n_views}: tta_mode={mode} has only {MAX_VIEWS[mode]} distinct views")
-    if average == "gmean" and task == "regression":
-        raise TfkitError("predict.average=gmean is undefined for regression outputs (use mean)")
 
 
 TTA_MAGNITUDE = 0.5  # augment-mode TTA views use half the training magnitudes
@@ -244,9 +229,10 @@ def make_tta_step(
         an int32 ``[2]`` tensor (used by ``mode="augment"`` only) and ``identity``
         is each model's prediction on the untransformed view.
 
-    Example:
-        >>> step = make_tta_step([model], n_views=8)  # doctest: +SKIP
-        >>> tta, plain = step(images, tf.constant([0, 0]))  # doctest: +SKIP
+    Example::
+
+        step = make_tta_step([model], n_views=8)
+        tta, plain = step(images, tf.constant([0, 0]))
     """
     import tensorflow as tf
 
@@ -323,8 +309,9 @@ def predict_proba(
         ``[N, C]`` float32 ensemble predictions; with ``per_model=True`` the tuple
         ``(ensemble [N, C], tta [M, N, C], identity [M, N, C])``.
 
-    Example:
-        >>> proba = predict_proba(models, ds, n_views=8, mode="dihedral", average="gmean")  # doctest: +SKIP
+    Example::
+
+        proba = predict_proba(models, ds, n_views=8, mode="dihedral", average="gmean")
     """
     import tensorflow as tf
     from tqdm.auto import tqdm
@@ -383,8 +370,9 @@ def list_images(folder: str | os.PathLike, csv: str | os.PathLike | None = None,
     Returns:
         DataFrame with columns ``id`` and ``path`` (absolute).
 
-    Example:
-        >>> list_images("test_images").head(2)  # doctest: +SKIP
+    Example::
+
+        list_images("test_images").head(2)
     """
     root = Path(folder)
     if not root.is_dir():
@@ -453,8 +441,9 @@ def image_folder_dataset(paths: Sequence[str], image_size: int, batch_size: int)
     Returns:
         ``tf.data.Dataset`` of image batches, in the order of ``paths``.
 
-    Example:
-        >>> ds = image_folder_dataset(["a.png", "b.jpg"], 32, 64)  # doctest: +SKIP
+    Example::
+
+        ds = image_folder_dataset(["a.png", "b.jpg"], 32, 64)
     """
     import tensorflow as tf
 
@@ -508,8 +497,9 @@ def records_dataset(records: str | os.PathLike, cfg: Config, manifest: Manifest,
         ``(dataset, index)`` where ``index`` has columns id, label, fold, group in
         the order the dataset yields images.
 
-    Example:
-        >>> ds, index = records_dataset("records/test", cfg, manifest)  # doctest: +SKIP
+    Example::
+
+        ds, index = records_dataset("records/test", cfg, manifest)
     """
     from tfkit import data
 
@@ -620,11 +610,12 @@ def _known_labels(index: pd.DataFrame) -> np.ndarray | None:
 # --------------------------------------------------------------------------- commands
 
 
-def _resolve(cfg: Config, tta: int | None) -> PredictConfig:
-    pcfg = cfg.predict
+def _resolve(cfg: Config, manifest: Manifest, tta: int | None) -> tuple[Config, str]:
+    """The run's config with ``tta`` applied, validated whole before any work, and the task."""
     if tta is not None:
-        pcfg = dataclasses.replace(pcfg, tta=int(tta))
-    return pcfg
+        cfg = dataclasses.replace(cfg, predict=dataclasses.replace(cfg.predict, tta=int(tta)))
+    validate(cfg, manifest, predicting=True)
+    return cfg, resolve_task(cfg.model.task, manifest=manifest)
 
 
 def predict(
@@ -656,17 +647,17 @@ def predict(
     Raises:
         TfkitError: neither or both of ``records``/``images``, a bad option, or a missing file.
 
-    Example:
-        >>> sub = predict("runs/digits", "submission.csv", records="records/test", tta=4)  # doctest: +SKIP
+    Example::
+
+        sub = predict("runs/digits", "submission.csv", records="records/test", tta=4)
     """
     if (records is None) == (images is None):
         raise TfkitError("predict: give exactly one of --records or --images")
     if csv is not None and images is None:
         raise TfkitError("predict: --csv is used with --images only")
     cfg, manifest = load_run(run, overrides)
-    pcfg = _resolve(cfg, tta)
-    task = resolve_task(cfg.model.task, manifest=manifest)
-    check_tta(pcfg.tta, pcfg.tta_mode, pcfg.average, task)
+    cfg, task = _resolve(cfg, manifest, tta)
+    pcfg = cfg.predict
     folds = run_folds(run)
     weights = fold_weights(run, folds, pcfg.fold_weights)
     _image_size(run, folds, cfg)
@@ -728,13 +719,13 @@ def oof_tta(
         The ``cv_tta.json`` dict: ``{"n_views", "mode", "average", "primary",
         "no_tta": {...}, "tta": {...}, "folds": {k: {"no_tta", "tta"}}}``.
 
-    Example:
-        >>> oof_tta("runs/digits", "records/train", tta=4)["tta"]["accuracy"]  # doctest: +SKIP
+    Example::
+
+        oof_tta("runs/digits", "records/train", tta=4)["tta"]["accuracy"]
     """
     cfg, manifest = load_run(run, overrides)
-    pcfg = _resolve(cfg, tta)
-    task = resolve_task(cfg.model.task, manifest=manifest)
-    check_tta(pcfg.tta, pcfg.tta_mode, pcfg.average, task)
+    cfg, task = _resolve(cfg, manifest, tta)
+    pcfg = cfg.predict
     classes = manifest.classes
     folds = run_folds(run)
     _image_size(run, folds, cfg)

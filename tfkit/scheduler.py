@@ -28,6 +28,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfkit.config import Config
 from tfkit.utils import TfkitError, pyplot, save_figure
 
 SCHEDULES = ("constant", "cosine", "onecycle", "cosine_restarts", "cyclic", "rampup", "plateau")
@@ -159,6 +160,34 @@ class TfkitSchedule(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+def check_schedule(train_cfg: Any) -> str:
+    """Check ``train.schedule`` and its settings; one-line errors naming the key.
+
+    Args:
+        train_cfg: the ``train`` section.
+
+    Returns:
+        The schedule's kind.
+
+    Example:
+        >>> from tfkit.config import TrainConfig
+        >>> check_schedule(TrainConfig(schedule="cyclic", cycle_decay=0.5))
+        'cyclic'
+    """
+    kind = train_cfg.schedule
+    if kind not in SCHEDULES:
+        raise TfkitError(f"train.schedule: unknown schedule {kind!r} (expected one of: {', '.join(SCHEDULES)})")
+    if not train_cfg.lr > 0 or train_cfg.min_lr < 0 or train_cfg.min_lr > train_cfg.lr:
+        raise TfkitError(f"train.lr/min_lr: expected 0 <= min_lr <= lr and lr > 0, got lr={train_cfg.lr}, min_lr={train_cfg.min_lr}")
+    if kind == "cosine_restarts" and (train_cfg.restart_epochs <= 0 or train_cfg.restart_mult <= 0):
+        raise TfkitError(f"train.restart_epochs/restart_mult must be > 0, got {train_cfg.restart_epochs}, {train_cfg.restart_mult}")
+    if kind == "cyclic" and (train_cfg.cycle_epochs <= 0 or not 0 < train_cfg.cycle_decay <= 1):
+        raise TfkitError(f"train.cycle_epochs must be > 0 and cycle_decay in (0, 1], got {train_cfg.cycle_epochs}, {train_cfg.cycle_decay}")
+    if kind == "rampup" and not 0 < train_cfg.decay <= 1:
+        raise TfkitError(f"train.decay: expected a factor in (0, 1], got {train_cfg.decay}")
+    return kind
+
+
 def create_schedule(train_cfg: Any, steps_per_epoch: int, epochs: int | None = None) -> TfkitSchedule | float:
     """The learning rate an optimizer should be built with.
 
@@ -183,25 +212,15 @@ def create_schedule(train_cfg: Any, steps_per_epoch: int, epochs: int | None = N
         0.01
     """
     epochs = int(train_cfg.epochs if epochs is None else epochs)
-    kind = train_cfg.schedule
-    if kind not in SCHEDULES:
-        raise TfkitError(f"train.schedule: unknown schedule {kind!r} (expected one of: {', '.join(SCHEDULES)})")
+    kind = check_schedule(train_cfg)
     if steps_per_epoch < 1 or epochs < 1:
         raise TfkitError(f"schedule: steps_per_epoch and epochs must be >= 1, got {steps_per_epoch} and {epochs}")
-    if not train_cfg.lr > 0 or train_cfg.min_lr < 0 or train_cfg.min_lr > train_cfg.lr:
-        raise TfkitError(f"train.lr/min_lr: expected 0 <= min_lr <= lr and lr > 0, got lr={train_cfg.lr}, min_lr={train_cfg.min_lr}")
     if kind == "plateau":
         return float(train_cfg.lr)
     total = epochs * steps_per_epoch
     warmup = int(round(train_cfg.warmup_epochs * steps_per_epoch))
     if kind == "onecycle" and warmup <= 0:
         warmup = int(round(ONECYCLE_PCT * total))
-    if kind == "cosine_restarts" and (train_cfg.restart_epochs <= 0 or train_cfg.restart_mult <= 0):
-        raise TfkitError(f"train.restart_epochs/restart_mult must be > 0, got {train_cfg.restart_epochs}, {train_cfg.restart_mult}")
-    if kind == "cyclic" and (train_cfg.cycle_epochs <= 0 or not 0 < train_cfg.cycle_decay <= 1):
-        raise TfkitError(f"train.cycle_epochs must be > 0 and cycle_decay in (0, 1], got {train_cfg.cycle_epochs}, {train_cfg.cycle_decay}")
-    if kind == "rampup" and not 0 < train_cfg.decay <= 1:
-        raise TfkitError(f"train.decay: expected a factor in (0, 1], got {train_cfg.decay}")
     return TfkitSchedule(
         kind, lr=train_cfg.lr, min_lr=train_cfg.min_lr, total_steps=total, warmup_steps=min(warmup, total),
         steps_per_epoch=steps_per_epoch,
@@ -274,10 +293,9 @@ def plot_schedule(train_cfg: Any, steps_per_epoch: int, path: str | os.PathLike,
     Returns:
         The PNG's path.
 
-    Example:
-        >>> from tfkit.config import TrainConfig
-        >>> plot_schedule(TrainConfig(schedule="rampup"), 100, "lr.png")  # doctest: +SKIP
-        PosixPath('lr.png')
+    Example::
+
+        plot_schedule(TrainConfig(schedule="rampup"), 100, "lr.png")   # PosixPath('lr.png')
     """
     plt = pyplot()
     vals = schedule_values(train_cfg, steps_per_epoch, epochs)
@@ -291,3 +309,39 @@ def plot_schedule(train_cfg: Any, steps_per_epoch: int, path: str | os.PathLike,
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path, dpi=100)
+
+
+# --------------------------------------------------------------------------- training phases
+
+
+def phases(cfg: Config) -> list[dict]:
+    """Cut ``[0, epochs)`` into phases of constant image size and frozen state.
+
+    Args:
+        cfg: the config (``train.epochs``, ``train.freeze_epochs``, ``train.progressive``, ``data.image_size``).
+
+    Returns:
+        One dict per phase: ``index``, ``start``, ``end`` (epochs), ``size``, ``frozen``.
+
+    Example:
+        >>> from tfkit.config import load_config
+        >>> cfg = load_config(None, ["data.image_size=32", "train.epochs=4", "train.freeze_epochs=1",
+        ...                          "train.progressive=[[2, 48]]"])
+        >>> [(p["start"], p["end"], p["size"], p["frozen"]) for p in phases(cfg)]
+        [(0, 1, 32, True), (1, 2, 32, False), (2, 4, 48, False)]
+    """
+    epochs = int(cfg.train.epochs)
+    if epochs < 1:
+        raise TfkitError(f"train.epochs: expected >= 1, got {epochs}")
+    sizes = {0: int(cfg.data.image_size)}
+    for item in cfg.train.progressive:
+        if len(item) != 2 or item[0] < 0 or item[1] < 8:
+            raise TfkitError(f"train.progressive: expected [[epoch, size], ...] with size >= 8, got {cfg.train.progressive}")
+        sizes[int(item[0])] = int(item[1])
+    cuts = sorted({0, *[e for e in sizes if e < epochs], *([cfg.train.freeze_epochs] if 0 < cfg.train.freeze_epochs < epochs else [])})
+    out = []
+    for i, start in enumerate(cuts):
+        end = cuts[i + 1] if i + 1 < len(cuts) else epochs
+        size = sizes[max(e for e in sizes if e <= start)]
+        out.append(dict(index=i, start=start, end=end, size=size, frozen=start < cfg.train.freeze_epochs))
+    return out

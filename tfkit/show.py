@@ -12,9 +12,10 @@ Three PNGs, plus the numbers behind them so they can be checked:
   metadata column (histogram for numeric, bars for categorical, with the
   missing count); the numbers are in ``eda.json``.
 
-Example:
-    >>> paths = show("records", load_config(None, ["augment.preset=digits"]), "show")  # doctest: +SKIP
-    >>> [p.name for p in paths]  # doctest: +SKIP
+Example::
+
+    paths = show("records", load_config(None, ["augment.preset=digits"]), "show")
+    [p.name for p in paths]
     ['augment_grid.png', 'class_counts.png', 'class_counts.csv', 'eda.png', 'eda.json']
 """
 
@@ -105,8 +106,9 @@ def plot_augment_grid(records: str, cfg: Config, index: pd.DataFrame, manifest: 
     Returns:
         ``path``.
 
-    Example:
-        >>> plot_augment_grid("records", cfg, read_index("records"), manifest, Path("grid.png"))  # doctest: +SKIP
+    Example::
+
+        plot_augment_grid("records", cfg, read_index("records"), manifest, Path("grid.png"))
     """
     import tensorflow as tf
 
@@ -154,8 +156,9 @@ def plot_class_counts(counts: pd.DataFrame, path: Path) -> Path:
     Returns:
         ``path``.
 
-    Example:
-        >>> plot_class_counts(class_counts(idx, classes), Path("class_counts.png"))  # doctest: +SKIP
+    Example::
+
+        plot_class_counts(class_counts(idx, classes), Path("class_counts.png"))
     """
     plt = pyplot()
     folds = [c for c in counts.columns if c != "total"]
@@ -188,8 +191,9 @@ def eda_summary(index: pd.DataFrame, manifest: Mapping, source: pd.DataFrame | N
         "metadata": {col: {"kind", "missing", numeric: "min/mean/max" | categorical: "counts"}}}``
         (``image_sizes`` are the stored sizes, ``source_sizes`` those of the files).
 
-    Example:
-        >>> eda_summary(read_index("records", extra=True), manifest)["n_examples"]  # doctest: +SKIP
+    Example::
+
+        eda_summary(read_index("records", extra=True), manifest)["n_examples"]
         1437
     """
     manifest = Manifest.from_dict(manifest)
@@ -259,8 +263,9 @@ def plot_eda(index: pd.DataFrame, manifest: Mapping, summary: dict, path: Path,
     Returns:
         ``path``.
 
-    Example:
-        >>> plot_eda(idx, manifest, eda_summary(idx, manifest), Path("eda.png"))  # doctest: +SKIP
+    Example::
+
+        plot_eda(idx, manifest, eda_summary(idx, manifest), Path("eda.png"))
     """
     plt = pyplot()
     manifest = Manifest.from_dict(manifest)
@@ -314,8 +319,9 @@ def show(records: str, cfg: Config, out: str | os.PathLike, n_images: int = 8, n
     Raises:
         TfkitError: bad ``n_images``/``n_draws``, or unreadable records.
 
-    Example:
-        >>> show("records", load_config(None, ["augment.preset=digits"]), "show", n_images=4)  # doctest: +SKIP
+    Example::
+
+        show("records", load_config(None, ["augment.preset=digits"]), "show", n_images=4)
     """
     from tfkit import data, records as records_mod
 

@@ -67,7 +67,9 @@ from tfkit.manifest import Manifest, resolve_task
 from tfkit.optim import create_optimizer, layer_multipliers, offset_schedule
 from tfkit.run import (FoldFiles, RunFolder, oof_frame, oof_metrics, oof_probabilities, primary_metric, recompute_cv,
                        recompute_cv_frame)
-from tfkit.scheduler import create_schedule, schedule_callbacks
+from tfkit.checks import validate
+from tfkit.scheduler import create_schedule, phases, schedule_callbacks
+from tfkit.strategy import get_strategy
 from tfkit.swa import SWA_BN_BATCHES, SwaAverage, bn_update, swa_start
 from tfkit.train_step import TrainingModel
 from tfkit.utils import TfkitError, pyplot, save_figure, seed_everything
@@ -78,47 +80,11 @@ __all__ = ["train", "train_fold", "lr_find", "oof_frame", "oof_probabilities", "
 _IGNORED_ON_RESUME = {("train", "folds"), ("train", "verbose")}
 
 
-# --------------------------------------------------------------------------- small helpers
-
-
-def phases(cfg: Config) -> list[dict]:
-    """Cut ``[0, epochs)`` into phases of constant image size and frozen state.
-
-    Args:
-        cfg: the config (``train.epochs``, ``train.freeze_epochs``, ``train.progressive``, ``data.image_size``).
-
-    Returns:
-        One dict per phase: ``index``, ``start``, ``end`` (epochs), ``size``, ``frozen``.
-
-    Example:
-        >>> from tfkit.config import load_config
-        >>> cfg = load_config(None, ["data.image_size=32", "train.epochs=4", "train.freeze_epochs=1",
-        ...                          "train.progressive=[[2, 48]]"])
-        >>> [(p["start"], p["end"], p["size"], p["frozen"]) for p in phases(cfg)]
-        [(0, 1, 32, True), (1, 2, 32, False), (2, 4, 48, False)]
-    """
-    epochs = int(cfg.train.epochs)
-    if epochs < 1:
-        raise TfkitError(f"train.epochs: expected >= 1, got {epochs}")
-    sizes = {0: int(cfg.data.image_size)}
-    for item in cfg.train.progressive:
-        if len(item) != 2 or item[0] < 0 or item[1] < 8:
-            raise TfkitError(f"train.progressive: expected [[epoch, size], ...] with size >= 8, got {cfg.train.progressive}")
-        sizes[int(item[0])] = int(item[1])
-    cuts = sorted({0, *[e for e in sizes if e < epochs], *([cfg.train.freeze_epochs] if 0 < cfg.train.freeze_epochs < epochs else [])})
-    out = []
-    for i, start in enumerate(cuts):
-        end = cuts[i + 1] if i + 1 < len(cuts) else epochs
-        size = sizes[max(e for e in sizes if e <= start)]
-        out.append(dict(index=i, start=start, end=end, size=size, frozen=start < cfg.train.freeze_epochs))
-    return out
-
-
 # --------------------------------------------------------------------------- one fold
 
 
 def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os.PathLike,
-               manifest: dict | None = None, callbacks: Sequence[Any] = ()) -> dict:
+               manifest: Manifest | dict | None = None, callbacks: Sequence[Any] = (), strategy: Any = None) -> dict:
     """Train fold ``fold``: fit on the other folds' shards, validate on its own.
 
     Args:
@@ -128,6 +94,7 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
         out: run folder; writes ``out/fold{fold}/``.
         manifest: the records' manifest (read when ``None``).
         callbacks: extra Keras callbacks (run after tfkit's own, e.g. for tests or logging).
+        strategy: the distribution strategy (detected when ``None``).
 
     Returns:
         The fold's summary (also ``fold{k}/done.json``): metrics on its validation
@@ -140,7 +107,7 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
     run = RunFolder(out)
     if run.fold(fold).done.is_file():
         return run.done(fold)
-    setup = FoldSetup.create(cfg, records, fold, manifest)
+    setup = FoldSetup.create(cfg, records, fold, manifest, strategy)
     fold = setup.fold
     files = run.fold(fold)
     files.dir.mkdir(parents=True, exist_ok=True)
@@ -325,13 +292,15 @@ def train(cfg: Config, records: str | os.PathLike, out: str | os.PathLike,
     if folds is None:
         folds = cfg.train.folds if cfg.train.folds is not None else range(manifest.require_folds())
     chosen = manifest.check_folds(folds)
+    strategy = get_strategy()
+    validate(cfg, manifest, replicas=strategy.num_replicas_in_sync)  # before the run folder exists
     run.path.mkdir(parents=True, exist_ok=True)
     _check_resume_config(cfg, run)
     run.write_config(cfg)
     run.write_manifest(manifest)
     t0 = time.time()
     for k in chosen:
-        train_fold(cfg, records, k, out, manifest=manifest, callbacks=callbacks)
+        train_fold(cfg, records, k, out, manifest=manifest, callbacks=callbacks, strategy=strategy)
     cv = _write_cv(cfg, run, manifest)
     _plot_curves(run)
     _print_summary(cv, time.time() - t0)

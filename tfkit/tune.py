@@ -34,10 +34,11 @@ config for ``tfkit train --config``), ``best.json``, ``score_by_trial.png``,
 ``score_vs_hparams.png``; Keras Tuner's state lives in ``out/search`` and each
 trial's training run in ``out/search/trial_<id>/run``.
 
-Example:
-    >>> summary = tune(load_config("base.yaml"), "space.yaml", "records", "tune_out",
-    ...                tuner="bayesian", max_trials=20, objective="val_auc", cv=True)  # doctest: +SKIP
-    >>> summary["best_score"]  # doctest: +SKIP
+Example::
+
+    summary = tune(load_config("base.yaml"), "space.yaml", "records", "tune_out",
+                   tuner="bayesian", max_trials=20, objective="val_auc", cv=True)
+    summary["best_score"]
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ from tfkit.config import (
     config_to_dict,
     save_config,
 )
+from tfkit.checks import validate
 from tfkit.manifest import Manifest
 from tfkit.run import RunFolder
 from tfkit.utils import TfkitError, prepare_out_dir, read_json, write_csv, write_json
@@ -518,10 +520,11 @@ class KFoldTuner(BaseTuner):
         isolate: train each trial in a fresh spawned process (``train_fn``
             must then be picklable, e.g. a module-level function).
 
-    Example:
-        >>> tuner = KFoldTuner(oracle, SpaceHyperModel(cfg, space), "records", folds=[0],
-        ...                    directory="out", project_name="search")  # doctest: +SKIP
-        >>> tuner.search()  # doctest: +SKIP
+    Example::
+
+        tuner = KFoldTuner(oracle, SpaceHyperModel(cfg, space), "records", folds=[0],
+                           directory="out", project_name="search")
+        tuner.search()
     """
 
     def __init__(
@@ -840,9 +843,10 @@ def tune(
         TfkitError: bad space/objective/fold, a search in ``out`` started with
             different settings, or no trial completed.
 
-    Example:
-        >>> tune(load_config("base.yaml"), "space.yaml", "records", "tune", tuner="hyperband",
-        ...      max_trials=30, objective="val_loss", cv=True)  # doctest: +SKIP
+    Example::
+
+        tune(load_config("base.yaml"), "space.yaml", "records", "tune", tuner="hyperband",
+             max_trials=30, objective="val_loss", cv=True)
     """
     from tfkit.records import load_manifest
 
@@ -855,6 +859,7 @@ def tune(
     else:
         folds = [fold]
     manifest.check_folds(folds, option="--fold/train.folds")
+    validate(cfg, manifest)  # the base config, before the tuning folder exists (each trial's is checked again)
 
     role = _role()
     out = Path(out)

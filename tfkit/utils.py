@@ -1,9 +1,10 @@
 """Small helpers every stage shares: the error type the CLI reports, atomic
 writes of files and folders (nothing half-written ever looks complete), and seeding.
 
-Example:
-    >>> with atomic_write("out/cv.json") as f:  # doctest: +SKIP
-    ...     f.write("{}")
+Example::
+
+    with atomic_write("out/cv.json") as f:
+        f.write("{}")
 """
 
 from __future__ import annotations
@@ -222,10 +223,11 @@ def pyplot() -> Any:
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Save a matplotlib figure as PNG atomically, close it, return the path.
 
-    Example:
-        >>> plt = pyplot()  # doctest: +SKIP
-        >>> fig, ax = plt.subplots(); ax.plot([1, 2])  # doctest: +SKIP
-        >>> save_figure(fig, "out/curve.png")  # doctest: +SKIP
+    Example::
+
+        plt = pyplot()
+        fig, ax = plt.subplots(); ax.plot([1, 2])
+        save_figure(fig, "out/curve.png")
     """
     path = Path(path)
     with atomic_write(path, "wb") as f:
