@@ -168,25 +168,18 @@ def _dense_to_csr(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _lists_to_csr(rows: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    parts = [np.asarray(r) for r in rows]
+    lengths = np.fromiter((p.size for p in parts), dtype=np.int64, count=len(parts))
+    indptr = np.zeros(len(parts) + 1, dtype=np.int64)
     np.cumsum(lengths, out=indptr[1:])
-    parts = [np.asarray(r) for r in rows if len(r)]
-    indices = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-    if indices.dtype.kind not in "iu":
-        if indices.dtype.kind == "f" and np.all(np.isfinite(indices)) and np.all(indices % 1 == 0):
-            return indptr, indices.astype(np.int64)
-        row = int(np.searchsorted(indptr, int(np.flatnonzero(~_is_integral(indices))[0]), side="right") - 1)
-        raise TfkitError(f"multi-label row {row}: labels must be integer class indices, got {rows[row]!r}")
-    return indptr, indices
-
-
-def _is_integral(values: np.ndarray) -> np.ndarray:
-    try:
-        as_float = values.astype(float)
-    except (TypeError, ValueError):
-        return np.zeros(len(values), dtype=bool)
-    return np.isfinite(as_float) & (as_float % 1 == 0)
+    filled = [p.reshape(-1) for p in parts if p.size]
+    indices = np.concatenate(filled) if filled else np.zeros(0, dtype=np.int64)
+    if indices.dtype.kind not in "iu" or any(p.ndim > 1 for p in parts):
+        for i, p in enumerate(parts):
+            whole = p.dtype.kind in "iu" or (p.dtype.kind == "f" and np.isfinite(p).all() and (p % 1 == 0).all())
+            if p.size and (p.ndim > 1 or not whole):
+                raise TfkitError(f"multi-label row {i}: labels must be integer class indices, got {rows[i]!r}")
+    return indptr, indices.astype(np.int64)
 
 
 def as_label_lists(labels: Any, n_classes: int | None = None) -> LabelLists:

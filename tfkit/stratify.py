@@ -38,6 +38,7 @@ Same inputs and seed, same folds: every tie is broken by a generator seeded with
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,7 @@ GROUP_WEIGHT = 0.2
 SWAP_CANDIDATES = 512
 MOVES_PER_ROUND = 20_000
 SCAN_GROUPS = 1 << 20
+CHUNK_GROUPS = 1 << 18  # groups per [groups, K] table while scanning moves
 # Runs of at most this many groups that also hold other classes are placed one
 # group at a time, scored on all their classes (bigger runs are water-filled and
 # dealt). Measured on 10M images / 5M groups: water-filling those runs too left an
@@ -164,10 +166,21 @@ def solve(gc: GroupCounts, n_folds: int, seed: int, refine: bool = True) -> np.n
     """
     rng = np.random.default_rng(seed)
     obj = _Objective.of(gc, n_folds)
-    assign = _greedy(gc, obj, n_folds, rng)
-    if refine:
-        assign = _local_search(gc, obj, assign, n_folds, rng)
+    # The matrix products here are small: a multi-threaded BLAS only adds contention
+    # (measured 15x slower on a busy 2-core machine), so run it on one thread.
+    with _single_thread_blas():
+        assign = _greedy(gc, obj, n_folds, rng)
+        if refine:
+            assign = _local_search(gc, obj, assign, n_folds, rng)
     return _fill_empty(gc.images, assign, n_folds)
+
+
+def _single_thread_blas() -> contextlib.AbstractContextManager:
+    try:
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 # --------------------------------------------------------------------------- greedy
@@ -293,11 +306,22 @@ def _water_fill(cost: np.ndarray, step: float, m: int) -> np.ndarray:
     return n
 
 
-def _fill_order(cost: np.ndarray, step: float, n: np.ndarray) -> np.ndarray:
-    """The folds of :func:`_water_fill`'s items in placement order (rotates over folds)."""
-    folds = np.repeat(np.arange(len(n)), n)
+def _fill_order(cost: np.ndarray, step: float, n: np.ndarray, serpentine: bool = False) -> np.ndarray:
+    """The folds of :func:`_water_fill`'s items in placement order (rotates over folds).
+
+    ``serpentine`` reverses every other round of ``K`` slots (0,1,2,2,1,0,...), so
+    items dealt in sorted order give no fold the first pick of every round.
+    """
+    K = len(n)
+    folds = np.repeat(np.arange(K), n)
     slot = np.arange(len(folds)) - np.repeat(np.cumsum(n) - n, n)
-    return folds[np.argsort((cost[folds] - cost.min()) / step + slot, kind="stable")]
+    seq = folds[np.argsort((cost[folds] - cost.min()) / step + slot, kind="stable")]
+    if serpentine and len(seq) > K:
+        full = len(seq) // K * K
+        rounds = seq[:full].reshape(-1, K)
+        rounds[1::2] = rounds[1::2, ::-1].copy()
+        seq[:full] = rounds.reshape(-1)
+    return seq
 
 
 def _greedy(gc: GroupCounts, obj: _Objective, n_folds: int, rng: np.random.Generator) -> np.ndarray:
@@ -376,7 +400,7 @@ def _place_runs(
             if c >= 0:
                 FT[c] += x * per_fold
         else:
-            placed[s:e] = seq = _fill_order(cost, step, per_fold)
+            placed[s:e] = seq = _fill_order(cost, step, per_fold, serpentine=deal)
             lo, hi = ptr[s], ptr[e]
             np.add.at(FT, (classes[lo:hi], np.repeat(seq, lens[s:e])), counts[lo:hi])
         img += (wn * n) * per_fold
@@ -502,7 +526,7 @@ def _move_candidates(
     dev = st.F - obj.T
     dev_extra = (st.E - obj.T_extra).T  # [2, K]
     out_g, out_d = [], []
-    chunk = 1 << 18
+    chunk = CHUNK_GROUPS
     first = int(rng.integers(0, gc.n_groups - SCAN_GROUPS + 1)) if gc.n_groups > SCAN_GROUPS else 0
     last = min(first + SCAN_GROUPS, gc.n_groups)
     for s in range(first, last, chunk):
@@ -565,21 +589,32 @@ def _entries(gc: GroupCounts, groups: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def _cross(gc: GroupCounts, terms: _Terms, ga: np.ndarray, hb: np.ndarray) -> np.ndarray:
-    """``[len(ga), len(hb)]``: sum_c w_c x_gc x_hc over shared classes (a sparse join on class)."""
+    """``[len(ga), len(hb)]``: sum_j w_j x_gj x_hj over the classes and the two extra columns.
+
+    Dense over the union of the pools' classes (one BLAS product) when that is
+    cheap, else a sparse join on class (few shared classes among many).
+    """
     pa, ia = _entries(gc, ga)
     pb, ib = _entries(gc, hb)
-    by_class = np.argsort(gc.classes[pb], kind="stable")
-    pb, ib = pb[by_class], ib[by_class]
-    cb = gc.classes[pb]
-    lo = np.searchsorted(cb, gc.classes[pa], side="left")
-    hi = np.searchsorted(cb, gc.classes[pa], side="right")
-    n = hi - lo
+    union, col = np.unique(np.concatenate([gc.classes[pa], gc.classes[pb]]), return_inverse=True)
+    col_a, col_b = col[: len(pa)], col[len(pa):]
+    pairs = int(np.bincount(col_a, minlength=len(union)) @ np.bincount(col_b, minlength=len(union)))
+    extra = terms.wextras[ga] @ terms.extras[hb].T
+    if 32 * pairs >= len(ga) * len(hb) * len(union):  # a join step costs ~30 BLAS flops
+        A = np.zeros((len(ga), len(union)))
+        A[ia, col_a] = terms.wx[pa]
+        B = np.zeros((len(hb), len(union)))
+        B[ib, col_b] = gc.counts[pb]
+        return A @ B.T + extra
+    by_class = np.argsort(col_b, kind="stable")
+    col_b, ib, pb = col_b[by_class], ib[by_class], pb[by_class]
+    lo = np.searchsorted(col_b, col_a, side="left")
+    n = np.searchsorted(col_b, col_a, side="right") - lo
     left = np.repeat(np.arange(len(pa)), n)
     right = np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(len(left))
-    flat = ia[left] * len(hb) + ib[right]
     weights = terms.wx[pa][left] * gc.counts[pb][right]
-    cross = np.bincount(flat, weights=weights, minlength=len(ga) * len(hb)).reshape(len(ga), len(hb))
-    return cross + terms.wextras[ga] @ terms.extras[hb].T
+    cross = np.bincount(ia[left] * len(hb) + ib[right], weights=weights, minlength=len(ga) * len(hb))
+    return cross.reshape(len(ga), len(hb)) + extra
 
 
 def _apply_swaps(
