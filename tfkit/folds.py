@@ -1,25 +1,34 @@
-"""Triple-stratified K-fold assignment: groups isolated, classes balanced,
-group sizes and images per fold balanced.
+"""K-fold assignment, triple-stratified: groups isolated, labels balanced,
+images and groups per fold balanced, for every target a competition uses.
 
-Each group (e.g. a patient) is described by its per-class image counts. The
-groups are placed one at a time, heaviest first (weighted by class rarity,
-seeded tie-breaking), each into the fold that least increases a chi-square
-like imbalance objective
+Which function for which target (all return one fold per row, int64 in ``[0, K)``;
+``groups`` (e.g. patient ids) are kept whole in one fold; same seed, same folds):
 
-    sum_k [ sum_c (n_kc - T_c)^2 / T_c
-            + a * (n_k - N/K)^2 / (N/K)
-            + b * (g_k - G/K)^2 / (G/K) ]
+=================================  ==========================================================
+one class per row (any dtype)      ``assign_folds(df, K, "label", group_col="patient_id")``
+a numeric target (regression)      ``regression_folds(y, K, groups, n_bins=10)``; one or more
+                                   target columns, each binned into quantiles (``assign_folds``
+                                   bins a numeric label column the same way)
+several labels per row             ``multilabel_folds(labels, K, groups)``; ``labels`` as
+(multi-label, tags)                :class:`LabelLists` or anything :func:`as_label_lists` reads
+a CSV, from the command line       ``tfkit folds`` / :func:`folds_from_csv`
+=================================  ==========================================================
 
-(``n_kc`` images of class ``c`` in fold ``k``, ``T_c`` its ideal share,
-``n_k`` images and ``g_k`` groups of fold ``k``). A local search then moves
-single groups and swaps pairs of groups between folds while the objective
-decreases (swaps are searched over distinct group profiles, at most 512 per
-fold, a seeded sample beyond that). Class balance dominates (``a`` = 0.6,
-``b`` = 0.2, ``a + b < 1``): with one image per group every class count per
-fold lands on the floor or ceiling of its ideal (a property test checks it).
+Multi-label targets have one canonical form, :class:`LabelLists`: CSR rows of
+positive class indices (``indptr``, ``indices``). :func:`as_label_lists` converts
+a list with one sequence of label indices per row (``[[0, 3], [], [2]]``), a tuple
+``(indptr, indices)``, a dense 0/1 matrix, or a SciPy sparse matrix.
 
-A numeric target with many distinct values (or any non-integer values) is
-binned into quantiles first, so each fold covers the target's range alike.
+All of them reduce the rows to sparse (group, class) counts and call the same
+solver, :mod:`tfkit.stratify` (the algorithm and its objective are described
+there): groups placed rarest-class and largest first into the fold that least
+raises a chi-square like imbalance, by runs of interchangeable groups, then a
+bounded local search. For multi-label targets this is Sechidis, Tsoumakas &
+Vlahavas's iterative stratification (2011, the algorithm behind
+``iterative-stratification``'s ``MultilabelStratifiedKFold``) with groups placed
+as units that carry their label counts, which that package cannot do. Memory is
+O(images + groups + non-zero (group, class) counts): 10M images, 5,000 classes and
+5M groups fit in well under 2 GB (``bench/bench_folds.py --scale``).
 
 Example:
     >>> import pandas as pd
@@ -27,31 +36,44 @@ Example:
     >>> folds = assign_folds(df, 5, "label", group_col="patient", seed=0)
     >>> sorted(set(folds.tolist()))
     [0, 1, 2, 3, 4]
+    >>> multilabel_folds([[0, 2], [1], [], [2], [0, 1]] * 4, 2, seed=0).shape
+    (20,)
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from tfkit.stratify import group_counts, solve
 from tfkit.utils import TfkitError, write_csv
 
-__all__ = ["assign_folds", "fold_table", "folds_from_csv", "format_fold_table"]
+__all__ = [
+    "LabelLists",
+    "as_label_lists",
+    "assign_folds",
+    "fold_label_counts",
+    "fold_table",
+    "folds_from_csv",
+    "format_fold_table",
+    "multilabel_folds",
+    "quantile_bins",
+    "regression_folds",
+]
 
-# Weights of the image-count and group-count terms relative to the class terms.
-# Their sum stays below 1 so a one-image difference in a class count always
-# outweighs a one-image difference in fold size: classes first.
-IMAGE_WEIGHT = 0.6
-GROUP_WEIGHT = 0.2
 # A numeric label is binned when it has more distinct values than this (or any
 # non-integer value); integer labels with fewer values are treated as classes.
 MAX_INTEGER_CLASSES = 50
 DEFAULT_BINS = 10
+
+
+# --------------------------------------------------------------------------- targets
 
 
 @dataclass
@@ -59,6 +81,27 @@ class _Strata:
     codes: np.ndarray  # int per row, 0..C-1
     names: list[str]  # one name per stratum
     kind: str  # "binary", "multiclass" or "numeric"
+
+
+def quantile_bins(values: np.ndarray, n_bins: int = DEFAULT_BINS) -> np.ndarray:
+    """Quantile bin of each value, numbered 0.. without gaps.
+
+    Args:
+        values: 1-D float array without NaN.
+        n_bins: number of quantile bins (fewer when many values are equal: edges that
+            coincide are merged).
+
+    Returns:
+        int64 bin per value.
+
+    Example:
+        >>> quantile_bins(np.arange(10.0), 5).tolist()
+        [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    """
+    codes = np.asarray(pd.qcut(values, q=n_bins, labels=False, duplicates="drop"), dtype=np.int64)
+    # qcut may leave a bin empty after dropping duplicate edges: renumber densely.
+    used = np.bincount(codes) > 0
+    return (np.cumsum(used) - 1)[codes]
 
 
 def _strata(labels: pd.Series, n_bins: int = DEFAULT_BINS) -> _Strata:
@@ -70,18 +113,197 @@ def _strata(labels: pd.Series, n_bins: int = DEFAULT_BINS) -> _Strata:
     if pd.api.types.is_bool_dtype(labels):
         values = values.astype(int)
     numeric = pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(labels)
+    # Integer labels through a lookup table, others hashed (factorize); classes in sorted order.
+    if values.dtype.kind in "iu":
+        codes, uniq = _int_codes(values)
+    else:
+        codes, uniq = pd.factorize(values if numeric else labels.astype(str).to_numpy(), sort=True)
     if numeric and n_bins > 0:
-        uniq = np.unique(values)
         non_integer = bool(np.any(np.asarray(uniq, dtype=float) % 1 != 0))
         if (non_integer and len(uniq) > n_bins) or len(uniq) > MAX_INTEGER_CLASSES:
-            codes = pd.qcut(values.astype(float), q=n_bins, labels=False, duplicates="drop")
-            codes = np.asarray(codes, dtype=np.int64)
-            # qcut may leave a bin empty after dropping duplicate edges: renumber densely.
-            used, codes = np.unique(codes, return_inverse=True)
-            return _Strata(codes.astype(np.int64), [f"q{i}" for i in range(len(used))], "numeric")
-    uniq, codes = np.unique(values.astype(str) if not numeric else values, return_inverse=True)
+            codes = quantile_bins(values.astype(float), n_bins)
+            return _Strata(codes, [f"q{i}" for i in range(int(codes.max()) + 1)], "numeric")
     names = [str(u.item() if hasattr(u, "item") else u) for u in uniq]
     return _Strata(codes.astype(np.int64), names, "binary" if len(uniq) == 2 else "multiclass")
+
+
+@dataclass(frozen=True)
+class LabelLists:
+    """Multi-label targets: the positive class indices of each row, as CSR.
+
+    Row ``i`` holds ``indices[indptr[i]:indptr[i+1]]`` (no repeats; a row may be
+    empty). Build one with :func:`as_label_lists`.
+
+    Attributes:
+        indptr: int64 ``[rows + 1]``, ``indptr[0] == 0``, non-decreasing.
+        indices: int64 ``[entries]`` class indices in ``[0, n_classes)``.
+        n_classes: number of classes.
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    n_classes: int
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.indptr) - 1
+
+    def rows(self) -> np.ndarray:
+        """Row index of each entry."""
+        return np.repeat(np.arange(self.n_rows, dtype=np.int64), np.diff(self.indptr))
+
+
+def _dense_to_csr(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if matrix.dtype.kind == "f" and not np.isfinite(matrix).all():
+        row, col = np.argwhere(~np.isfinite(matrix))[0]
+        raise TfkitError(f"multi-label matrix: row {row}, column {col} is not 0 or 1 ({matrix[row, col]})")
+    bad = (matrix != 0) & (matrix != 1)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise TfkitError(f"multi-label matrix: row {row}, column {col} is not 0 or 1 ({matrix[row, col]})")
+    rows, cols = np.nonzero(matrix)
+    indptr = np.zeros(matrix.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=matrix.shape[0]), out=indptr[1:])
+    return indptr, cols
+
+
+def _lists_to_csr(rows: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    parts = [np.asarray(r) for r in rows]
+    lengths = np.fromiter((p.size for p in parts), dtype=np.int64, count=len(parts))
+    indptr = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    filled = [p.reshape(-1) for p in parts if p.size]
+    indices = np.concatenate(filled) if filled else np.zeros(0, dtype=np.int64)
+    if indices.dtype.kind not in "iu" or any(p.ndim > 1 for p in parts):
+        for i, p in enumerate(parts):
+            whole = p.dtype.kind in "iu" or (p.dtype.kind == "f" and np.isfinite(p).all() and (p % 1 == 0).all())
+            if p.size and (p.ndim > 1 or not whole):
+                raise TfkitError(f"multi-label row {i}: labels must be integer class indices, got {rows[i]!r}")
+    return indptr, indices.astype(np.int64)
+
+
+def as_label_lists(labels: Any, n_classes: int | None = None) -> LabelLists:
+    """Read multi-label targets into :class:`LabelLists` (CSR rows of positive class indices).
+
+    Args:
+        labels: one of
+            - a :class:`LabelLists` (returned as is, after the checks);
+            - a ``tuple`` ``(indptr, indices)``: CSR, row ``i`` holds
+              ``indices[indptr[i]:indptr[i+1]]`` (a *list* of two arrays is two rows);
+            - a 2-D array of 0/1 (or bool), one column per class;
+            - a SciPy sparse matrix of 0/1 (anything with ``tocsr()``);
+            - a list (or other sequence) with one sequence of class indices per row,
+              e.g. ``[[0, 3], [], [2]]`` (what ``tfkit.records`` keeps per image).
+        n_classes: number of classes; default: the largest index + 1 (the matrix
+            width for a matrix).
+
+    Returns:
+        The :class:`LabelLists`, indices as int64.
+
+    Raises:
+        TfkitError: a negative or too large index, a label repeated in a row, a
+            matrix value other than 0/1, a non-integer label; the message names the row.
+
+    Example:
+        >>> ll = as_label_lists([[0, 3], [], [2]])
+        >>> ll.indptr.tolist(), ll.indices.tolist(), ll.n_classes
+        ([0, 2, 2, 3], [0, 3, 2], 4)
+        >>> as_label_lists(np.array([[1, 0], [1, 1]])).indices.tolist()
+        [0, 0, 1]
+    """
+    width = None
+    if isinstance(labels, LabelLists):
+        indptr, indices, width = labels.indptr, labels.indices, labels.n_classes
+    elif isinstance(labels, tuple) and len(labels) == 2:
+        indptr, indices = (np.asarray(a) for a in labels)
+        if indptr.ndim != 1 or len(indptr) == 0 or indptr[0] != 0 or indptr[-1] != len(indices) \
+                or np.any(np.diff(indptr) < 0):
+            raise TfkitError("multi-label (indptr, indices): indptr must start at 0, never decrease "
+                             "and end at len(indices); pass a list for one sequence per row")
+    elif hasattr(labels, "tocsr"):
+        csr = labels.tocsr()
+        indptr, indices, width = np.asarray(csr.indptr), np.asarray(csr.indices), csr.shape[1]
+        if len(csr.data) and not np.all(csr.data == 1):
+            i = int(np.flatnonzero(csr.data != 1)[0])
+            row = int(np.searchsorted(indptr, i, side="right") - 1)
+            raise TfkitError(f"multi-label matrix: row {row}, column {indices[i]} is not 0 or 1 ({csr.data[i]})")
+    elif isinstance(labels, np.ndarray) and labels.ndim == 2:
+        indptr, indices = _dense_to_csr(labels)
+        width = labels.shape[1]
+    else:
+        indptr, indices = _lists_to_csr(labels)
+    return _checked_lists(indptr.astype(np.int64), indices.astype(np.int64), n_classes or width)
+
+
+def _checked_lists(indptr: np.ndarray, indices: np.ndarray, n_classes: int | None) -> LabelLists:
+    """Refuse negative, out-of-range and repeated labels, naming the first bad row."""
+    ll = LabelLists(indptr, indices, 0)
+    n_classes = int(n_classes) if n_classes else (int(indices.max()) + 1 if len(indices) else 1)
+    bad = (indices < 0) | (indices >= n_classes)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        row = int(np.searchsorted(indptr, i, side="right") - 1)
+        raise TfkitError(f"multi-label row {row}: class index {indices[i]} is outside 0..{n_classes - 1}")
+    key = np.sort(ll.rows() * n_classes + indices)
+    repeated = np.flatnonzero(key[1:] == key[:-1])
+    if len(repeated):
+        row, label = divmod(int(key[repeated[0]]), n_classes)
+        raise TfkitError(f"multi-label row {row}: label {label} is listed twice")
+    return LabelLists(indptr, indices, n_classes)
+
+
+def _regression_strata(targets: Any, n_bins: int) -> tuple[LabelLists, np.ndarray]:
+    """Each target column binned into quantiles (one label per column per row), and the first column."""
+    y = np.asarray(targets, dtype=np.float64) if not isinstance(targets, pd.DataFrame) else targets.to_numpy(float)
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[1] == 0:
+        raise TfkitError(f"regression targets must be one value or one row of values per image, got shape {y.shape}")
+    if not np.isfinite(y).all():
+        row, col = np.argwhere(~np.isfinite(y))[0]
+        raise TfkitError(f"regression target missing or not finite at row {row}, column {col} ({y[row, col]})")
+    if n_bins < 1:
+        raise TfkitError(f"n_bins must be at least 1 for a regression target, got {n_bins}")
+    codes, offset = np.empty(y.shape, dtype=np.int64), 0
+    for j in range(y.shape[1]):
+        codes[:, j] = quantile_bins(y[:, j], n_bins) + offset
+        offset = int(codes[:, j].max()) + 1
+    indptr = np.arange(0, y.size + 1, y.shape[1], dtype=np.int64)
+    return LabelLists(indptr, codes.ravel(), offset), y[:, 0]
+
+
+# --------------------------------------------------------------------------- groups and the solver
+
+
+def _codes(values: np.ndarray) -> np.ndarray:
+    """Dense codes 0..G-1 in sorted order of the values (text unless numeric)."""
+    values = np.asarray(values)
+    if values.dtype.kind in "iub":
+        return _int_codes(values)[0]
+    codes, _ = pd.factorize(pd.Series(values).astype(str).to_numpy(), sort=True)
+    return codes.astype(np.int64)
+
+
+def _int_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dense codes of integers in sorted order, and the sorted distinct values.
+
+    Ids are usually a compact range: a lookup table over that range is O(n) and
+    several times faster than hashing (``pd.factorize``) or sorting (``np.unique``).
+    """
+    if values.dtype == np.uint64:  # may not fit int64
+        uniq, codes = np.unique(values, return_inverse=True)
+        return codes.astype(np.int64).reshape(-1), uniq
+    values = values.astype(np.int64, copy=False)
+    if len(values) == 0:
+        return np.zeros(0, dtype=np.int64), values
+    low, high = int(values.min()), int(values.max())
+    if high - low > 4 * len(values) + 1024:  # sparse ids: sort instead
+        uniq, codes = np.unique(values, return_inverse=True)
+        return codes.astype(np.int64).reshape(-1), uniq
+    present = np.zeros(high - low + 1, dtype=bool)
+    present[values - low] = True
+    table = np.cumsum(present, dtype=np.int64) - 1
+    return table[values - low], np.flatnonzero(present) + low
 
 
 def _group_codes(df: pd.DataFrame, group_col: str | None) -> np.ndarray:
@@ -93,121 +315,51 @@ def _group_codes(df: pd.DataFrame, group_col: str | None) -> np.ndarray:
     if groups.isna().any():
         row = int(np.flatnonzero(groups.isna().to_numpy())[0])
         raise TfkitError(f"group ({group_col!r}) missing at row {row}: every row needs a group")
-    _, codes = np.unique(groups.astype(str).to_numpy(), return_inverse=True)
-    return codes.astype(np.int64)
+    return _codes(groups.to_numpy())
 
 
-def _single_thread_blas() -> contextlib.AbstractContextManager:
-    try:
-        from threadpoolctl import threadpool_limits  # installed with scikit-learn
-    except ImportError:  # pragma: no cover
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+def _array_groups(groups: Any, n_rows: int) -> np.ndarray:
+    if groups is None:
+        return np.arange(n_rows, dtype=np.int64)
+    values = np.asarray(groups)
+    if values.shape != (n_rows,):
+        raise TfkitError(f"groups: expected one per row ({n_rows}), got shape {values.shape}")
+    missing = pd.isna(values)
+    if missing.any():
+        raise TfkitError(f"group missing at row {int(np.flatnonzero(missing)[0])}: every row needs a group")
+    return _codes(values)
 
 
-def _greedy(X: np.ndarray, T: np.ndarray, w: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.ndarray:
-    """Place groups heaviest first into the fold that least raises the objective."""
-    n_groups = X.shape[0]
-    # Weight of a group: its images counted by class rarity (X[:, :-2] are the class counts).
-    n_classes = X.shape[1] - 2
-    weight = (X[:, :n_classes] * w[:n_classes]).sum(axis=1)
-    # Seeded shuffle first, then a stable sort: equal weights keep the shuffled order.
-    perm = rng.permutation(n_groups)
-    order = perm[np.argsort(-weight[perm], kind="stable")]
-    fold_order = rng.permutation(n_folds)  # seeded tie-break between equally good folds
-    F = np.zeros((n_folds, X.shape[1]))
-    assign = np.empty(n_groups, dtype=np.int64)
-    wX = X * w
-    for g in order:
-        # Objective increase of adding x to fold k: sum_j w_j (2 x_j (F_kj - T_j) + x_j^2);
-        # the x_j^2 part is the same for every fold.
-        score = (F[fold_order] - T) @ wX[g]
-        k = fold_order[int(np.argmin(score))]
-        F[k] += X[g]
-        assign[g] = k
-    return assign
-
-
-def _profiles(X: np.ndarray, members: np.ndarray, rng: np.random.Generator, limit: int) -> np.ndarray:
-    """One representative per distinct group profile (swapping identical groups changes
-    nothing), at most ``limit`` of them (a seeded sample) to bound the swap search."""
-    if len(members) == 0:
-        return members
-    _, first = np.unique(X[members], axis=0, return_index=True)
-    reps = members[np.sort(first)]
-    if len(reps) > limit:
-        reps = np.sort(rng.choice(reps, size=limit, replace=False))
-    return reps
-
-
-def _local_search(
-    X: np.ndarray,
-    T: np.ndarray,
-    w: np.ndarray,
-    assign: np.ndarray,
+def _solve_rows(
+    groups: np.ndarray,
+    labels: LabelLists,
     n_folds: int,
-    rng: np.random.Generator,
-    max_iter: int = 1000,
-    max_candidates: int = 512,
+    seed: int,
+    refine: bool,
+    what: str = "groups",
+    row_values: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Apply the best single move or pairwise swap of groups while the objective drops."""
-    assign = assign.copy()
-    F = np.zeros((n_folds, X.shape[1]))
-    np.add.at(F, assign, X)
-    wX = X * w
-    self_term = 2.0 * (wX * X).sum(axis=1)  # 2 sum_j w_j x_j^2
-    n_in = np.bincount(assign, minlength=n_folds)
-    tol = 1e-9
-    for _ in range(max_iter):
-        # The objective is a sum over folds, so changes touching disjoint folds add up
-        # exactly: each round applies the best candidates that share no fold.
-        candidates: list[tuple[float, tuple[int, int], tuple[str, int, int]]] = []
-        # Moves g: a -> b change the objective by 2 sum_j w_j x_j (F_bj - F_aj) + 2 sum_j w_j x_j^2.
-        D = wX @ (F - T).T  # [G, K]
-        own = D[np.arange(len(assign)), assign]
-        move = 2.0 * (D - own[:, None]) + self_term[:, None]
-        move[np.arange(len(assign)), assign] = np.inf
-        move[n_in[assign] <= 1] = np.inf  # never empty a fold
-        g, b = np.unravel_index(int(np.argmin(move)), move.shape)
-        if move[g, b] < -tol:
-            candidates.append((float(move[g, b]), (int(assign[g]), int(b)), ("move", int(g), int(b))))
-        # Swaps g (in a) <-> h (in b): with d = x_g - x_h moving from a to b the change is
-        # sum_j w_j (2 d_j (F_bj - F_aj) + 2 d_j^2)  =  A_g + B_h - 4 sum_j w_j x_gj x_hj.
-        members = [_profiles(X, np.flatnonzero(assign == k), rng, max_candidates) for k in range(n_folds)]
-        for a in range(n_folds):
-            for b in range(a + 1, n_folds):
-                ga, hb = members[a], members[b]
-                if len(ga) == 0 or len(hb) == 0:
-                    continue
-                diff = F[b] - F[a]
-                A = 2.0 * (wX[ga] @ diff) + self_term[ga]
-                B = -2.0 * (wX[hb] @ diff) + self_term[hb]
-                delta = A[:, None] + B[None, :] - 4.0 * (wX[ga] @ X[hb].T)
-                i, j = np.unravel_index(int(np.argmin(delta)), delta.shape)
-                if delta[i, j] < -tol:
-                    candidates.append((float(delta[i, j]), (a, b), ("swap", int(ga[i]), int(hb[j]))))
-        if not candidates:
-            break
-        touched: set[int] = set()
-        for _, folds, op in sorted(candidates, key=lambda c: c[0]):
-            if touched.intersection(folds):
-                continue
-            touched.update(folds)
-            if op[0] == "move":
-                _, g, b = op
-                a = assign[g]
-                F[a] -= X[g]
-                F[b] += X[g]
-                n_in[a] -= 1
-                n_in[b] += 1
-                assign[g] = b
-            else:
-                _, g, h = op
-                a, b = assign[g], assign[h]
-                F[a] += X[h] - X[g]
-                F[b] += X[g] - X[h]
-                assign[g], assign[h] = b, a
-    return assign
+    """Folds per row: rows' labels summed per group, the solver, groups back to rows.
+
+    ``row_values`` (a regression target) orders the dealing of interchangeable groups.
+    """
+    n_folds = int(n_folds)
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    if n_folds < 2:
+        raise TfkitError(f"n_folds must be at least 2, got {n_folds}")
+    if n_folds > n_groups:
+        raise TfkitError(f"n_folds={n_folds} is more than the {n_groups} {what}: every fold needs one")
+    if labels.n_rows == len(groups) and len(labels.indices) == len(groups) and labels.indptr[-1] == len(groups) \
+            and np.array_equal(labels.indptr, np.arange(len(groups) + 1)):
+        entry_groups = groups  # one label per row: skip the repeat
+    else:
+        entry_groups = np.repeat(groups, np.diff(labels.indptr))
+    gc = group_counts(entry_groups, labels.indices, groups, n_groups, labels.n_classes, row_values)
+    del entry_groups
+    return solve(gc, n_folds, seed, refine)[groups]
+
+
+# --------------------------------------------------------------------------- public
 
 
 def assign_folds(
@@ -222,7 +374,7 @@ def assign_folds(
     """Assign each row of ``df`` to one of ``n_folds`` folds, triple-stratified.
 
     Every group lands in exactly one fold; class counts, images and groups per
-    fold are balanced (see the module docstring for the objective).
+    fold are balanced (see :mod:`tfkit.stratify` for the objective).
 
     Args:
         df: one row per image.
@@ -250,50 +402,114 @@ def assign_folds(
     """
     if label_col not in df.columns:
         raise TfkitError(f"no label column {label_col!r} (columns: {', '.join(map(str, df.columns))})")
-    n_folds = int(n_folds)
     groups = _group_codes(df, group_col)
-    n_groups = int(groups.max()) + 1 if len(groups) else 0
-    if n_folds < 2:
-        raise TfkitError(f"n_folds must be at least 2, got {n_folds}")
-    if n_folds > n_groups:
-        what = f"groups in {group_col!r}" if group_col else "rows"
-        raise TfkitError(f"n_folds={n_folds} is more than the {n_groups} {what}: every fold needs one")
     strata = _strata(df[label_col], n_bins)
-    n_classes = len(strata.names)
-    # Columns: per-class counts, images, groups (a constant 1 per group).
-    X = np.zeros((n_groups, n_classes + 2))
-    np.add.at(X, (groups, strata.codes), 1.0)
-    X[:, n_classes] = X[:, :n_classes].sum(axis=1)
-    X[:, n_classes + 1] = 1.0
-    T = X.sum(axis=0) / n_folds
-    w = np.empty_like(T)
-    w[:n_classes] = 1.0 / T[:n_classes]
-    w[n_classes] = IMAGE_WEIGHT / T[n_classes]
-    w[n_classes + 1] = GROUP_WEIGHT / T[n_classes + 1]
-
-    rng = np.random.default_rng(seed)
-    # The matrices here are small: a multi-threaded BLAS only adds contention
-    # (measured 15x slower on a busy 2-core machine), so run it on one thread.
-    with _single_thread_blas():
-        assign = _greedy(X, T, w, n_folds, rng)
-        if refine:
-            assign = _local_search(X, T, w, assign, n_folds, rng)
-    assign = _fill_empty(X, assign, n_folds)
-    return assign[groups]
+    labels = LabelLists(np.arange(len(df) + 1, dtype=np.int64), strata.codes, len(strata.names))
+    what = f"groups in {group_col!r}" if group_col else "rows"
+    # A binned numeric target also orders the dealing within a bin, so fold means agree.
+    values = df[label_col].to_numpy(dtype=float) if strata.kind == "numeric" else None
+    return _solve_rows(groups, labels, n_folds, seed, refine, what, values)
 
 
-def _fill_empty(X: np.ndarray, assign: np.ndarray, n_folds: int) -> np.ndarray:
-    """Guarantee every fold holds a group (moves the smallest group of the fullest fold)."""
-    assign = assign.copy()
-    while True:
-        counts = np.bincount(assign, minlength=n_folds)
-        empty = np.flatnonzero(counts == 0)
-        if len(empty) == 0:
-            return assign
-        donor = int(np.argmax(counts))
-        members = np.flatnonzero(assign == donor)
-        g = members[int(np.argmin(X[members, -2]))]
-        assign[g] = int(empty[0])
+def multilabel_folds(
+    labels: Any,
+    n_folds: int,
+    groups: Any = None,
+    seed: int = 42,
+    n_classes: int | None = None,
+    refine: bool = True,
+) -> np.ndarray:
+    """Multi-label iterative stratification with groups isolated.
+
+    Each label's positives, images and groups per fold are balanced; a group
+    moves as a unit carrying its per-label counts. Rows without any label count
+    as images only.
+
+    Args:
+        labels: per-row positive labels in any form :func:`as_label_lists` reads
+            (a list of index sequences, a tuple ``(indptr, indices)``, a 0/1
+            matrix, :class:`LabelLists`).
+        n_folds: number of folds K (2 <= K <= number of groups).
+        groups: one group per row (ids of any type), or ``None`` (each row its own group).
+        seed: same seed, same folds.
+        n_classes: number of labels (default: the largest index + 1, or the matrix width).
+        refine: run the local search after the greedy pass.
+
+    Returns:
+        int64 fold per row.
+
+    Raises:
+        TfkitError: bad labels (naming the row), a missing group, a bad ``n_folds``.
+
+    Example:
+        >>> folds = multilabel_folds([[0], [0, 1], [1], [], [0, 1], [1]], 2, groups=list("aabbcc"), seed=0)
+        >>> bool(folds[0] == folds[1] and folds[2] == folds[3])
+        True
+    """
+    ll = as_label_lists(labels, n_classes)
+    return _solve_rows(_array_groups(groups, ll.n_rows), ll, n_folds, seed, refine)
+
+
+def regression_folds(
+    targets: Any,
+    n_folds: int,
+    groups: Any = None,
+    n_bins: int = DEFAULT_BINS,
+    seed: int = 42,
+    refine: bool = True,
+) -> np.ndarray:
+    """Folds for a regression target: quantile bins stratified, groups isolated.
+
+    Each target column is cut into ``n_bins`` quantile bins and every bin of every
+    column is balanced across folds (several columns, e.g. a vote histogram, are
+    stratified together as multi-label bins), with images and groups per fold.
+
+    Args:
+        targets: ``[rows]`` or ``[rows, targets]`` numbers (array, list or DataFrame).
+        n_folds: number of folds K (2 <= K <= number of groups).
+        groups: one group per row, or ``None`` (each row its own group).
+        n_bins: quantile bins per target column (fewer when values repeat).
+        seed: same seed, same folds.
+        refine: run the local search after the greedy pass.
+
+    Returns:
+        int64 fold per row.
+
+    Raises:
+        TfkitError: a missing or non-finite target (naming the row), a missing
+            group, ``n_bins`` < 1 or a bad ``n_folds``.
+
+    Example:
+        >>> y = np.linspace(1.0, 100.0, 50)
+        >>> np.bincount(regression_folds(y, 5, n_bins=5, seed=0)).tolist()
+        [10, 10, 10, 10, 10]
+    """
+    ll, first = _regression_strata(targets, n_bins)
+    return _solve_rows(_array_groups(groups, ll.n_rows), ll, n_folds, seed, refine, row_values=first)
+
+
+def fold_label_counts(labels: Any, folds: np.ndarray, n_folds: int | None = None) -> np.ndarray:
+    """Positives of each label in each fold: the multi-label balance table.
+
+    Args:
+        labels: per-row labels in any form :func:`as_label_lists` reads.
+        folds: fold per row.
+        n_folds: number of folds (default: the largest fold + 1).
+
+    Returns:
+        int64 ``[n_folds, n_classes]`` counts.
+
+    Example:
+        >>> fold_label_counts([[0], [0, 1], [1]], np.array([0, 1, 1])).tolist()
+        [[1, 0], [1, 2]]
+    """
+    ll = as_label_lists(labels)
+    folds = np.asarray(folds, dtype=np.int64)
+    if len(folds) != ll.n_rows:
+        raise TfkitError(f"{len(folds)} folds for {ll.n_rows} rows")
+    n_folds = int(n_folds or folds.max() + 1)
+    flat = folds[ll.rows()] * ll.n_classes + ll.indices
+    return np.bincount(flat, minlength=n_folds * ll.n_classes).reshape(n_folds, ll.n_classes)
 
 
 def fold_table(
