@@ -16,6 +16,7 @@ import sys
 from typing import Callable, Sequence
 
 from tfkit import __version__
+from tfkit.datasets import DATASETS  # a light module (no TensorFlow at import): --help stays fast
 from tfkit.utils import TfkitError
 
 
@@ -166,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("datasets", help="embedded datasets that need no download", description="embedded datasets")
     dsub = p.add_subparsers(dest="datasets_command", metavar="ACTION", required=True)
     e = dsub.add_parser("export", help="write an embedded dataset as image files plus train.csv and test.csv")
-    e.add_argument("name", choices=["digits"], help="digits: scikit-learn's 1,797 handwritten digit scans")
+    e.add_argument("name", choices=DATASETS, help="digits: scikit-learn's 1,797 handwritten digit scans")
     e.add_argument("--out", required=True, help="folder to create")
     e.add_argument("--test-size", type=float, default=0.2, help="held-out fraction for test.csv (default 0.2)")
     e.add_argument("--seed", type=int, default=42, help="seed of the stratified train/test split")
