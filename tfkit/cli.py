@@ -16,6 +16,7 @@ import sys
 from typing import Callable, Sequence
 
 from tfkit import __version__
+from tfkit.datasets import DATASETS  # a light module (no TensorFlow at import): --help stays fast
 from tfkit.utils import TfkitError
 
 
