@@ -332,7 +332,8 @@ def _array_groups(groups: Any, n_rows: int) -> np.ndarray:
 
 def _solve_rows(
     groups: np.ndarray,
-    labels: LabelLists,
+    labels: LabelLists | np.ndarray,
+    n_classes: int,
     n_folds: int,
     seed: int,
     refine: bool,
@@ -341,7 +342,14 @@ def _solve_rows(
 ) -> np.ndarray:
     """Folds per row: rows' labels summed per group, the solver, groups back to rows.
 
-    ``row_values`` (a regression target) orders the dealing of interchangeable groups.
+    Args:
+        groups: group code per row (0..G-1).
+        labels: :class:`LabelLists`, or one class code per row (single-label: no
+            CSR pointers are built, which saves 8 bytes per row).
+        n_classes: number of classes.
+        n_folds, seed, refine: as in :func:`assign_folds`.
+        what: how the groups are named in the ``n_folds`` error.
+        row_values: a regression target, orders the dealing of interchangeable groups.
     """
     n_folds = int(n_folds)
     n_groups = int(groups.max()) + 1 if len(groups) else 0
@@ -349,13 +357,12 @@ def _solve_rows(
         raise TfkitError(f"n_folds must be at least 2, got {n_folds}")
     if n_folds > n_groups:
         raise TfkitError(f"n_folds={n_folds} is more than the {n_groups} {what}: every fold needs one")
-    if labels.n_rows == len(groups) and len(labels.indices) == len(groups) and labels.indptr[-1] == len(groups) \
-            and np.array_equal(labels.indptr, np.arange(len(groups) + 1)):
-        entry_groups = groups  # one label per row: skip the repeat
+    if isinstance(labels, LabelLists):
+        entry_groups, entry_classes = np.repeat(groups, np.diff(labels.indptr)), labels.indices
     else:
-        entry_groups = np.repeat(groups, np.diff(labels.indptr))
-    gc = group_counts(entry_groups, labels.indices, groups, n_groups, labels.n_classes, row_values)
-    del entry_groups
+        entry_groups, entry_classes = groups, labels
+    gc = group_counts(entry_groups, entry_classes, groups, n_groups, n_classes, row_values)
+    del entry_groups, entry_classes
     return solve(gc, n_folds, seed, refine)[groups]
 
 
@@ -404,11 +411,10 @@ def assign_folds(
         raise TfkitError(f"no label column {label_col!r} (columns: {', '.join(map(str, df.columns))})")
     groups = _group_codes(df, group_col)
     strata = _strata(df[label_col], n_bins)
-    labels = LabelLists(np.arange(len(df) + 1, dtype=np.int64), strata.codes, len(strata.names))
     what = f"groups in {group_col!r}" if group_col else "rows"
     # A binned numeric target also orders the dealing within a bin, so fold means agree.
     values = df[label_col].to_numpy(dtype=float) if strata.kind == "numeric" else None
-    return _solve_rows(groups, labels, n_folds, seed, refine, what, values)
+    return _solve_rows(groups, strata.codes, len(strata.names), n_folds, seed, refine, what, values)
 
 
 def multilabel_folds(
@@ -447,7 +453,7 @@ def multilabel_folds(
         True
     """
     ll = as_label_lists(labels, n_classes)
-    return _solve_rows(_array_groups(groups, ll.n_rows), ll, n_folds, seed, refine)
+    return _solve_rows(_array_groups(groups, ll.n_rows), ll, ll.n_classes, n_folds, seed, refine)
 
 
 def regression_folds(
@@ -485,7 +491,8 @@ def regression_folds(
         [10, 10, 10, 10, 10]
     """
     ll, first = _regression_strata(targets, n_bins)
-    return _solve_rows(_array_groups(groups, ll.n_rows), ll, n_folds, seed, refine, row_values=first)
+    groups = _array_groups(groups, ll.n_rows)
+    return _solve_rows(groups, ll, ll.n_classes, n_folds, seed, refine, row_values=first)
 
 
 def fold_label_counts(labels: Any, folds: np.ndarray, n_folds: int | None = None) -> np.ndarray:
