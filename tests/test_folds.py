@@ -204,6 +204,12 @@ def test_cli_round_trip(tmp_path, capsys):
         ("id,label,g\n1,0,a\n2,1,a\n3,0,b\n", ["--folds", "3", "--group-col", "g"], "2 groups in 'g'"),
         ("id,label\n", [], "has no rows"),
         ("id,label\n1,0\n2,1\n", ["--bins", "-1", "--folds", "2"], "--bins must be 0"),
+        ("id,label\n1,a b\n2, \n3,b\n", ["--folds", "2", "--label-sep", " "], "line 3: no tags in 'label'"),
+        ("id,a,b\n1,0,1\n2,1,2\n3,1,0\n", ["--folds", "2", "--label-cols", "a,b"], "line 3: 'b' must be 0 or 1, got 2"),
+        ("id,a,b\n1,0,1\n2,1,0\n", ["--folds", "2", "--label-cols", "a,c"], "no label column 'c'"),
+        ("id,y\n1,0.5\n2,x\n3,2\n", ["--folds", "2", "--target-cols", "y"], "line 3: target 'y' is not a number ('x')"),
+        ("id,y\n1,0.5\n2,\n3,2\n", ["--folds", "2", "--target-cols", "y"], "line 3: label ('y') missing for id '2'"),
+        ("id,y\n1,0.5\n2,1\n3,2\n", ["--folds", "2", "--target-cols", "y", "--bins", "0"], "--bins must be at least 1"),
     ],
 )
 def test_bad_input_gives_one_line_error(tmp_path, capsys, rows, args, message):
@@ -215,6 +221,38 @@ def test_bad_input_gives_one_line_error(tmp_path, capsys, rows, args, message):
     assert err.startswith("tfkit: error:") and "\n" not in err
     assert message in err, err
     assert not out.exists()
+
+
+def test_cli_multilabel_and_regression_round_trips(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    n = 90
+    tags = np.array(["clear", "haze", "road", "water"])
+    df = pd.DataFrame({
+        "id": [f"im{i:03d}" for i in range(n)],
+        "patient": [f"p{i // 3}" for i in range(n)],
+        "tags": [" ".join(tags[rng.random(4) < 0.4]) or "clear" for _ in range(n)],
+        "score": rng.gamma(2.0, 10.0, n),
+    })
+    for t in tags:
+        df[t] = df["tags"].str.split().apply(lambda r, t=t: int(t in r))
+    csv = tmp_path / "train.csv"
+    df.to_csv(csv, index=False)
+    common = ["folds", "--csv", str(csv), "--group-col", "patient", "--folds", "3", "--seed", "4"]
+    assert main(common + ["--label-col", "tags", "--label-sep", " ", "--out", str(tmp_path / "a.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert "n[haze]" in printed and "total" in printed
+    assert main(common + ["--label-cols", ",".join(tags), "--out", str(tmp_path / "b.csv")]) == 0
+    a, b = (pd.read_csv(tmp_path / f) for f in ("a.csv", "b.csv"))
+    # tags and 0/1 columns are two spellings of the same targets: same folds
+    pd.testing.assert_frame_equal(a, b)
+    dense = df[list(tags)].to_numpy()
+    expected = multilabel_folds(dense, 3, groups=df["patient"].to_numpy(), seed=4)
+    np.testing.assert_array_equal(a["fold"].to_numpy(), expected)
+    assert main(common + ["--target-cols", "score", "--bins", "5", "--out", str(tmp_path / "r.csv")]) == 0
+    assert "mean[score]" in capsys.readouterr().out
+    r = pd.read_csv(tmp_path / "r.csv")
+    expected = regression_folds(df["score"].to_numpy(), 3, groups=df["patient"].to_numpy(), n_bins=5, seed=4)
+    np.testing.assert_array_equal(r["fold"].to_numpy(), expected)
 
 
 def test_missing_csv_and_api_errors(tmp_path):

@@ -20,6 +20,10 @@ from tfkit.datasets import DATASETS  # a light module (no TensorFlow at import):
 from tfkit.utils import TfkitError
 
 
+def _str_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip() != ""]
@@ -62,7 +66,8 @@ def cmd_folds(args: argparse.Namespace) -> int:
 
     folds_from_csv(
         args.csv, args.out, id_col=args.id_col, label_col=args.label_col, group_col=args.group_col,
-        n_folds=args.folds, seed=args.seed, n_bins=args.bins,
+        n_folds=args.folds, seed=args.seed, n_bins=args.bins, label_sep=args.label_sep,
+        label_cols=args.label_cols, target_cols=args.target_cols,
     )
     return 0
 
@@ -197,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="quantile bins for a numeric label with non-integer values or more than 50 distinct values "
         "(default 10); 0 never bins, e.g. for integer-coded labels of more than 50 classes",
     )
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--label-sep", default=None,
+                        help="multi-label: the label column holds tags split on this separator, e.g. ' '")
+    target.add_argument("--label-cols", type=_str_list, default=None,
+                        help="multi-label: comma-separated 0/1 columns, one per label, e.g. healthy,rust,scab")
+    target.add_argument("--target-cols", type=_str_list, default=None,
+                        help="regression: comma-separated numeric target columns, each binned into --bins quantiles")
     p.add_argument("--out", required=True, help="output CSV of id,fold (the id column keeps its --id-col name)")
 
     # build-records

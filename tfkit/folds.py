@@ -332,7 +332,8 @@ def _array_groups(groups: Any, n_rows: int) -> np.ndarray:
 
 def _solve_rows(
     groups: np.ndarray,
-    labels: LabelLists,
+    labels: LabelLists | np.ndarray,
+    n_classes: int,
     n_folds: int,
     seed: int,
     refine: bool,
@@ -341,7 +342,14 @@ def _solve_rows(
 ) -> np.ndarray:
     """Folds per row: rows' labels summed per group, the solver, groups back to rows.
 
-    ``row_values`` (a regression target) orders the dealing of interchangeable groups.
+    Args:
+        groups: group code per row (0..G-1).
+        labels: :class:`LabelLists`, or one class code per row (single-label: no
+            CSR pointers are built, which saves 8 bytes per row).
+        n_classes: number of classes.
+        n_folds, seed, refine: as in :func:`assign_folds`.
+        what: how the groups are named in the ``n_folds`` error.
+        row_values: a regression target, orders the dealing of interchangeable groups.
     """
     n_folds = int(n_folds)
     n_groups = int(groups.max()) + 1 if len(groups) else 0
@@ -349,13 +357,12 @@ def _solve_rows(
         raise TfkitError(f"n_folds must be at least 2, got {n_folds}")
     if n_folds > n_groups:
         raise TfkitError(f"n_folds={n_folds} is more than the {n_groups} {what}: every fold needs one")
-    if labels.n_rows == len(groups) and len(labels.indices) == len(groups) and labels.indptr[-1] == len(groups) \
-            and np.array_equal(labels.indptr, np.arange(len(groups) + 1)):
-        entry_groups = groups  # one label per row: skip the repeat
+    if isinstance(labels, LabelLists):
+        entry_groups, entry_classes = np.repeat(groups, np.diff(labels.indptr)), labels.indices
     else:
-        entry_groups = np.repeat(groups, np.diff(labels.indptr))
-    gc = group_counts(entry_groups, labels.indices, groups, n_groups, labels.n_classes, row_values)
-    del entry_groups
+        entry_groups, entry_classes = groups, labels
+    gc = group_counts(entry_groups, entry_classes, groups, n_groups, n_classes, row_values)
+    del entry_groups, entry_classes
     return solve(gc, n_folds, seed, refine)[groups]
 
 
@@ -404,11 +411,10 @@ def assign_folds(
         raise TfkitError(f"no label column {label_col!r} (columns: {', '.join(map(str, df.columns))})")
     groups = _group_codes(df, group_col)
     strata = _strata(df[label_col], n_bins)
-    labels = LabelLists(np.arange(len(df) + 1, dtype=np.int64), strata.codes, len(strata.names))
     what = f"groups in {group_col!r}" if group_col else "rows"
     # A binned numeric target also orders the dealing within a bin, so fold means agree.
     values = df[label_col].to_numpy(dtype=float) if strata.kind == "numeric" else None
-    return _solve_rows(groups, labels, n_folds, seed, refine, what, values)
+    return _solve_rows(groups, strata.codes, len(strata.names), n_folds, seed, refine, what, values)
 
 
 def multilabel_folds(
@@ -447,7 +453,7 @@ def multilabel_folds(
         True
     """
     ll = as_label_lists(labels, n_classes)
-    return _solve_rows(_array_groups(groups, ll.n_rows), ll, n_folds, seed, refine)
+    return _solve_rows(_array_groups(groups, ll.n_rows), ll, ll.n_classes, n_folds, seed, refine)
 
 
 def regression_folds(
@@ -485,7 +491,8 @@ def regression_folds(
         [10, 10, 10, 10, 10]
     """
     ll, first = _regression_strata(targets, n_bins)
-    return _solve_rows(_array_groups(groups, ll.n_rows), ll, n_folds, seed, refine, row_values=first)
+    groups = _array_groups(groups, ll.n_rows)
+    return _solve_rows(groups, ll, ll.n_classes, n_folds, seed, refine, row_values=first)
 
 
 def fold_label_counts(labels: Any, folds: np.ndarray, n_folds: int | None = None) -> np.ndarray:
@@ -579,8 +586,8 @@ def format_fold_table(table: pd.DataFrame) -> str:
     shown = table.copy()
     shown.index = shown.index.astype(str)
     shown.loc["total"] = total
-    for c in ("pos_rate", "max_share_dev", "mean", "std"):
-        if c in table.columns:
+    for c in table.columns:
+        if c in ("pos_rate", "max_share_dev", "mean", "std") or c.startswith(("mean[", "std[")):
             shown[c] = shown[c].astype(float).map(lambda v: "" if np.isnan(v) else f"{v:.4f}")
     for c in counts:
         shown[c] = shown[c].astype("int64")
@@ -596,30 +603,80 @@ def folds_from_csv(
     n_folds: int = 5,
     seed: int = 42,
     n_bins: int = DEFAULT_BINS,
+    label_sep: str | None = None,
+    label_cols: list[str] | None = None,
+    target_cols: list[str] | None = None,
 ) -> pd.DataFrame:
     """Read a CSV, assign triple-stratified folds, write ``<id_col>,fold`` and print the balance table.
+
+    The target is one of: ``label_col`` (one class per row, or a numeric target
+    that gets binned); ``label_col`` holding tags split by ``label_sep``
+    (multi-label, e.g. Planet's ``"clear primary road"``); ``label_cols``, one 0/1
+    column per label (multi-label, e.g. RANZCR); ``target_cols``, one or more
+    numeric columns (regression, each binned into ``n_bins`` quantiles).
 
     Args:
         csv: input CSV, one row per image.
         out: output CSV (written atomically) with columns ``id_col`` and ``fold``.
         id_col: id column (must be unique).
-        label_col: label column (classes, or a numeric target that gets binned).
+        label_col: label column (classes, a numeric target, or tags with ``label_sep``).
         group_col: group column, or ``None`` (each row its own group).
         n_folds: number of folds.
         seed: random seed (same seed, same folds).
-        n_bins: quantile bins for a numeric target; 0 never bins.
+        n_bins: quantile bins for a numeric target; 0 never bins (single label only).
+        label_sep: split ``label_col`` into tags on this separator (multi-label).
+        label_cols: 0/1 columns, one per label (multi-label).
+        target_cols: numeric target columns (regression).
 
     Returns:
         The written DataFrame (``id_col``, ``fold``) in the CSV's row order.
 
     Raises:
-        TfkitError: unreadable CSV, missing column, duplicate id, missing label
-            or group, or a bad ``n_folds``; the message names the line.
+        TfkitError: unreadable CSV, missing column, duplicate id, missing label,
+            group or target, a value that is not 0/1 or not a number, a row without
+            tags, or a bad ``n_folds``; the message names the line.
 
     Example:
         >>> folds_from_csv("train.csv", "folds.csv", label_col="target", group_col="patient_id")  # doctest: +SKIP
     """
     csv = Path(csv)
+    if sum(x is not None for x in (label_sep, label_cols, target_cols)) > 1:
+        raise TfkitError("give one of --label-sep, --label-cols and --target-cols")
+    target = list(label_cols or target_cols or [label_col])
+    df = _read_rows(csv, id_col, target, group_col)
+    n_groups = df[group_col].nunique() if group_col else len(df)
+    if n_folds < 2 or n_folds > n_groups:
+        what = f"groups in {group_col!r}" if group_col else "rows"
+        raise TfkitError(f"--folds must be between 2 and the {n_groups} {what} of {csv}, got {n_folds}")
+    if n_bins < 0:
+        raise TfkitError(f"--bins must be 0 (never bin) or a positive number of quantile bins, got {n_bins}")
+    if target_cols and n_bins < 1:
+        raise TfkitError(f"--bins must be at least 1 with --target-cols (regression targets are binned), got {n_bins}")
+    groups = df[group_col].to_numpy() if group_col else None
+    if label_sep is not None or label_cols:
+        labels, names = _tags(df, csv, label_col, label_sep) if label_cols is None else _indicators(df, csv, target)
+        folds = multilabel_folds(labels, n_folds, groups=groups, seed=seed, n_classes=len(names))
+        table = _counts_table(fold_label_counts(labels, folds, n_folds), names, folds, groups, n_folds)
+    elif target_cols:
+        y = _numbers(df, csv, target_cols)
+        folds = regression_folds(y, n_folds, groups=groups, n_bins=n_bins, seed=seed)
+        table = _counts_table(np.zeros((n_folds, 0), dtype=np.int64), [], folds, groups, n_folds)
+        for j, col in enumerate(target_cols):
+            table[f"mean[{col}]"] = [y[folds == k, j].mean() for k in range(n_folds)]
+    else:
+        folds = assign_folds(df, n_folds, label_col, group_col=group_col, seed=seed, n_bins=n_bins)
+        table = fold_table(df, folds, label_col, group_col, n_bins=n_bins)
+    result = pd.DataFrame({id_col: df[id_col].to_numpy(), "fold": folds})
+    write_csv(out, result)
+    what = f"labels {', '.join(target)}" if len(target) > 1 else f"label {target[0]!r}"
+    print(f"{n_folds} folds of {len(df)} images, {n_groups} groups ({what}"
+          f"{f', group {group_col!r}' if group_col else ''}, seed {seed}) -> {out}")
+    print(format_fold_table(table))
+    return result
+
+
+def _read_rows(csv: Path, id_col: str, target: list[str], group_col: str | None) -> pd.DataFrame:
+    """The CSV with ids checked (present, unique) and no missing target or group; errors name the line."""
     if not csv.is_file():
         raise TfkitError(f"CSV {csv} not found")
     try:
@@ -629,7 +686,8 @@ def folds_from_csv(
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise TfkitError(f"CSV {csv} could not be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     cols = ", ".join(map(str, df.columns))
-    for role, col in (("id", id_col), ("label", label_col), ("group", group_col)):
+    roles = [("id", id_col)] + [("label", c) for c in target] + [("group", group_col)]
+    for role, col in roles:
         if col is not None and col not in df.columns:
             raise TfkitError(f"CSV {csv} has no {role} column {col!r} (columns: {cols})")
     if len(df) == 0:
@@ -643,24 +701,57 @@ def folds_from_csv(
         i = int(np.flatnonzero(dup)[0])
         first = int(np.flatnonzero((ids == ids.iloc[i]).to_numpy())[0])
         raise TfkitError(f"CSV {csv} line {i + 2}: duplicate id {ids.iloc[i]!r} (first at line {first + 2})")
-    for role, col in (("label", label_col), ("group", group_col)):
+    for role, col in roles[1:]:
         if col is None:
             continue
         missing = df[col].isna().to_numpy()
         if missing.any():
             i = int(np.flatnonzero(missing)[0])
             raise TfkitError(f"CSV {csv} line {i + 2}: {role} ({col!r}) missing for id {ids.iloc[i]!r}")
-    n_groups = df[group_col].nunique() if group_col else len(df)
-    if n_folds < 2 or n_folds > n_groups:
-        what = f"groups in {group_col!r}" if group_col else "rows"
-        raise TfkitError(f"--folds must be between 2 and the {n_groups} {what} of {csv}, got {n_folds}")
-    if n_bins < 0:
-        raise TfkitError(f"--bins must be 0 (never bin) or a positive number of quantile bins, got {n_bins}")
-    folds = assign_folds(df, n_folds, label_col, group_col=group_col, seed=seed, n_bins=n_bins)
-    result = pd.DataFrame({id_col: ids.to_numpy(), "fold": folds})
-    write_csv(out, result)
-    table = fold_table(df, folds, label_col, group_col, n_bins=n_bins)
-    print(f"{n_folds} folds of {len(df)} images, {n_groups} groups (label {label_col!r}"
-          f"{f', group {group_col!r}' if group_col else ''}, seed {seed}) -> {out}")
-    print(format_fold_table(table))
-    return result
+    return df
+
+
+def _tags(df: pd.DataFrame, csv: Path, col: str, sep: str) -> tuple[LabelLists, list[str]]:
+    """Tags split on ``sep`` (blank pieces dropped), classes in sorted order."""
+    rows = [[t for t in (p.strip() for p in str(v).split(sep)) if t] for v in df[col].tolist()]
+    empty = [i for i, r in enumerate(rows) if not r]
+    if empty:
+        raise TfkitError(f"CSV {csv} line {empty[0] + 2}: no tags in {col!r} (split on {sep!r})")
+    names = sorted({t for r in rows for t in r})
+    index = {t: i for i, t in enumerate(names)}
+    return as_label_lists([sorted({index[t] for t in r}) for r in rows], len(names)), names
+
+
+def _indicators(df: pd.DataFrame, csv: Path, cols: list[str]) -> tuple[np.ndarray, list[str]]:
+    """0/1 label columns as a matrix (true/false accepted)."""
+    values = df[cols].to_numpy()  # True/False compare equal to 1/0
+    for j, col in enumerate(cols):
+        bad = ~pd.Series(values[:, j]).isin([0, 1]).to_numpy()
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise TfkitError(f"CSV {csv} line {i + 2}: {col!r} must be 0 or 1, got {df[col].iloc[i]}")
+    return values.astype(np.uint8), list(cols)
+
+
+def _numbers(df: pd.DataFrame, csv: Path, cols: list[str]) -> np.ndarray:
+    """Numeric target columns; a value that is not a number names its line."""
+    out = np.empty((len(df), len(cols)))
+    for j, col in enumerate(cols):
+        values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise TfkitError(f"CSV {csv} line {i + 2}: target {col!r} is not a number ({df[col].iloc[i]!r})")
+        out[:, j] = values
+    return out
+
+
+def _counts_table(
+    counts: np.ndarray, names: list[str], folds: np.ndarray, groups: np.ndarray | None, n_folds: int
+) -> pd.DataFrame:
+    """Images, groups and ``n[<label>]`` per fold (the multi-label and regression balance table)."""
+    n_groups = np.bincount(folds, minlength=n_folds) if groups is None else \
+        pd.Series(groups).groupby(folds).nunique().reindex(range(n_folds), fill_value=0).to_numpy()
+    columns = {"images": np.bincount(folds, minlength=n_folds), "groups": n_groups}
+    columns.update({f"n[{name}]": counts[:, j] for j, name in enumerate(names)})
+    return pd.DataFrame(columns, index=pd.RangeIndex(n_folds, name="fold"))

@@ -60,10 +60,10 @@ CHUNK_GROUPS = 1 << 18  # groups per [groups, K] table while scanning moves
 # dealt). Measured on 10M images / 5M groups: water-filling those runs too left an
 # objective 3.5x higher that the local search took minutes to repair.
 SMALL_RUN = 8
-SEARCH_WORK = 1e8
+SEARCH_WORK = 3e7
 MIN_ROUNDS = 4
 MAX_ROUNDS = 1000
-STOP_FRACTION = 1e-6
+MISSES_PER_ROUND = 512  # candidates in a row that no longer improve: the round ends
 _TOL = 1e-9
 
 
@@ -493,15 +493,13 @@ def _local_search(
     terms = _Terms.of(gc, obj)
     profiles = _profile_ids(gc)
     rounds = int(np.clip(SEARCH_WORK / max(len(gc.counts) + gc.n_groups, 1), MIN_ROUNDS, MAX_ROUNDS))
-    value = st.objective(obj)
     for _ in range(rounds):
         gain = _apply_moves(gc, obj, st, terms, rng)
         if gain <= 0.0:
             gain = _apply_swaps(gc, obj, st, terms, profiles, rng)
-        # Stop when a round no longer buys a meaningful share of what is left.
-        if gain <= STOP_FRACTION * value:
+        # Stop when a round buys less than half of what balancing one image is worth.
+        if gain < 0.5 * obj.w_extra[0]:
             break
-        value -= gain
     return st.assign
 
 
@@ -552,8 +550,11 @@ def _apply_moves(gc: GroupCounts, obj: _Objective, st: _State, terms: _Terms, rn
     re-scored exactly before it is applied, so every applied move lowers the
     objective. Returns the total decrease.
     """
-    gain = 0.0
+    gain, misses = 0.0, 0
     for g in _move_candidates(gc, obj, st, terms, rng).tolist():
+        if misses >= MISSES_PER_ROUND:  # the round's stale candidates are used up
+            break
+        misses += 1
         a = int(st.assign[g])
         if st.size[a] <= 1:
             continue
@@ -562,10 +563,11 @@ def _apply_moves(gc: GroupCounts, obj: _Objective, st: _State, terms: _Terms, rn
         dots += (st.E - obj.T_extra) @ terms.wextras[g]
         change = 2.0 * (dots - dots[a]) + terms.self_term[g]
         change[a] = np.inf
-        b = int(np.argmin(change))
+        b = int(change.argmin())
         if change[b] < -_TOL:
             st.move(gc, terms.extras, g, b)
             gain -= float(change[b])
+            misses = 0
     return gain
 
 
