@@ -161,8 +161,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tfkit.datasets import DATASETS
-
     parser = argparse.ArgumentParser(
         prog="tfkit",
         description="Kaggle-grade image classification: records, folds, augmentation, training, tuning, TTA.",
