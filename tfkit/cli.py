@@ -81,7 +81,7 @@ def cmd_build_records(args: argparse.Namespace) -> int:
         seed=args.seed, size=args.size, quality=args.quality, workers=args.workers, split=args.split,
         shard_size=args.shard_size, skip_bad=args.skip_bad, overwrite=args.overwrite,
         classes_from=args.classes_from, verify=args.verify, label_sep=args.label_sep, label_cols=args.label_cols,
-        target_cols=args.target_cols, channels=args.channels,
+        target_cols=args.target_cols, channels=args.channels, exclude=args.exclude,
     )
     return 0
 
@@ -155,6 +155,66 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     demo(args.out, overwrite=args.overwrite, quick=args.quick)
     return 0
+
+
+# --------------------------------------------------------------------------- after training (ensemble, clean, runs)
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from tfkit.ensemble import ensemble
+
+    ensemble(args.runs, args.out, method=args.method, metric=args.metric, subs=args.subs,
+             test_records=args.test_records, tta=args.tta, steps=args.steps, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from tfkit.clean import clean
+
+    clean(args.run, args.out, threshold=args.threshold, csv=args.csv, records=args.records,
+          max_images=args.max_images, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from tfkit.runs import runs_table
+
+    runs_table(args.dirs, out=args.out, metric=args.metric)
+    return 0
+
+
+def _add_after_training(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Parsers of ensemble, clean and runs (one block, beside their cmd_* functions)."""
+    p = add("ensemble", cmd_ensemble, "blend runs trained on the same records from their OOF predictions "
+            "(mean, rank, fitted weights, greedy selection) with an honest nested CV")
+    p.add_argument("--runs", nargs="+", required=True, metavar="RUN", help="two or more run folders (same records and folds)")
+    p.add_argument("--out", required=True, help="output folder: oof.csv, cv.json, weights.json, correlation.png, submission.csv")
+    p.add_argument("--method", choices=["mean", "rank", "weights", "greedy"], default="weights",
+                   help="blend written (every method is scored and printed; default weights: non-negative, "
+                        "summing to 1, fitted on the OOF log loss)")
+    p.add_argument("--metric", default=None, help="metric scored and optimised by greedy (default the first run's primary)")
+    p.add_argument("--subs", nargs="+", default=None, metavar="CSV",
+                   help="one tfkit predict probability CSV per run, in --runs order: blended into submission.csv")
+    p.add_argument("--test-records", default=None, help="instead of --subs: test records every run predicts")
+    p.add_argument("--tta", type=int, default=None, help="views per image with --test-records (default each run's predict.tta)")
+    p.add_argument("--steps", type=int, default=20, help="bag size of greedy selection (default 20)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
+    p = add("clean", cmd_clean, "label-noise candidates: training images whose OOF prediction is confidently another class")
+    p.add_argument("--run", required=True, help="run folder written by tfkit train")
+    p.add_argument("--out", required=True, help="output folder: flagged.csv, flagged.png, <csv>_clean.csv, clean.json")
+    p.add_argument("--threshold", type=float, default=0.9,
+                   help="flag when another class is predicted with at least this probability (default 0.9)")
+    p.add_argument("--csv", default=None, help="the training CSV the records were built from: written without the flagged rows")
+    p.add_argument("--records", default=None, help="the run's training records: images of the contact sheet (left out without)")
+    p.add_argument("--max-images", type=int, default=64, help="most images on the contact sheet (default 64)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
+    p = add("runs", cmd_runs, "experiment table: one row per run (CV with and without TTA, differing config keys, "
+            "model, size, epochs, time)")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="run folders, or folders holding runs (tune folders, ensembles)")
+    p.add_argument("--out", default="runs_table", help="folder for runs.csv and runs.png (default runs_table/)")
+    p.add_argument("--metric", default=None, help="CV metric shown (default the runs' most common primary metric)")
 
 
 # --------------------------------------------------------------------------- parser
@@ -244,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="integrity check of JPEGs stored untouched: decode (reads every byte; default) or "
                         "markers (JPEG structure and end marker only: catches truncation, not bit errors; copy speed)")
     p.add_argument("--skip-bad", action="store_true", help="skip bad rows instead of failing; they are listed in the manifest")
+    p.add_argument("--exclude", default=None, metavar="LIST.csv",
+                   help="CSV of ids to leave out (an id column), e.g. tfkit clean's flagged.csv")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
 
     # show
@@ -324,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo", help="demo folder (default demo/)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--quick", action="store_true", help="tiny setting (seconds, for smoke tests)")
+
+    _add_after_training(add)
     return parser
 
 

@@ -146,6 +146,12 @@ class ModelConfig:
     meta_units: list[int] = field(default_factory=lambda: [32])  # metadata branch
     task: str = "auto"  # auto | binary | multiclass | multilabel | regression
     width: int = 32  # base width of small_cnn
+    # Output head (tfkit.heads): dense (softmax/sigmoid) | arcface (additive angular
+    # margin, multiclass): cosines to class vectors, margin (radians) on the true class
+    # at training, softmax(scale * cos) at inference.
+    head: str = "dense"
+    arcface_scale: float = 30.0
+    arcface_margin: float = 0.5
 
 
 @dataclass

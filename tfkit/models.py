@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 import keras
 from keras import layers, ops
 
+from tfkit.heads import arcface_output, check_head
 from tfkit.manifest import resolve_task
 from tfkit.utils import TfkitError
 
@@ -316,6 +317,9 @@ def create_model(
     head_units: Sequence[int] = (),
     meta_units: Sequence[int] = (32,),
     width: int = 32,
+    head: str = "dense",
+    arcface_scale: float = 30.0,
+    arcface_margin: float = 0.5,
 ) -> keras.Model:
     """Build a classifier: preprocessing -> backbone -> pooling -> head, plus
     an optional metadata branch concatenated with the pooled image features.
@@ -334,6 +338,9 @@ def create_model(
         head_units: hidden dense layers of the head (swish).
         meta_units: dense layers of the metadata branch (ReLU).
         width: base width of ``small_cnn``.
+        head: ``dense`` or ``arcface`` (multiclass; :class:`tfkit.heads.ArcFace`).
+        arcface_scale: ArcFace's logit scale ``s``.
+        arcface_margin: ArcFace's angular margin ``m`` (radians).
 
     Returns:
         An uncompiled ``keras.Model`` with input ``"image"`` (and ``"meta"``)
@@ -351,6 +358,7 @@ def create_model(
     check_model_config(name, pooling, dropout, image_size)
     if meta_dim < 0:
         raise TfkitError(f"meta_dim: expected >= 0, got {meta_dim}")
+    check_head(head, task)
 
     image = keras.Input((int(image_size), int(image_size), 3), name="image", dtype="float32")
     x = Preprocess(preprocess_mode(name), name="preprocess")(image)
@@ -380,7 +388,10 @@ def create_model(
         x = layers.Dropout(dropout, name="dropout")(x)
     activation = {"binary": "sigmoid", "multiclass": "softmax", "multilabel": "sigmoid", "regression": "linear"}[task]
     # float32 output: softmax/sigmoid in float16 lose precision and the loss sees rounded 0/1.
-    out = layers.Dense(output_units(task, num_classes), activation=activation, dtype="float32", name="output")(x)
+    if head == "arcface":
+        out = arcface_output(x, num_classes, arcface_scale, arcface_margin)
+    else:
+        out = layers.Dense(output_units(task, num_classes), activation=activation, dtype="float32", name="output")(x)
     return keras.Model(inputs if len(inputs) > 1 else image, out, name=f"tfkit_{name}")
 
 
@@ -410,4 +421,5 @@ def model_from_config(
         weights=model_cfg.weights, meta_dim=meta_dim, pooling=model_cfg.pooling,
         dropout=model_cfg.dropout, head_units=tuple(model_cfg.head_units),
         meta_units=tuple(model_cfg.meta_units), width=model_cfg.width,
+        head=model_cfg.head, arcface_scale=model_cfg.arcface_scale, arcface_margin=model_cfg.arcface_margin,
     )

@@ -22,6 +22,7 @@ from keras.src.losses.loss import unscale_loss_for_distribution
 
 from tfkit.augment import augment_batch
 from tfkit.config import AugmentConfig
+from tfkit.heads import margin_forward
 from tfkit.utils import TfkitError
 
 __all__ = ["TrainingModel", "STEPS"]
@@ -55,6 +56,7 @@ class TrainingModel(keras.Model):
         self.augment_cfg = augment_cfg
         self.image_size = int(image_size)
         self.seed = int(seed)
+        self.margin = margin_forward(model)  # an ArcFace head needs the labels at training
 
     def call(self, inputs: Any, training: bool = False) -> Any:
         return self.net(inputs, training=training)
@@ -98,7 +100,7 @@ class TrainingModel(keras.Model):
 
     def _tf_gradients(self, x: Any, y: Any, sw: Any, variables: list, track: bool) -> tuple[list, Any]:
         with tf.GradientTape() as tape:
-            y_pred = self(x, training=True)
+            y_pred = self(x, training=True) if self.margin is None else self.margin(x, y)
             loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sw, training=True)
             if track:
                 batch = tf.shape(tf.nest.flatten(x)[0])[0]

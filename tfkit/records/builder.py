@@ -50,6 +50,7 @@ from typing import Any, Sequence
 
 from tfkit import __version__
 from tfkit import folds as folds_mod
+from tfkit.exclude import excluded_rows
 from tfkit.records.checksum import crc32c_backend, preloading_crc32c
 from tfkit.records.examples import ExampleEncoder
 from tfkit.records.metadata import feature_types, metadata_spec
@@ -90,6 +91,7 @@ def build_records(
     label_cols: Sequence[str] | None = None,
     target_cols: Sequence[str] | None = None,
     channels: Sequence[str] | None = None,
+    exclude: str | os.PathLike | None = None,
 ) -> dict:
     """Turn a folder of images plus a CSV into fold-sharded TFRecords with a manifest.
 
@@ -129,6 +131,8 @@ def build_records(
             stored as a float list ``target``.
         channels: each image is one grey file per channel, ``<id>_<channel>.<ext>``, stored
             losslessly as one PNG per channel (8- or 16-bit as the files are).
+        exclude: CSV listing ids to leave out (e.g. ``tfkit clean``'s ``flagged.csv``); every
+            listed id must be in ``csv``. The records equal a build from the CSV without those rows.
 
     Returns:
         The manifest dict (also written to ``out/manifest.json``).
@@ -147,14 +151,15 @@ def build_records(
         group_col=group_col, meta_cols=meta_cols, n_folds=n_folds, seed=seed, size=size, quality=quality,
         workers=workers, split=split, shard_size=shard_size, skip_bad=skip_bad, overwrite=overwrite,
         classes_from=classes_from, verify=verify, progress=progress, label_sep=label_sep,
-        label_cols=label_cols, target_cols=target_cols, channels=channels,
+        label_cols=label_cols, target_cols=target_cols, channels=channels, exclude=exclude,
     )
     train_manifest = read_train_manifest(spec.classes_from)
     spec = spec.with_train_manifest(train_manifest)
     frame = read_table(spec)
     targets = resolve_targets(spec, frame, train_manifest)
     bad = BadRows(spec.csv, spec.skip_bad)
-    rows = resolve_rows(spec, frame, targets.errors, bad)
+    skip = () if spec.exclude is None else excluded_rows(spec.exclude, frame[spec.id_col], spec.id_col, spec.csv)
+    rows = resolve_rows(spec, frame, targets.errors, bad, skip=skip)
     n_workers = spec.n_workers(len(rows.keep))
     # Waits for the preloading thread: before forking (a thread inside dlopen at fork
     # time can deadlock the child) and before the progress bar writes to stderr.
@@ -382,7 +387,8 @@ def manifest_dict(spec: BuildSpec, targets: Targets, layout: Layout, written: Wr
         "shards": written.shards,
         "skipped": bad.sorted(),
         "columns": {"id": spec.id_col, "label": targets.label_col, "group": spec.group_col, "path": spec.path_col},
-        "source": {"csv": str(spec.csv), "images": str(spec.images)},
+        "source": {"csv": str(spec.csv), "images": str(spec.images),
+                   **({"exclude": str(spec.exclude)} if spec.exclude is not None else {})},
     }
     given = {"label_sep": spec.label_sep, "label_cols": list(spec.label_cols), "target_cols": list(spec.target_cols)}
     manifest["columns"].update({k: v for k, v in given.items() if v})

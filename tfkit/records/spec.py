@@ -61,12 +61,14 @@ class BuildSpec:
     label_cols: tuple[str, ...] = ()
     target_cols: tuple[str, ...] = ()
     channels: tuple[str, ...] = ()
+    exclude: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("csv", "images", "out"):
             object.__setattr__(self, name, Path(getattr(self, name)))
-        if self.classes_from is not None:
-            object.__setattr__(self, "classes_from", Path(self.classes_from))
+        for name in ("classes_from", "exclude"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
         for name in ("meta_cols", "label_cols", "target_cols", "channels"):
             object.__setattr__(self, name, tuple(getattr(self, name) or ()))
         self._check_options()

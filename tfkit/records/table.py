@@ -15,7 +15,7 @@ import dataclasses
 import os
 import stat
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 from tfkit.records.images import IMAGE_EXTENSIONS
 from tfkit.records.spec import BuildSpec
@@ -198,7 +198,8 @@ class Rows:
         return Rows([self.keep[p] for p in pos], [self.paths[p] for p in pos])
 
 
-def resolve_rows(spec: BuildSpec, frame: Any, label_errors: Mapping[int, str], bad: BadRows) -> Rows:
+def resolve_rows(spec: BuildSpec, frame: Any, label_errors: Mapping[int, str], bad: BadRows,
+                 skip: Collection[int] = ()) -> Rows:
     """Check each row's id, label and image file, in that order; keep the rows that pass.
 
     Args:
@@ -206,6 +207,7 @@ def resolve_rows(spec: BuildSpec, frame: Any, label_errors: Mapping[int, str], b
         frame: the CSV (:func:`read_table`).
         label_errors: CSV row -> why its label cannot be used.
         bad: where bad rows go.
+        skip: CSV rows left out unchecked (``--exclude``); other rows keep their line numbers.
 
     Returns:
         The usable rows.
@@ -220,6 +222,8 @@ def resolve_rows(spec: BuildSpec, frame: Any, label_errors: Mapping[int, str], b
     keep: list[int] = []
     paths: list[Any] = []
     for i, ident in enumerate(frame[spec.id_col].tolist()):
+        if i in skip:
+            continue
         ident = ident.strip()
         reason = _id_problem(spec, ident, seen)
         if reason is None:
