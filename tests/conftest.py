@@ -89,3 +89,37 @@ def small_records(small_csv: Path, digits_dir: Path, tmp_path_factory: pytest.Te
         size=32, n_folds=3, seed=42, workers=1, progress=False,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def fake_run():
+    """Factory of run folders without training (owner: finish): ``fake_run(path, oof, classes,
+    overrides=(), task="multiclass", folds_setup=None)`` writes config.yaml, manifest.json,
+    oof.csv, fold<k>/done.json and cv.json (from the OOF, as tfkit train computes it)."""
+    import pandas as pd
+
+    from tfkit.config import load_config, save_config
+    from tfkit.train import recompute_cv_frame
+    from tfkit.utils import write_csv, write_json
+
+    def make(path: Path, oof: pd.DataFrame, classes: list, overrides=(), task: str = "multiclass",
+             folds_setup: dict | None = None, run_level: bool = True) -> Path:
+        path = Path(path)
+        cfg = load_config(None, list(overrides))
+        save_config(cfg, path / "config.yaml")
+        n_folds = int(oof["fold"].max()) + 1
+        write_json(path / "manifest.json", {
+            "classes": [str(c) for c in classes], "task": task, "split": "train",
+            "folds": {"n_folds": n_folds, "seed": 42, **(folds_setup or {})}, "columns": {"id": "id"}})
+        for k, part in oof.groupby("fold"):
+            write_json(path / f"fold{k}" / "done.json", {"fold": int(k), "seconds": 1.5, "epochs_run": 1})
+            if not run_level:
+                write_csv(path / f"fold{k}" / "oof.csv", part)
+        if run_level:
+            write_csv(path / "oof.csv", oof)
+            cv = recompute_cv_frame(oof, [str(c) for c in classes], task, names=cfg.train.metrics)
+            cv.update(primary=next(m for m in cfg.train.metrics if m in cv["metrics"]), task=task)
+            write_json(path / "cv.json", cv)
+        return path
+
+    return make

@@ -222,8 +222,10 @@ def greedy_weights(values: np.ndarray, labels: np.ndarray, task: str, metric: st
     """Ensemble selection with replacement (Caruana et al. 2004) on ``metric``.
 
     Starts from the best single run; each step adds the run whose inclusion
-    gives the best metric of the running average (ties: the earlier run); the
-    best point along the path (earliest on ties) gives the weights.
+    gives the best metric of the running average; the best point along the path
+    (earliest on ties) gives the weights. Ties of the metric (accuracy moves in
+    steps of 1/N and often stalls) are broken by the smooth loss the
+    ``weights`` method fits (log loss, MSE), then by the earlier run.
 
     Args:
         values: ``[M, N, K]`` predictions.
@@ -240,16 +242,17 @@ def greedy_weights(values: np.ndarray, labels: np.ndarray, task: str, metric: st
     sign = -1.0 if lower_is_better(metric) else 1.0
     k = values.shape[2]
 
-    def gain(avg: np.ndarray) -> float:
-        return sign * _score(avg, labels, task, metric, k)
+    def gain(avg: np.ndarray) -> tuple[float, float]:
+        smooth = _objective(avg[None], labels, task)(np.ones(1))[0]
+        return sign * _score(avg, labels, task, metric, k), -smooth
 
     counts = np.zeros(values.shape[0])
-    first = int(np.argmax([gain(v) for v in values]))
+    first = max(range(len(values)), key=lambda m: (gain(values[m]), -m))
     counts[first], total = 1, values[first].copy()
     best, best_counts = gain(total), counts.copy()
     for n in range(1, max(1, int(steps))):
         gains = [gain((total + v) / (n + 1)) for v in values]
-        m = int(np.argmax(gains))
+        m = max(range(len(values)), key=lambda j: (gains[j], -j))
         counts[m] += 1
         total += values[m]
         if gains[m] > best:
