@@ -150,14 +150,14 @@ def runs_table(paths: Sequence[str | os.PathLike], out: str | os.PathLike | None
     for i, (path, name) in enumerate(zip(found, _display_names(found))):
         row = _train_row(views[i], metric) if i in views else _ensemble_row(path, metric)
         rows.append({"run": name, **row, **{k: configs.get(i, {}).get(k) for k in keys}})
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).astype({"image_size": "Int64", "epochs": "Int64"})  # blank for ensembles
     table = table.sort_values("cv", ascending=lower_is_better(metric), na_position="last", kind="stable")
     table = table.reset_index(drop=True)
     if out is not None:
         write_csv(Path(out) / "runs.csv", table)
         plot_runs(table, metric, Path(out) / "runs.png")
     with pd.option_context("display.width", 200, "display.max_columns", 50, "display.max_colwidth", 40):
-        print(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+        print(table.to_string(index=False, na_rep="", float_format=lambda x: f"{x:.4g}"))
     return table
 
 
