@@ -35,11 +35,6 @@ from tfkit.run_view import RunView, oof_values, read_run
 from tfkit.utils import TfkitError, atomic_dir, write_csv, write_json
 
 
-def _read_run(run: str | os.PathLike) -> RunView:
-    """The one place this module reads a run folder (see :mod:`tfkit.run_view`)."""
-    return read_run(run)
-
-
 def flag_noisy(view: RunView, threshold: float = 0.9) -> pd.DataFrame:
     """Training images whose OOF prediction is another class with probability >= ``threshold``.
 
@@ -104,7 +99,7 @@ def clean(
         TfkitError: not a classification run, a bad threshold, a CSV without the flagged ids.
     """
 
-    view = _read_run(run)
+    view = read_run(run)
     flagged = flag_noisy(view, threshold)
     id_col = (view.manifest.get("columns") or {}).get("id") or "id"  # the CSV's id column at build time
     cleaned = clean_csv(csv, flagged["id"], id_col) if csv is not None else None

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -61,11 +61,6 @@ _TINY = 1e-15  # floor of a blended true-class probability before the log, as in
 
 
 # --------------------------------------------------------------------------- runs
-
-
-def _read_runs(runs: Sequence[str | os.PathLike]) -> list[RunView]:
-    """The one place this module reads run folders (see :mod:`tfkit.run_view`)."""
-    return [read_run(r) for r in runs]
 
 
 def run_names(views: Sequence[RunView]) -> list[str]:
@@ -458,7 +453,7 @@ def ensemble(
         raise TfkitError(f"ensemble --runs: expected at least two runs, got {len(runs)}")
     if method not in METHODS:
         raise TfkitError(f"ensemble --method: expected one of {', '.join(METHODS)}, got {method!r}")
-    views = _read_runs(runs)
+    views = [read_run(r) for r in runs]
     task = views[0].task
     if task == "multilabel":
         raise TfkitError("ensemble: multilabel runs are not supported yet (binary, multiclass and regression are)")

@@ -34,11 +34,6 @@ _IGNORED_KEYS = ("train.verbose", "train.folds")
 _ENSEMBLE_FILES = ("cv.json", "weights.json", "oof.csv", "manifest.json")
 
 
-def _read_run(path: Path) -> RunView:
-    """The one place this module reads a run folder (see :mod:`tfkit.run_view`)."""
-    return read_run(path)
-
-
 def is_ensemble_folder(path: str | os.PathLike) -> bool:
     """Whether ``path`` is an output folder of ``tfkit ensemble``."""
     return all((Path(path) / f).is_file() for f in _ENSEMBLE_FILES) and not (Path(path) / "config.yaml").is_file()
@@ -140,7 +135,7 @@ def runs_table(paths: Sequence[str | os.PathLike], out: str | os.PathLike | None
     from tfkit.metrics import lower_is_better
 
     found = find_runs(paths)
-    views = {i: _read_run(p) for i, p in enumerate(found) if not is_ensemble_folder(p)}
+    views = {i: read_run(p) for i, p in enumerate(found) if not is_ensemble_folder(p)}
     if metric is None:
         primaries = [v.primary for v in views.values()] or [read_json(p / "cv.json").get("primary") for p in found]
         metric = Counter(primaries).most_common(1)[0][0]
