@@ -60,10 +60,11 @@ def precision_recall(view, flipped: set[str]) -> list[dict]:
     return rows
 
 
-def held_out_accuracy(run: Path, test_records: Path) -> float:
+def held_out(run: Path, test_records: Path) -> dict:
+    """Held-out metrics of a run's fold ensemble on the (clean) test records."""
     from tfkit.predict import predict
 
-    return float(predict(run, out=None, records=test_records, tta=1, progress=False).attrs["metrics"]["accuracy"])
+    return predict(run, out=None, records=test_records, tta=1, progress=False).attrs["metrics"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,11 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         build_records(csv=work / "train_noisy.csv", out=work / "records_clean", overwrite=True,
                       exclude=work / "clean" / "flagged.csv", **common)
         train(cfg, work / "records_clean", work / "run_clean")
-        noisy, cleaned = held_out_accuracy(work / "run_noisy", work / "records_test"), \
-            held_out_accuracy(work / "run_clean", work / "records_test")
-        print(f"held-out test accuracy (clean test labels, {len(view.oof)} -> "
-              f"{len(read_run(work / 'run_clean').oof)} training images): noisy {noisy:.4f}, "
-              f"cleaned at {args.clean_threshold} {cleaned:.4f}, ratio {cleaned / noisy:.4f}")
+        noisy, cleaned = held_out(work / "run_noisy", work / "records_test"), \
+            held_out(work / "run_clean", work / "records_test")
+        print(f"held-out test set (clean labels); training images {len(view.oof)} noisy -> "
+              f"{len(read_run(work / 'run_clean').oof)} cleaned at {args.clean_threshold}")
+        for name in ("accuracy", "log_loss"):
+            print(f"  {name:<9} noisy {noisy[name]:.4f}  cleaned {cleaned[name]:.4f}  ratio {cleaned[name] / noisy[name]:.4f}")
     print(f"wall time {time.time() - t0:.0f} s, work folder {work}")
     return 0
 
