@@ -99,7 +99,7 @@ def fake_run():
     import pandas as pd
 
     from tfkit.config import load_config, save_config
-    from tfkit.train import recompute_cv_frame
+    from tfkit.run import recompute_cv_frame
     from tfkit.utils import write_csv, write_json
 
     def make(path: Path, oof: pd.DataFrame, classes: list, overrides=(), task: str = "multiclass",

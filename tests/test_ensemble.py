@@ -25,7 +25,7 @@ from tfkit.ensemble import (
     rank_blend,
 )
 from tfkit.metrics import compute_metrics
-from tfkit.train import recompute_cv_frame
+from tfkit.run import recompute_cv_frame
 from tfkit.utils import TfkitError, read_json
 
 CLASSES = ["a", "b", "c"]

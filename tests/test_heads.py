@@ -144,7 +144,7 @@ def test_config_selects_the_head_and_bad_settings_fail_in_one_line():
 
 def test_tfkit_training_step_fits_an_arcface_model_with_metadata():
     from tfkit.losses import create_loss
-    from tfkit.train import TrainingModel
+    from tfkit.train_step import TrainingModel
 
     keras.utils.set_random_seed(0)
     model = create_model("small_cnn", 3, 16, width=4, head="arcface", meta_dim=2, arcface_scale=8.0)
