@@ -34,7 +34,8 @@ counts + folds x classes): no groups x classes matrix is ever built.
    it is applied, so every move lowers the objective), and when no move helps, the
    best swap of two groups per pair of folds (over at most 512 distinct group
    profiles per fold, a seeded sample). It stops when a round gains less than half
-   of what balancing one image is worth, or after a work budget of rounds that
+   of what balancing one image is worth and less than a millionth of the objective
+   left, or after a work budget of rounds that
    shrinks with the input (at least 4; beyond 1M groups a round scans a seeded
    window of 1M).
 
@@ -71,6 +72,7 @@ SEARCH_WORK = 3e7
 MIN_ROUNDS = 4
 MAX_ROUNDS = 1000
 MISSES_PER_ROUND = 512  # candidates in a row that no longer improve: the round ends
+STOP_FRACTION = 1e-6
 # Runs of at most this many groups that also hold other classes are placed one
 # group at a time, scored on all their classes (bigger runs are water-filled and
 # dealt). Measured on 10M images / 5M groups: water-filling those runs too left an
@@ -505,13 +507,16 @@ def _local_search(
     terms = _Terms.of(gc, obj)
     profiles = _profile_ids(gc)
     rounds = int(np.clip(SEARCH_WORK / max(len(gc.counts) + gc.n_groups, 1), MIN_ROUNDS, MAX_ROUNDS))
+    value = st.objective(obj)
     for _ in range(rounds):
         gain = _apply_moves(gc, obj, st, terms, rng)
         if gain <= 0.0:
             gain = _apply_swaps(gc, obj, st, terms, profiles, rng)
-        # Stop when a round buys less than half of what balancing one image is worth.
-        if gain < 0.5 * obj.w_extra[0]:
+        # Stop when a round buys less than half of what balancing one image is worth
+        # and a negligible share of what is left.
+        if gain < min(0.5 * obj.w_extra[0], STOP_FRACTION * value):
             break
+        value -= gain
     return st.assign
 
 
