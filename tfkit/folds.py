@@ -98,6 +98,8 @@ def quantile_bins(values: np.ndarray, n_bins: int = DEFAULT_BINS) -> np.ndarray:
         >>> quantile_bins(np.arange(10.0), 5).tolist()
         [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
     """
+    if len(values) == 0 or values.min() == values.max():  # one value: one bin (qcut would give NaN)
+        return np.zeros(len(values), dtype=np.int64)
     codes = np.asarray(pd.qcut(values, q=n_bins, labels=False, duplicates="drop"), dtype=np.int64)
     # qcut may leave a bin empty after dropping duplicate edges: renumber densely.
     used = np.bincount(codes) > 0
