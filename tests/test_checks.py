@@ -45,6 +45,9 @@ BAD = [
     (["train.loss=mse"], "train.loss", "regression"),
     (["train.progressive=[[1, 4]]"], "train.progressive", "size >= 8"),
     (["model.task=ordinal"], "model.task", "multiclass"),
+    (["model.head=cosface"], "model.head", "arcface"),
+    (["model.head=arcface", "model.arcface_margin=2.0"], "model.arcface_margin", "[0, pi/2)"),
+    (["model.head=arcface", "model.arcface_scale=0"], "model.arcface_scale", "positive"),
 ]
 
 

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 from tfkit.augment import check_augment_config
 from tfkit.config import Config, DataConfig, PredictConfig, TrainConfig
+from tfkit.heads import check_head
 from tfkit.losses import check_loss
 from tfkit.manifest import resolve_task
 from tfkit.metrics import applicable_metrics
@@ -66,6 +67,7 @@ def validate(cfg: Config, manifest: Mapping[str, Any] | None = None, replicas: i
     check_model_config(cfg.model.name, cfg.model.pooling, cfg.model.dropout, cfg.data.image_size)
     phases(cfg)  # epochs >= 1 and a well-formed progressive schedule
     task = resolve_task(cfg.model.task, manifest=manifest) if manifest is not None else None
+    check_head(cfg.model.head, task, cfg.model.arcface_scale, cfg.model.arcface_margin)
     _check_train(cfg.train, task, len(manifest.get("classes") or []) if manifest is not None else 0, replicas)
     if predicting:
         p = cfg.predict

@@ -35,11 +35,11 @@ Output folder (written whole or not at all)::
     OUT/oof.csv  OUT/cv.json  OUT/weights.json  OUT/manifest.json  OUT/correlation.png
     OUT/submission.csv  (with submissions or test records)
 
-Example:
-    >>> result = ensemble(["runs/cnn16", "runs/cnn32"], "runs/blend", method="weights",
-    ...                   subs=["sub_cnn16.csv", "sub_cnn32.csv"])  # doctest: +SKIP
-    >>> result["cv"]["metrics"]["accuracy"], result["cv"]["in_sample"]["accuracy"]  # doctest: +SKIP
-    (0.986, 0.987)
+Example (two trained runs and their ``tfkit predict`` submissions)::
+
+    result = ensemble(["runs/cnn16", "runs/cnn32"], "runs/blend", method="greedy",
+                      subs=["sub_cnn16.csv", "sub_cnn32.csv"])
+    result["cv"]["metrics"]["accuracy"], result["cv"]["in_sample"]["accuracy"]   # nested, in-sample
 """
 
 from __future__ import annotations
@@ -446,8 +446,9 @@ def ensemble(
     Raises:
         TfkitError: fewer than two runs, runs on different records or folds, a bad option or file.
 
-    Example:
-        >>> ensemble(["runs/a", "runs/b"], "runs/ab", method="greedy")["cv"]["methods"]  # doctest: +SKIP
+    Example::
+
+        ensemble(["runs/a", "runs/b"], "runs/ab", method="greedy")["cv"]["methods"]
     """
     if len(runs) < 2:
         raise TfkitError(f"ensemble --runs: expected at least two runs, got {len(runs)}")

@@ -76,10 +76,7 @@ class ArcFace(layers.Layer):
         super().__init__(**kwargs)
         if int(units) < 2:
             raise TfkitError(f"ArcFace: expected at least 2 classes, got {units}")
-        if float(scale) <= 0:
-            raise TfkitError(f"model.arcface_scale: expected a positive scale such as 30, got {scale}")
-        if not 0.0 <= float(margin) < math.pi / 2:
-            raise TfkitError(f"model.arcface_margin: expected radians in [0, pi/2) such as 0.5, got {margin}")
+        check_head("arcface", None, scale, margin)
         self.units, self.scale, self.margin = int(units), float(scale), float(margin)
 
     def build(self, input_shape: Any) -> None:
@@ -117,13 +114,35 @@ class ArcFace(layers.Layer):
         return {**super().get_config(), "units": self.units, "scale": self.scale, "margin": self.margin}
 
 
-def check_head(head: str, task: str) -> None:
-    """Refuse an unknown head, or ArcFace for a task without a softmax over classes."""
+def check_head(head: str, task: str | None, scale: float = 30.0, margin: float = 0.5) -> None:
+    """Refuse an unknown head, ArcFace for a task without a softmax over classes, or a bad scale or margin.
+
+    Args:
+        head: ``model.head``.
+        task: the resolved task (``None``: not known yet, not checked).
+        scale: ``model.arcface_scale``.
+        margin: ``model.arcface_margin``.
+
+    Raises:
+        TfkitError: one line naming the key.
+
+    Example:
+        >>> check_head("arcface", "binary")
+        Traceback (most recent call last):
+        ...
+        tfkit.utils.TfkitError: model.head=arcface needs model.task=multiclass (a softmax over classes), got binary; for two classes set model.task: multiclass
+    """
     if head not in HEADS:
         raise TfkitError(f"model.head: unknown head {head!r} (expected one of: {', '.join(HEADS)})")
-    if head == "arcface" and task != "multiclass":
+    if head != "arcface":
+        return
+    if task is not None and task != "multiclass":
         raise TfkitError(f"model.head=arcface needs model.task=multiclass (a softmax over classes), got {task}; "
                          "for two classes set model.task: multiclass")
+    if not float(scale) > 0:
+        raise TfkitError(f"model.arcface_scale: expected a positive scale such as 30, got {scale}")
+    if not 0.0 <= float(margin) < math.pi / 2:
+        raise TfkitError(f"model.arcface_margin: expected radians in [0, pi/2) such as 0.5, got {margin}")
 
 
 def arcface_output(x: Any, num_classes: int, scale: float, margin: float) -> Any:
@@ -142,9 +161,10 @@ def margin_forward(model: keras.Model) -> Callable[[Any, Any], Any] | None:
         (``[B, C]`` probabilities under the margin), running every layer with
         ``training=True``.
 
-    Example:
-        >>> fwd = margin_forward(create_model("small_cnn", 3, 32, head="arcface"))  # doctest: +SKIP
-        >>> probs = fwd(images, one_hot_labels)  # doctest: +SKIP
+    Example::
+
+        fwd = margin_forward(create_model("small_cnn", 3, 32, head="arcface"))
+        probs = fwd(images, one_hot_labels)   # [B, 3], the margin on each image's class
     """
     try:
         head = model.get_layer("output")

@@ -358,7 +358,7 @@ def create_model(
     check_model_config(name, pooling, dropout, image_size)
     if meta_dim < 0:
         raise TfkitError(f"meta_dim: expected >= 0, got {meta_dim}")
-    check_head(head, task)
+    check_head(head, task, arcface_scale, arcface_margin)
 
     image = keras.Input((int(image_size), int(image_size), 3), name="image", dtype="float32")
     x = Preprocess(preprocess_mode(name), name="preprocess")(image)

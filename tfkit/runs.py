@@ -10,9 +10,10 @@ keys that are the same everywhere say nothing about why scores differ).
 
 Outputs: ``OUT/runs.csv`` and ``OUT/runs.png`` (CV by run), and the table printed.
 
-Example:
-    >>> table = runs_table(["runs", "tune"], out="experiments")  # doctest: +SKIP
-    >>> table[["run", "cv", "cv_tta"]].head(3)  # doctest: +SKIP
+Example::
+
+    table = runs_table(["runs", "tune"], out="experiments")
+    table[["run", "cv", "cv_tta"]].head(3)
 """
 
 from __future__ import annotations
