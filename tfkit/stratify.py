@@ -309,26 +309,39 @@ def _water_fill(cost: np.ndarray, step: float, m: int) -> np.ndarray:
 
     Item ``j`` placed in fold ``k`` costs ``cost[k] + j * step`` (``j`` items already
     there); ties go to the lower fold index. The one-at-a-time greedy takes the ``m``
-    cheapest (fold, slot) pairs, so the counts follow from a water level.
+    cheapest (fold, slot) pairs, so the counts follow from a water level, then are
+    repaired slot by slot where rounding put the level off.
 
     Returns:
         int64 ``[K]`` items per fold.
     """
     K = len(cost)
-    n = np.zeros(K, dtype=np.int64)
-    b = (cost - cost.min()) / step
+    c0 = cost - cost.min()
+    b = c0 / step
     bs = np.sort(b)
     level = (m + np.cumsum(bs)) / np.arange(1, K + 1)
     active = int(np.flatnonzero(level > bs)[-1])  # the water covers the active + 1 lowest folds
-    n[:] = np.floor(np.maximum(level[active] - b, 0.0))
-    # At most K items off (rounding): add the cheapest next slots one by one, or
-    # drop the dearest taken ones, ties by fold index as in the one-at-a-time greedy.
-    while n.sum() < m:
-        n[int(np.argmin(b + n))] += 1
-    while n.sum() > m:
-        last = np.where(n > 0, b + n - 1, -np.inf)
-        n[K - 1 - int(np.argmax(last[::-1]))] -= 1
-    return n
+    n = np.floor(np.maximum(level[active] - b, 0.0)).astype(np.int64)
+    c0, counts = c0.tolist(), n.tolist()
+
+    def free(k: int) -> tuple[float, int]:  # the fold's next slot, exact (no division)
+        return (c0[k] + counts[k] * step, k)
+
+    def taken(k: int) -> tuple[float, int]:  # the fold's last filled slot
+        return (c0[k] + (counts[k] - 1) * step, k) if counts[k] else (-np.inf, k)
+
+    # Rounding may put the level a few slots off: fill or empty to m slots, then swap
+    # while the dearest taken slot costs more than the cheapest free one.
+    while sum(counts) < m:
+        counts[min(range(K), key=free)] += 1
+    while sum(counts) > m:
+        counts[max(range(K), key=taken)] -= 1
+    while True:
+        cheap, dear = min(range(K), key=free), max(range(K), key=taken)
+        if taken(dear) <= free(cheap):
+            return np.array(counts, dtype=np.int64)
+        counts[dear] -= 1
+        counts[cheap] += 1
 
 
 def _fill_order(cost: np.ndarray, step: float, n: np.ndarray, serpentine: bool = False) -> np.ndarray:
@@ -340,7 +353,7 @@ def _fill_order(cost: np.ndarray, step: float, n: np.ndarray, serpentine: bool =
     K = len(n)
     folds = np.repeat(np.arange(K), n)
     slot = np.arange(len(folds)) - np.repeat(np.cumsum(n) - n, n)
-    seq = folds[np.argsort((cost[folds] - cost.min()) / step + slot, kind="stable")]
+    seq = folds[np.argsort((cost[folds] - cost.min()) + slot * step, kind="stable")]
     if serpentine and len(seq) > K:
         full = len(seq) // K * K
         rounds = seq[:full].reshape(-1, K)
