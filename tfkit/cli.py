@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("folds", cmd_folds, "triple-stratified K-fold assignment (groups isolated, classes and group sizes balanced)")
     p.add_argument("--csv", required=True, help="input CSV")
     p.add_argument("--id-col", default="id", help="id column (default id)")
-    p.add_argument("--label-col", default="label", help="label column; a numeric target with many values is binned")
+    p.add_argument("--label-col", default="label", help="label column; a numeric target with many values is binned; tags with --label-sep")
     p.add_argument("--group-col", default=None, help="group column, e.g. patient_id; without it each row is its own group")
     p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
     p.add_argument("--seed", type=int, default=42, help="random seed (same seed, same folds)")

@@ -11,7 +11,9 @@ a numeric target (regression)      ``regression_folds(y, K, groups, n_bins=10)``
                                    bins a numeric label column the same way)
 several labels per row             ``multilabel_folds(labels, K, groups)``; ``labels`` as
 (multi-label, tags)                :class:`LabelLists` or anything :func:`as_label_lists` reads
-a CSV, from the command line       ``tfkit folds`` / :func:`folds_from_csv`
+a CSV, from the command line       ``tfkit folds`` (``--label-sep " "`` tags, ``--label-cols``
+                                   0/1 columns, ``--target-cols`` regression) /
+                                   :func:`folds_from_csv`
 =================================  ==========================================================
 
 Multi-label targets have one canonical form, :class:`LabelLists`: CSR rows of
@@ -23,10 +25,12 @@ All of them reduce the rows to sparse (group, class) counts and call the same
 solver, :mod:`tfkit.stratify` (the algorithm and its objective are described
 there): groups placed rarest-class and largest first into the fold that least
 raises a chi-square like imbalance, by runs of interchangeable groups, then a
-bounded local search. For multi-label targets this is Sechidis, Tsoumakas &
+bounded local search. For multi-label targets this follows Sechidis, Tsoumakas &
 Vlahavas's iterative stratification (2011, the algorithm behind
-``iterative-stratification``'s ``MultilabelStratifiedKFold``) with groups placed
-as units that carry their label counts, which that package cannot do. Memory is
+``iterative-stratification``'s ``MultilabelStratifiedKFold``: rarest labels first,
+each placed where it is most wanted) with groups placed as units that carry their
+label counts, which that package cannot do; on ``bench/bench_folds.py`` it matches
+that package's per-label balance and spreads label pairs better. Memory is
 O(images + groups + non-zero (group, class) counts): 10M images, 5,000 classes and
 5M groups fit in well under 2 GB (``bench/bench_folds.py --scale``).
 
