@@ -217,6 +217,13 @@ def replicas(strategy: Any = None) -> int:
     return int(strategy.num_replicas_in_sync)
 
 
+def gradient_replicas(strategy: Any) -> int:
+    """Replicas that each compute their own gradient: a TensorFlow strategy's replicas;
+    1 for a :class:`JaxStrategy`, whose one SPMD program computes the global gradient
+    (so SAM's perturbation is the same as on one device)."""
+    return 1 if isinstance(strategy, JaxStrategy) else replicas(strategy)
+
+
 def accelerator(strategy: Any = None) -> str:
     """``"tpu"``, ``"gpu"`` or ``"cpu"``: what ``strategy`` (or this machine) computes on.
 
