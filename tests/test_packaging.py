@@ -76,3 +76,24 @@ def test_user_error_exits_2_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert err.startswith("tfkit: error: ") and "train.nope" in err and "\n" not in err
+
+
+def _install_requires() -> list[str]:
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg", encoding="utf-8")
+    return [r.strip() for r in cfg["options"]["install_requires"].splitlines() if r.strip()]
+
+
+def test_install_replaces_nothing_in_kaggles_tpu_image():
+    # Kaggle's TPU image (2026-08): Python 3.12, tensorflow-cpu 2.20.0 (which pins tensorboard~=2.20.0),
+    # jax[tpu], keras 3. A plain `pip install tfkit-vision` must accept all of them as they are.
+    from packaging.requirements import Requirement
+
+    reqs = {Requirement(r).name.lower(): Requirement(r) for r in _install_requires()}
+    assert not {"tensorflow", "tensorflow-cpu", "jax", "jaxlib"} & set(reqs)  # only through extras
+    # tensorboard as tensorflow-cpu 2.20 pins it; keras and numpy: the oldest the image could plausibly hold
+    image = {"keras": "3.10.0", "tensorboard": "2.20.0", "numpy": "2.0.2"}
+    for name, version in image.items():
+        assert reqs[name].specifier.contains(version), f"{reqs[name]} would replace {name} {version}"

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from tfkit.augment import check_augment_config
+from tfkit.backend import BACKENDS
 from tfkit.config import Config, DataConfig, PredictConfig, TrainConfig
 from tfkit.heads import check_head
 from tfkit.losses import check_loss
@@ -56,7 +57,9 @@ def validate(cfg: Config, manifest: Mapping[str, Any] | None = None, replicas: i
         cfg: the resolved config.
         manifest: the records' (or run's) manifest; with it the task, the loss and
             the monitor are checked against the records' classes.
-        replicas: replicas the run trains on (SAM needs 1).
+        replicas: replicas that each compute their own gradient (SAM needs 1; a JAX
+            ``DataParallel`` program computes one global gradient: see
+            :func:`tfkit.strategy.gradient_replicas`).
         predicting: also check the ``predict`` section (``tfkit predict``).
 
     Returns:
@@ -99,7 +102,10 @@ def _check_train(t: TrainConfig, task: str | None, num_classes: int, replicas: i
     if t.sam_rho < 0:
         raise TfkitError(f"train.sam_rho: expected a radius >= 0 (0 turns SAM off), got {t.sam_rho}")
     if t.sam_rho > 0 and replicas > 1:
-        raise TfkitError("train.sam_rho > 0 runs on one replica only (the perturbation is per-device)")
+        raise TfkitError("train.sam_rho > 0 runs on one TensorFlow replica only (the perturbation is per-device); "
+                         "on several devices use train.backend=jax (one global gradient)")
+    if t.backend not in BACKENDS:
+        raise TfkitError(f"train.backend: unknown backend {t.backend!r} (expected one of: {', '.join(BACKENDS)})")
 
 
 def monitor_names(metrics: list[str], task: str | None, num_classes: int) -> list[str]:

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 from tfkit import __version__
 from tfkit.datasets import DATASETS  # a light module (no TensorFlow at import): --help stays fast
+from tfkit.backend import BACKENDS, select_backend
 from tfkit.utils import TfkitError
 
 
@@ -43,10 +44,27 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_backend_arg(p: argparse.ArgumentParser, default_from: str) -> None:
+    p.add_argument(
+        "--backend", choices=BACKENDS, default=None,
+        help=f"Keras backend: auto (JAX on a TPU VM whose TensorFlow cannot see the chips, else TensorFlow), "
+        f"tensorflow or jax (default {default_from})",
+    )
+
+
+def _select_backend(args: argparse.Namespace) -> str:
+    # Before any stage module is imported: Keras fixes its backend at its first import.
+    return select_backend(args.backend or "auto", "--backend")
+
+
 def _load_cfg(args: argparse.Namespace):
     from tfkit.config import load_config
 
-    return load_config(args.config, args.overrides)
+    overrides = list(args.overrides) + ([f"train.backend={args.backend}"] if getattr(args, "backend", None) else [])
+    cfg = load_config(args.config, overrides)
+    if hasattr(args, "backend"):
+        select_backend(cfg.train.backend, "--backend" if args.backend else "train.backend")
+    return cfg
 
 
 # --------------------------------------------------------------------------- commands
@@ -87,24 +105,27 @@ def cmd_build_records(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    cfg = _load_cfg(args)  # selects the backend before the stage imports Keras
     from tfkit.show import show
 
-    for path in show(args.records, _load_cfg(args), args.out, n_images=args.n, n_draws=args.draws):
+    for path in show(args.records, cfg, args.out, n_images=args.n, n_draws=args.draws):
         print(path)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _load_cfg(args)
     from tfkit.train import train
 
-    train(_load_cfg(args), args.records, args.out, folds=args.folds)
+    train(cfg, args.records, args.out, folds=args.folds)
     return 0
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
+    cfg = _load_cfg(args)
     from tfkit.lr_find import lr_find
 
-    lr_find(_load_cfg(args), args.records, args.out, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps)
+    lr_find(cfg, args.records, args.out, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps)
     return 0
 
 
@@ -116,16 +137,18 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    cfg = _load_cfg(args)
     from tfkit.tune import tune
 
     tune(
-        _load_cfg(args), args.space, args.records, args.out, tuner=args.tuner, max_trials=args.trials,
+        cfg, args.space, args.records, args.out, tuner=args.tuner, max_trials=args.trials,
         objective=args.objective, fold=args.fold, cv=args.cv, overwrite=args.overwrite, isolate=not args.in_process,
     )
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    _select_backend(args)
     from tfkit.predict import oof_tta, predict
 
     if args.oof:
@@ -143,6 +166,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    _select_backend(args)
     from tfkit.report import report
 
     print(report(args.run, out=args.out, n_worst=args.worst, gradcam_ids=args.gradcam, records=args.records,
@@ -151,6 +175,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    _select_backend(args)
     from tfkit.demo import demo
 
     demo(args.out, overwrite=args.overwrite, quick=args.quick)
@@ -315,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=8, help="images in the augmentation grid")
     p.add_argument("--draws", type=int, default=4, help="augmentation draws per image")
     _add_config_args(p)
+    _add_backend_arg(p, "train.backend of the config: auto")
 
     # train
     p = add("train", cmd_train, "train one model per fold; writes best models, oof.csv, cv.json and curves")
@@ -322,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (re-running resumes)")
     p.add_argument("--folds", type=_int_list, default=None, help="folds to train, e.g. 0,2 (default all)")
     _add_config_args(p)
+    _add_backend_arg(p, "train.backend of the config: auto")
 
     # lr-find
     p = add("lr-find", cmd_lr_find, "exponential learning-rate sweep; plots loss vs LR and prints a suggestion")
@@ -331,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-lr", type=float, default=1.0, help="last learning rate of the sweep (default 1)")
     p.add_argument("--steps", type=int, default=100, help="training steps in the sweep (default 100)")
     _add_config_args(p)
+    _add_backend_arg(p, "train.backend of the config: auto")
 
     # schedule
     p = add("schedule", cmd_schedule, "plot the learning-rate schedule a config describes")
@@ -355,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train trials in this process (saves a TensorFlow import per trial, but memory grows "
                    "~20 MiB per trial); by default each trial runs in a fresh process")
     _add_config_args(p)
+    _add_backend_arg(p, "train.backend of the config: auto")
 
     # predict
     p = add("predict", cmd_predict, "TTA + fold-ensemble predictions into a submission CSV")
@@ -370,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oof", action="store_true",
                    help="instead: recompute the out-of-fold predictions of the training --records with the same TTA "
                         "and print the CV score with and without TTA (writes RUN/oof_tta.csv, RUN/cv_tta.json)")
+    _add_backend_arg(p, "auto: KERAS_BACKEND if set, else detected; models load on either backend")
 
     # report
     p = add("report", cmd_report, "confusion matrix, per-class metrics, top losses, Grad-CAM, calibration")
@@ -380,12 +410,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--records", default=None,
                    help="training records of the run: images for the top-losses grid and Grad-CAM (left out without)")
     p.add_argument("--format", choices=["html", "md"], default="html", help="report.html (default) or report.md")
+    _add_backend_arg(p, "auto: KERAS_BACKEND if set, else detected")
 
     # demo
     p = add("demo", cmd_demo, "the whole workflow offline on the embedded digits dataset")
     p.add_argument("--out", default="demo", help="demo folder (default demo/)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--quick", action="store_true", help="tiny setting (seconds, for smoke tests)")
+
+    _add_backend_arg(p, "auto: KERAS_BACKEND if set, else detected")
 
     _add_after_training(add)
     return parser

@@ -197,6 +197,9 @@ class TrainConfig:
     # determinism on (slower). Off: order-ignoring reads for speed, so two runs
     # of the same config give slightly different models.
     deterministic: bool = False
+    # Keras backend: auto (JAX on a TPU VM whose TensorFlow cannot see the chips,
+    # else TensorFlow) | tensorflow | jax. Keras fixes it at import (tfkit.backend).
+    backend: str = "auto"
     verbose: int = 1
 
 

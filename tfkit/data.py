@@ -411,6 +411,7 @@ def build_dataset(
     repeat: bool = True,
     deterministic: bool = False,
     with_ids: bool = False,
+    pad_remainder: bool = False,
 ) -> tf.data.Dataset:
     """A batched ``tf.data.Dataset`` over the shards of ``folds``.
 
@@ -434,6 +435,12 @@ def build_dataset(
         with_ids: also yield the ids: eval ``(x, y, ids)``, predict ``(x, ids)``,
             train ``(x, y, ids)`` (for inspection; Keras would read a 3rd element as
             sample weights).
+        pad_remainder: eval/predict: pad the last partial batch with zero rows to a full
+            batch, so every batch has one static shape (one compiled program; a batch
+            split over JAX devices must divide by their count). Eval then yields
+            ``(x, y, mask)``: Keras reads the float32 0/1 mask as sample weights, so
+            padded rows count in no metric; predict yields padded ``x`` (keep the first
+            ``len(read_index(...))`` predictions).
 
     Returns:
         Dataset of ``(x, y)`` (train/eval) or ``x`` (predict), where ``x`` is float32
@@ -453,6 +460,8 @@ def build_dataset(
     """
     if mode not in MODES:
         raise TfkitError(f"build_dataset: mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if pad_remainder and (mode == "train" or with_ids):
+        raise TfkitError("build_dataset: pad_remainder is for eval/predict batches without ids")
     dcfg = cfg.data
     if dcfg.augment_on not in ("host", "device"):
         raise TfkitError(f"data.augment_on: expected host or device, got {dcfg.augment_on!r}")
@@ -529,6 +538,8 @@ def build_dataset(
         return (x, y, b["id"]) if with_ids else (x, y)
 
     ds = ds.enumerate().map(finish, num_parallel_calls=BATCH_CALLS, deterministic=ordered)
+    if pad_remainder:
+        ds = ds.map(_pad_to(batch, mode), num_parallel_calls=BATCH_CALLS, deterministic=True)
     if not train:
         # Shard names carry the counts, so the number of batches is known without
         # reading: Keras then sizes its progress bar and stops cleanly instead of
@@ -538,6 +549,24 @@ def build_dataset(
     ds = ds.prefetch(PREFETCH)
     # Training ignores example order for speed (unless deterministic); eval keeps it so ids align.
     return ds.with_options(pipeline_options(ordered))
+
+
+def _pad_to(batch: int, mode: str) -> Callable:
+    """A ``map`` function padding a batch with zero rows to ``batch`` rows (eval: plus a 0/1 row mask)."""
+
+    def pad(t: tf.Tensor) -> tf.Tensor:
+        rows = batch - tf.shape(t)[0]
+        out = tf.pad(t, [[0, rows]] + [[0, 0]] * (t.shape.rank - 1))
+        return tf.ensure_shape(out, [batch, *t.shape[1:]])
+
+    def fn(x, y=None):
+        n = tf.shape(tf.nest.flatten(x)[0])[0]
+        x = tf.nest.map_structure(pad, x)
+        if mode == "predict":
+            return x
+        return x, pad(y), tf.cast(tf.range(batch) < n, tf.float32)
+
+    return fn
 
 
 def pipeline_options(deterministic: bool) -> tf.data.Options:

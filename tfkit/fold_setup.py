@@ -30,7 +30,7 @@ from tfkit.losses import create_loss
 from tfkit.manifest import Manifest, resolve_task
 from tfkit.metrics import keras_metrics
 from tfkit.models import model_from_config
-from tfkit.strategy import get_strategy, set_mixed_precision
+from tfkit.strategy import JaxStrategy, get_strategy, gradient_replicas, set_mixed_precision
 from tfkit.train_step import TrainingModel
 from tfkit.utils import TfkitError
 
@@ -78,7 +78,7 @@ class FoldSetup:
         manifest = Manifest.from_dict(manifest or tfrec.load_manifest(records))
         fold = manifest.check_folds([fold])[0]
         strategy = strategy or get_strategy()
-        validate(cfg, manifest, replicas=strategy.num_replicas_in_sync)
+        validate(cfg, manifest, replicas=gradient_replicas(strategy))
         task = resolve_task(cfg.model.task, manifest=manifest)
         set_mixed_precision(cfg.train.mixed_precision, strategy)
         meta_dim = tfdata.metadata_dim(manifest, cfg.data.metadata) if cfg.data.metadata else 0
@@ -94,6 +94,13 @@ class FoldSetup:
     @property
     def device_augment(self) -> bool:
         return self.cfg.data.augment_on == "device"
+
+    @property
+    def pads_eval(self) -> bool:
+        """Eval/predict batches are padded to the global batch (JAX: split over the devices, one
+        compiled shape; the train step's ``jax_test_step`` reads the row mask). Slice predictions
+        to the validation rows."""
+        return isinstance(self.strategy, JaxStrategy)
 
     def build_model(self, size: int) -> keras.Model:
         """The config's model at ``size`` pixels (call inside ``strategy.scope()``)."""
@@ -122,18 +129,24 @@ class FoldSetup:
         t = self.cfg.train
         wrapper = TrainingModel(model, sam_rho=t.sam_rho, augment_cfg=self.cfg.augment if self.device_augment else None,
                                 image_size=size, seed=seed)
-        extra = dict(metrics=keras_metrics(t.metrics, self.task, self.num_classes),
-                     steps_per_execution=t.steps_per_execution) if metrics else {}
+        # Padded eval batches carry a row mask as sample weights, which Keras gives only to
+        # weighted_metrics; the JAX train step gives them none, like Keras' unweighted metrics.
+        kind = "weighted_metrics" if self.pads_eval else "metrics"
+        extra = {kind: keras_metrics(t.metrics, self.task, self.num_classes),
+                 "steps_per_execution": t.steps_per_execution} if metrics else {}
         wrapper.compile(optimizer=optimizer, loss=create_loss(t, self.task, self.num_classes), **extra)
         return wrapper
 
     def dataset(self, size: int, mode: str, folds: Sequence[int] | None = None, **kwargs: Any) -> Any:
         """``tfkit.data.build_dataset`` at ``size`` pixels on ``folds`` (default: the training folds).
 
-        ``mode="train"`` repeats and augments on the host unless augmentation runs on device.
+        ``mode="train"`` repeats and augments on the host unless augmentation runs on device;
+        eval and predict batches are padded when :attr:`pads_eval` (unless ``pad_remainder`` is given).
         """
         if mode == "train":
             kwargs = dict(augment=not self.device_augment, repeat=True, **kwargs)
+        else:
+            kwargs.setdefault("pad_remainder", self.pads_eval)
         return tfdata.build_dataset(self.records, with_size(self.cfg, size),
                                     folds=self.train_folds if folds is None else list(folds), mode=mode,
                                     manifest=self.manifest, batch_size=self.global_batch, **kwargs)

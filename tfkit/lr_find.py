@@ -18,8 +18,8 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
+from tfkit.backend import select_backend
 from tfkit.config import Config
 from tfkit.optim import create_optimizer
 from tfkit.fold_setup import FoldSetup
@@ -41,8 +41,8 @@ class ExponentialSweep(keras.optimizers.schedules.LearningRateSchedule):
         self.min_lr, self.max_lr, self.steps = float(min_lr), float(max_lr), int(steps)
 
     def __call__(self, step: Any) -> Any:
-        frac = tf.cast(step, tf.float32) / float(self.steps - 1)
-        return self.min_lr * tf.pow(tf.constant(self.max_lr / self.min_lr, tf.float32), frac)
+        frac = keras.ops.cast(step, "float32") / float(self.steps - 1)
+        return self.min_lr * keras.ops.power(keras.ops.convert_to_tensor(self.max_lr / self.min_lr, "float32"), frac)
 
     def rate(self, step: int) -> float:
         """The rate at ``step``, in float64 (what the table reports)."""
@@ -96,6 +96,7 @@ def lr_find(cfg: Config, records: str | os.PathLike, out: str | os.PathLike, min
         raise TfkitError(f"lr-find: expected 0 < --min-lr < --max-lr, got {min_lr} and {max_lr}")
     if steps < 10:
         raise TfkitError(f"lr-find: --steps must be at least 10, got {steps}")
+    select_backend(cfg.train.backend)
     setup = FoldSetup.create(cfg, records, fold)  # validates the whole config before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 Every image is predicted under ``n_views`` views (dihedral symmetries, flips,
 or seeded random augmentation passes). All views of a batch are stacked into
 the batch dimension and go through each fold's model in **one** forward pass
-inside one ``tf.function``; the outputs are reshaped back to
+inside one compiled function (``tf.function`` on TensorFlow, ``jax.jit`` on JAX); the outputs are reshaped back to
 ``[views, batch, classes]`` and averaged (arithmetic or geometric mean). Folds
 are then averaged with equal weights or weights proportional to each fold's
 CV score.
@@ -96,7 +96,22 @@ def load_models(run: str | os.PathLike, folds: Sequence[int] | None = None) -> l
         models = load_models("runs/digits", folds=[0, 1])
     """
     folder = RunFolder(run)
-    return [folder.load_model(k) for k in (folder.finished_folds() if folds is None else folds)]
+    with _strategy().scope():  # on JAX: weights replicated over the devices that share each batch
+        return [folder.load_model(k) for k in (folder.finished_folds() if folds is None else folds)]
+
+
+def _strategy() -> Any:
+    """Where prediction runs: on JAX every local device (a batch is split over
+    them); on TensorFlow the default strategy (one device)."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        from tfkit.strategy import get_strategy
+
+        return get_strategy()
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy()
 
 
 def fold_weights(run: str | os.PathLike, folds: Sequence[int], how: str = "equal") -> np.ndarray:
@@ -169,8 +184,13 @@ def _tta_augment_config(aug_cfg: Any) -> Any:
 
 
 def _views(images, n_views: int, mode: str, aug_cfg: Any, seed):
-    """``[n_views, B, H, W, 3]`` views of a batch; view 0 is always the identity."""
-    import tensorflow as tf
+    """``[n_views, B, H, W, 3]`` views of a batch; view 0 is always the identity.
+
+    ``seed`` is the int32 ``[2]`` seed of the batch; augment-mode view ``v``
+    draws from ``[seed[0], seed[1] * n_views + v]``: distinct for every batch
+    and view, computed with ``keras.ops`` so both backends draw the same seeds.
+    """
+    from keras import ops
 
     from tfkit import augment
 
@@ -178,28 +198,111 @@ def _views(images, n_views: int, mode: str, aug_cfg: Any, seed):
         return augment.tta_views(images, n_views, mode=mode)
     views = [images]
     size = int(images.shape[1])
+    seed = ops.cast(seed, "int32")
     for v in range(1, n_views):
-        view_seed = tf.random.experimental.stateless_fold_in(seed, v)
+        view_seed = ops.stack([seed[0], seed[1] * n_views + v])
         aug, _ = augment.augment_batch(images, None, aug_cfg, size, view_seed)
-        views.append(tf.cast(aug, images.dtype))
-    return tf.stack(views, axis=0)
+        views.append(ops.cast(aug, images.dtype))
+    return ops.stack(views, axis=0)
 
 
 def _average_views(out, average: str, multiclass: bool):
     """Average ``[V, B, C]`` model outputs over views."""
-    import tensorflow as tf
+    from keras import ops
 
     if average == "mean":
-        return tf.reduce_mean(out, axis=0)
-    p = tf.clip_by_value(out, _EPS, 1.0 - _EPS)
+        return ops.mean(out, axis=0)
+    p = ops.clip(out, _EPS, 1.0 - _EPS)
     if multiclass:
         # geometric mean over views, renormalised to a distribution over classes
-        g = tf.exp(tf.reduce_mean(tf.math.log(p), axis=0))
-        return g / tf.reduce_sum(g, axis=-1, keepdims=True)
+        g = ops.exp(ops.mean(ops.log(p), axis=0))
+        return g / ops.sum(g, axis=-1, keepdims=True)
     # independent sigmoid outputs: geometric mean of p and of 1 - p, renormalised
-    gp = tf.exp(tf.reduce_mean(tf.math.log(p), axis=0))
-    gq = tf.exp(tf.reduce_mean(tf.math.log(1.0 - p), axis=0))
+    gp = ops.exp(ops.mean(ops.log(p), axis=0))
+    gq = ops.exp(ops.mean(ops.log(1.0 - p), axis=0))
     return gp / (gp + gq)
+
+
+def _tta_body(x, seed, call, n_models: int, n_views: int, mode: str, average: str, task: str, augment_cfg: Any):
+    """One batch under TTA through every model, in ``keras.ops`` (traced by either backend).
+
+    ``call(i, inputs)`` runs model ``i``; returns ``(tta [M, B, C], identity [M, B, C])``.
+    """
+    from keras import ops
+
+    images = ops.cast(x["image"] if isinstance(x, dict) else x, "float32")
+    if n_views == 1:
+        flat = images
+    else:
+        views = _views(images, n_views, mode, augment_cfg, seed)
+        flat = ops.reshape(views, (-1, *images.shape[1:]))
+    inputs = flat
+    if isinstance(x, dict):
+        inputs = dict(x)
+        inputs["image"] = flat
+        for key, value in x.items():
+            if key != "image":
+                # every view of an image keeps that image's metadata
+                inputs[key] = ops.tile(value, [n_views] + [1] * (len(value.shape) - 1))
+    tta, plain = [], []
+    for i in range(n_models):
+        out = ops.cast(call(i, inputs), "float32")
+        out = ops.reshape(out, (n_views, -1, out.shape[-1]))
+        multiclass = task == "multiclass" and out.shape[-1] != 1
+        tta.append(_average_views(out, average, multiclass))
+        plain.append(out[0])
+    return ops.stack(tta), ops.stack(plain)
+
+
+def _tensorflow_step(body, models: list):
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def step(x, seed):
+        return body(x, seed, lambda i, inputs: models[i](inputs, training=False))
+
+    return step
+
+
+def _jax_step(body, models: list):
+    """``body`` under ``jax.jit`` with the weights passed in (``stateless_call``), not baked in as constants.
+
+    Under a ``DataParallel`` distribution (:class:`tfkit.strategy.JaxStrategy`)
+    the batch is padded to a multiple of the devices and split over them;
+    the weights are already replicated.
+    """
+    import jax
+    import keras
+
+    def pure(states, x, seed):
+        def call(i, inputs):
+            trainable, non_trainable = states[i]
+            return models[i].stateless_call(trainable, non_trainable, inputs, training=False)[0]
+
+        return body(x, seed, call)
+
+    jitted = jax.jit(pure)
+    states = [([v.value for v in m.trainable_variables], [v.value for v in m.non_trainable_variables]) for m in models]
+    distribution = keras.distribution.distribution()
+
+    def step(x, seed):
+        x = keras.tree.map_structure(np.asarray, x)
+        n = int(keras.tree.flatten(x)[0].shape[0])
+        if distribution is not None:
+            devices = int(np.prod(distribution.device_mesh.shape))
+            x = keras.tree.map_structure(lambda t: _pad_rows(t, -(-n // devices) * devices), x)
+            x = keras.tree.map_structure(
+                lambda t: keras.distribution.distribute_tensor(t, distribution.get_data_layout(t.shape)), x)
+        tta, plain = jitted(states, x, np.asarray(seed, np.int32))
+        return tta[:, :n], plain[:, :n]
+
+    return step
+
+
+def _pad_rows(t: np.ndarray, rows: int) -> np.ndarray:
+    """``t`` with zero rows appended up to ``rows`` (a static batch size)."""
+    t = np.asarray(t)
+    return t if len(t) >= rows else np.pad(t, [(0, rows - len(t))] + [(0, 0)] * (t.ndim - 1))
 
 
 def make_tta_step(
@@ -210,11 +313,13 @@ def make_tta_step(
     task: str = "multiclass",
     augment_cfg: Any = None,
 ):
-    """Build the ``tf.function`` that predicts one batch under TTA with every model.
+    """Build the compiled function that predicts one batch under TTA with every model.
 
     The views of the batch are stacked into the batch dimension (``V * B``
     images), each model sees them in a single call, and its output is reshaped
-    to ``[V, B, C]`` and averaged over views.
+    to ``[V, B, C]`` and averaged over views. One body in ``keras.ops``,
+    compiled per backend: a ``tf.function`` on TensorFlow, ``jax.jit`` over
+    the models' ``stateless_call`` on JAX.
 
     Args:
         models: Keras models taking the image tensor (or ``{"image", "meta"}``).
@@ -226,15 +331,15 @@ def make_tta_step(
 
     Returns:
         ``step(x, seed) -> (tta [M, B, C], identity [M, B, C])`` where ``seed`` is
-        an int32 ``[2]`` tensor (used by ``mode="augment"`` only) and ``identity``
+        an int32 ``[2]`` array (used by ``mode="augment"`` only) and ``identity``
         is each model's prediction on the untransformed view.
 
     Example::
 
         step = make_tta_step([model], n_views=8)
-        tta, plain = step(images, tf.constant([0, 0]))
+        tta, plain = step(images, np.array([0, 0], np.int32))
     """
-    import tensorflow as tf
+    import keras
 
     check_tta(n_views, mode, average, task)
     if mode == "augment":
@@ -243,36 +348,12 @@ def make_tta_step(
         augment_cfg = _tta_augment_config(augment_cfg)
     models = list(models)
 
-    @tf.function(reduce_retracing=True)
-    def step(x, seed):
-        images = x["image"] if isinstance(x, dict) else x
-        images = tf.convert_to_tensor(images)
-        if images.dtype != tf.float32:
-            images = tf.cast(images, tf.float32)
-        batch = tf.shape(images)[0]
-        if n_views == 1:
-            flat = images
-        else:
-            views = _views(images, n_views, mode, augment_cfg, seed)
-            flat = tf.reshape(views, [-1, *images.shape[1:]])
-        inputs = flat
-        if isinstance(x, dict):
-            inputs = dict(x)
-            inputs["image"] = flat
-            for key, value in x.items():
-                if key != "image":
-                    # every view of an image keeps that image's metadata
-                    inputs[key] = tf.tile(value, [n_views] + [1] * (len(value.shape) - 1))
-        tta, plain = [], []
-        for model in models:
-            out = tf.cast(model(inputs, training=False), tf.float32)
-            out = tf.reshape(out, [n_views, batch, -1])
-            multiclass = task == "multiclass" and out.shape[-1] != 1
-            tta.append(_average_views(out, average, multiclass))
-            plain.append(out[0])
-        return tf.stack(tta), tf.stack(plain)
+    def body(x, seed, call):
+        return _tta_body(x, seed, call, len(models), n_views, mode, average, task, augment_cfg)
 
-    return step
+    if keras.backend.backend() == "jax":
+        return _jax_step(body, models)
+    return _tensorflow_step(body, models)
 
 
 def predict_proba(
@@ -313,7 +394,7 @@ def predict_proba(
 
         proba = predict_proba(models, ds, n_views=8, mode="dihedral", average="gmean")
     """
-    import tensorflow as tf
+    import keras
     from tqdm.auto import tqdm
 
     models = list(models)
@@ -329,16 +410,15 @@ def predict_proba(
     for i, batch in enumerate(tqdm(dataset, desc=f"predict x{n_views} views", disable=not progress, leave=False)):
         if isinstance(batch, tuple):
             batch = batch[0]
-        n = int(tf.nest.flatten(batch)[0].shape[0])
+        batch = keras.tree.map_structure(np.asarray, batch)  # tf.data tensors feed either backend as NumPy
+        n = int(keras.tree.flatten(batch)[0].shape[0])
         full = full or n
-        if n < full:
-            # One static shape for every call: the step is traced once (no
-            # retracing per partial batch) and would compile as is for XLA/TPU.
-            batch = tf.nest.map_structure(
-                lambda t: tf.pad(t, [[0, full - n]] + [[0, 0]] * (len(t.shape) - 1)), batch)
-        tta, plain = step(batch, tf.constant([seed, i], tf.int32))
-        tta_parts.append(tta.numpy()[:, :n])
-        plain_parts.append(plain.numpy()[:, :n])
+        # One static shape for every call: the step is traced once (no
+        # retracing per partial batch) and compiles as is for XLA/TPU.
+        batch = keras.tree.map_structure(lambda t: _pad_rows(t, full), batch)
+        tta, plain = step(batch, np.array([seed, i], np.int32))
+        tta_parts.append(keras.ops.convert_to_numpy(tta)[:, :n])
+        plain_parts.append(keras.ops.convert_to_numpy(plain)[:, :n])
     if not tta_parts:
         raise TfkitError("predict_proba: the dataset yielded no images")
     tta = np.concatenate(tta_parts, axis=1)
@@ -473,7 +553,8 @@ def _image_size(run: str | os.PathLike, folds: Sequence[int], cfg: Config) -> in
 
 
 def _batch_size(cfg: Config) -> int:
-    return int(cfg.predict.batch_size or cfg.data.batch_size)
+    """Images per predict batch: the per-device batch times the devices (1 on TensorFlow)."""
+    return int(cfg.predict.batch_size or cfg.data.batch_size) * int(_strategy().num_replicas_in_sync)
 
 
 def _check_same_records(records: str | os.PathLike, manifest: Manifest) -> None:

@@ -161,11 +161,14 @@ def last_conv_layer(model: Any) -> Any:
 
 
 def gradcam(model: Any, images: Any, class_index: Sequence[int], layer: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """Grad-CAM heatmaps (Selvaraju et al. 2017) on the last convolutional feature map.
+    """Grad-CAM heatmaps (Selvaraju et al. 2017) on the last convolutional feature map, on either backend.
 
-    The chosen layer's output ``A`` is captured during one eager forward pass under a
-    ``GradientTape``; the class score's gradient, averaged over space, weights the
-    channels of ``A``; the weighted sum is passed through ReLU and scaled to ``[0, 1]``.
+    The chosen layer's output ``A`` is intercepted during one eager forward pass
+    and shifted by a zero tensor ``d``: the class score's gradient with respect
+    to ``d`` is its gradient with respect to ``A``, taken by
+    :func:`tfkit.backend.gradient` (``GradientTape`` on TensorFlow, ``jax.grad``
+    on JAX). Averaged over space it weights the channels of ``A``; the weighted
+    sum is passed through ReLU and scaled to ``[0, 1]``.
 
     Args:
         model: Keras model taking float32 ``[B, S, S, 3]`` in ``[0, 1]``.
@@ -181,39 +184,46 @@ def gradcam(model: Any, images: Any, class_index: Sequence[int], layer: Any = No
 
         cams, p = gradcam(model, x, [3, 5])
     """
-    import tensorflow as tf
+    from keras import ops
+
+    from tfkit.backend import gradient
 
     layer = layer or last_conv_layer(model)
+    images = np.asarray(images, dtype=np.float32)
+    idx = np.asarray(class_index, dtype=np.int32)
+    if idx.shape != (len(images),):
+        raise TfkitError(f"gradcam: expected one class index per image ({len(images)}), got {idx.shape[0] if idx.ndim else 0}")
     box: dict[str, Any] = {}
     original = layer.call
 
-    def capture(*args: Any, **kwargs: Any) -> Any:
+    def shifted(*args: Any, **kwargs: Any) -> Any:
         out = original(*args, **kwargs)
-        box["tape"].watch(out)
         box["features"] = out
-        return out
+        return out + ops.cast(box["shift"], out.dtype)
 
-    images = tf.convert_to_tensor(images, tf.float32)
-    idx = tf.constant(np.asarray(class_index, dtype=np.int32))
-    layer.call = capture  # instance attribute: only this forward pass is intercepted
+    def score(shift: Any) -> tuple[Any, tuple[Any, Any]]:
+        box["shift"] = shift
+        proba = ops.cast(model(images, training=False), "float32")
+        if proba.shape[-1] == 1:
+            p = proba[:, 0]
+            chosen = ops.where(idx == 1, p, 1.0 - p)
+        else:
+            chosen = ops.take_along_axis(proba, idx[:, None], axis=1)[:, 0]
+        # images are independent (inference mode), so d sum / d A_b = d score_b / d A_b
+        return ops.sum(chosen), (proba, box["features"])
+
+    shift = np.zeros((len(images), *layer.output.shape[1:]), np.float32)
+    layer.call = shifted  # instance attribute: only these forward passes are intercepted
     try:
-        with tf.GradientTape() as tape:
-            box["tape"] = tape
-            proba = tf.cast(model(images, training=False), tf.float32)
-            if proba.shape[-1] == 1:
-                p = proba[:, 0]
-                score = tf.where(idx == 1, p, 1.0 - p)
-            else:
-                score = tf.gather(proba, idx, axis=1, batch_dims=1)
+        grads, (proba, features) = gradient(score, shift)
     finally:
         del layer.call
-    features = tf.cast(box["features"], tf.float32)
-    grads = tf.cast(tape.gradient(score, box["features"]), tf.float32)
-    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy()
+    features = ops.cast(features, "float32")
+    weights = ops.mean(ops.cast(grads, "float32"), axis=(1, 2), keepdims=True)
+    cam = ops.convert_to_numpy(ops.relu(ops.sum(weights * features, axis=-1)))
     peak = cam.max(axis=(1, 2), keepdims=True)
     cam = np.where(peak > 0, cam / np.where(peak > 0, peak, 1.0), 0.0)
-    return cam, proba.numpy()
+    return cam, ops.convert_to_numpy(proba)
 
 
 # --------------------------------------------------------------------------- plots

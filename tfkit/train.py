@@ -17,6 +17,7 @@ Run folder::
 
     RUN/config.yaml  RUN/manifest.json  RUN/oof.csv  RUN/cv.json  RUN/curves.png
     RUN/fold{k}/model.keras  history.csv  done.json  logs/ (TensorBoard)
+                             done.json["runtime"]: backend, devices, library versions (tfkit.strategy.runtime_info)
     RUN/fold{k}/resume/      last epoch's weights + optimizer state (deleted when the fold is done)
 
 Resume: re-running the same command skips folds with ``done.json`` and continues
@@ -58,6 +59,7 @@ import yaml
 
 from tfkit import data as tfdata
 from tfkit import records as tfrec
+from tfkit.backend import select_backend
 from tfkit.callbacks import BestCheckpoint, ResumeCheckpoint, ResumeCommit, ResumeFolder, SwaCheckpoint, write_keras_model
 from tfkit.config import Config, config_to_dict
 from tfkit.fold_setup import FoldSetup
@@ -69,7 +71,7 @@ from tfkit.run import (FoldFiles, RunFolder, oof_frame, oof_metrics, oof_probabi
                        recompute_cv_frame)
 from tfkit.checks import validate
 from tfkit.scheduler import create_schedule, phases, schedule_callbacks
-from tfkit.strategy import get_strategy
+from tfkit.strategy import gradient_replicas, get_strategy, runtime_info
 from tfkit.swa import SWA_BN_BATCHES, SwaAverage, bn_update, swa_start
 from tfkit.train_step import TrainingModel
 from tfkit.utils import TfkitError, pyplot, save_figure, seed_everything
@@ -77,7 +79,8 @@ from tfkit.utils import TfkitError, pyplot, save_figure, seed_everything
 __all__ = ["train", "train_fold", "lr_find", "oof_frame", "oof_probabilities", "recompute_cv", "recompute_cv_frame",
            "TrainingModel", "bn_update", "FoldSetup", "phases"]
 
-_IGNORED_ON_RESUME = {("train", "folds"), ("train", "verbose")}
+# train.backend: a fold may resume on the other backend (the weights and optimizer state are portable)
+_IGNORED_ON_RESUME = {("train", "folds"), ("train", "verbose"), ("train", "backend")}
 
 
 # --------------------------------------------------------------------------- one fold
@@ -166,7 +169,7 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
     summary = dict(fold=fold, metrics=metrics, best_epoch=state["best_epoch"], best=state["best"],
                    monitor=cfg.train.monitor, epochs_run=state["epoch"], image_size=size, swa=swa_info,
                    n_train=setup.count(setup.train_folds), n_val=int(len(index)),
-                   replicas=setup.strategy.num_replicas_in_sync,
+                   replicas=setup.strategy.num_replicas_in_sync, runtime=runtime_info(setup.strategy),
                    resumed_from_epoch=resumed_from, seconds=round(time.time() - t_start, 1))
     run.write_done(fold, summary)
     resume.remove()
@@ -214,6 +217,8 @@ def _evaluate(setup: FoldSetup, path: Path, size: int, index: pd.DataFrame) -> t
     """OOF rows and validation metrics of the saved model at ``path`` on the held-out fold."""
     model = keras.saving.load_model(path, safe_mode=True, compile=False)
     proba = np.asarray(model.predict(setup.dataset(size, "predict", folds=[setup.fold]), verbose=0), dtype=np.float64)
+    if setup.pads_eval:
+        proba = proba[: len(index)]  # the padded rows of the last batch
     if len(index) != len(proba):
         raise TfkitError(f"fold {setup.fold}: {len(proba)} predictions for {len(index)} validation rows")
     frame = oof_frame(index, proba, setup.classes, setup.task)
@@ -240,7 +245,8 @@ def _finish_swa(setup: FoldSetup, files: FoldFiles, swa: SwaAverage, plan: list[
         if phase["frozen"]:
             setup.freeze_backbone(swa_model)
         swa.assign_to(swa_model)
-        n_bn = bn_update(swa_model, setup.dataset(size, "eval"), max_batches=SWA_BN_BATCHES)
+        # unpadded: zero rows would enter the batch statistics
+        n_bn = bn_update(swa_model, setup.dataset(size, "eval", pad_remainder=False), max_batches=SWA_BN_BATCHES)
     write_keras_model(swa_model, model)
     best_metrics = _evaluate(setup, best, best_size, index)[1] if best.is_file() else None
     return size, dict(swa.info(), bn_batches=n_bn, image_size=size, best_checkpoint_metrics=best_metrics)
@@ -287,13 +293,14 @@ def train(cfg: Config, records: str | os.PathLike, out: str | os.PathLike,
 
         cv = train(load_config("tfkit/configs/digits.yaml"), "records", "runs/d")
     """
+    select_backend(cfg.train.backend)  # Keras is imported: this checks it runs on the backend asked for
     run = RunFolder(out)
     manifest = Manifest.from_dict(tfrec.load_manifest(records))
     if folds is None:
         folds = cfg.train.folds if cfg.train.folds is not None else range(manifest.require_folds())
     chosen = manifest.check_folds(folds)
     strategy = get_strategy()
-    validate(cfg, manifest, replicas=strategy.num_replicas_in_sync)  # before the run folder exists
+    validate(cfg, manifest, replicas=gradient_replicas(strategy))  # before the run folder exists
     run.path.mkdir(parents=True, exist_ok=True)
     _check_resume_config(cfg, run)
     run.write_config(cfg)

@@ -4,8 +4,11 @@
 ``net`` is ever written to disk. Keras calls ``train_step`` with the
 backend's own signature, so each backend's step is its own method and
 :data:`STEPS` maps ``keras.backend.backend()`` to it: the TensorFlow step is
-:meth:`TrainingModel.tf_train_step` (``(data) -> logs``); a JAX step
-(``(state, data) -> (logs, state)``) sits beside it under ``"jax"``.
+:meth:`TrainingModel.tf_train_step` (``(data) -> logs``, variables updated in
+place), the JAX step :meth:`TrainingModel.jax_train_step` (``(state, data) ->
+(logs, state)``, pure: Keras jits it and threads the variables through it).
+Both do the same thing in the same order, and tests/test_jax.py checks that
+they give the same update on the same batch.
 
 SAM (Foret et al. 2021, ``sam_rho`` > 0): climb to the worst point within
 ``rho`` along ``g / ||g||``, take the gradient there, climb back down and
@@ -28,7 +31,7 @@ from tfkit.utils import TfkitError
 __all__ = ["TrainingModel", "STEPS"]
 
 # keras.backend.backend() -> the TrainingModel method that is that backend's train step.
-STEPS = {"tensorflow": "tf_train_step"}
+STEPS = {"tensorflow": "tf_train_step", "jax": "jax_train_step"}
 
 
 class TrainingModel(keras.Model):
@@ -67,6 +70,12 @@ class TrainingModel(keras.Model):
         if backend not in STEPS:
             raise TfkitError(f"KERAS_BACKEND={backend}: tfkit trains with {', '.join(STEPS)} only")
         return getattr(self, STEPS[backend])(*args)
+
+    def test_step(self, *args: Any) -> Any:
+        """Keras' hook: Keras' own step on TensorFlow; on JAX one that reads padded batches."""
+        if keras.backend.backend() == "jax":
+            return self.jax_test_step(*args)
+        return super().test_step(*args)
 
     # ----------------------------------------------------------------------- TensorFlow
 
@@ -113,7 +122,109 @@ class TrainingModel(keras.Model):
         rid = replica.replica_id_in_sync_group if replica is not None else 0
         step = tf.cast(self.optimizer.iterations, tf.int32)
         seed = tf.stack([tf.constant(self.seed, tf.int32) + tf.cast(rid, tf.int32) * 7919, step])
+        return self._augment(x, y, seed)
+
+    def _augment(self, x: Any, y: Any, seed: Any) -> tuple[Any, Any]:
+        """On-device augmentation of a batch with the int32 ``[2]`` ``seed``."""
         if isinstance(x, dict):
             img, y = augment_batch(x["image"], y, self.augment_cfg, self.image_size, seed)
             return {**x, "image": img}, y
         return augment_batch(x, y, self.augment_cfg, self.image_size, seed)
+
+    # ----------------------------------------------------------------------- JAX
+
+    def jax_train_step(self, state: tuple, data: Any) -> tuple[dict, tuple]:
+        """One optimizer step on a batch (JAX backend): the TensorFlow step, written pure.
+
+        Under ``keras.distribution.DataParallel`` Keras compiles it as one SPMD
+        program over the global batch, so the gradient (and SAM's perturbation)
+        is the global one, as on one device.
+
+        Args:
+            state: ``(trainable, non_trainable, optimizer, metrics)`` variable values.
+            data: ``(x, y)`` or ``(x, y, sample_weight)``.
+
+        Returns:
+            ``(logs, new state)``.
+        """
+        import jax
+
+        trainable, non_trainable, opt_vars, metric_vars = state
+        x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
+        if self.augment_cfg is not None:
+            step = opt_vars[self._iterations_index()]
+            # One program sees the whole global batch: there are no replicas to tell apart.
+            seed = jax.numpy.stack([jax.numpy.int32(self.seed), step.astype("int32")])
+            x, y = self._augment(x, y, seed)
+        grad_fn = jax.value_and_grad(self.compute_loss_and_updates, has_aux=True)
+        (_, (loss, y_pred, non_trainable, new_metric_vars)), grads = grad_fn(
+            trainable, non_trainable, metric_vars, x, y, sw, training=True, optimizer_variables=opt_vars)
+        if self.sam_rho > 0:
+            grads, non_trainable = self._jax_sam_gradients(
+                grad_fn, grads, trainable, non_trainable, metric_vars, opt_vars, x, y, sw)
+        trainable, opt_vars = self.optimizer.stateless_apply(opt_vars, grads, trainable)
+        # No sample weights for the metrics (class weights are the loss's): on JAX tfkit compiles
+        # them as weighted_metrics for the padded eval batches (FoldSetup.wrap).
+        logs, new_metric_vars = self._update_metrics_variables(new_metric_vars, loss, x, y, y_pred, None)
+        return logs, (trainable, non_trainable, opt_vars, new_metric_vars)
+
+    def _jax_sam_gradients(self, grad_fn: Any, grads: list, trainable: list, non_trainable: list,
+                           metric_vars: list, opt_vars: list, x: Any, y: Any, sw: Any) -> tuple[list, list]:
+        """SAM's second gradient, at ``w + rho * g / ||g||`` (TensorFlow: the same in :meth:`tf_train_step`).
+
+        Returns:
+            The gradient to apply at the original weights and the non-trainable
+            state after the second forward pass (BatchNorm statistics move twice,
+            as on TensorFlow).
+        """
+        import jax.numpy as jnp
+
+        # The perturbation direction is g/||g||, which the loss scale cancels out of.
+        grads = [g.astype(v.dtype) for g, v in zip(grads, trainable)]
+        norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype("float32"))) for g in grads))
+        factor = jnp.where(jnp.isfinite(norm) & (norm > 0), self.sam_rho / (norm + 1e-12), 0.0)
+        perturbed = [v + g * factor.astype(g.dtype) for v, g in zip(trainable, grads)]
+        (_, (_, _, non_trainable, _)), grads = grad_fn(
+            perturbed, non_trainable, metric_vars, x, y, sw, training=True, optimizer_variables=opt_vars)
+        return grads, non_trainable
+
+    def jax_test_step(self, state: tuple, data: Any) -> tuple[dict, tuple]:
+        """One validation batch (JAX backend), exact on batches padded to a static shape.
+
+        On JAX tfkit pads the last validation batch with zero rows and passes a
+        0/1 row mask as the sample weights (:func:`tfkit.data.build_dataset`'s
+        ``pad_remainder``): the mask keeps padded rows out of every metric, and
+        here the loss is the mean over the real rows, counted with their number,
+        so ``val_loss`` equals the unpadded one.
+
+        Args:
+            state: ``(trainable, non_trainable, metrics)`` variable values.
+            data: ``(x, y)`` or ``(x, y, mask)``.
+
+        Returns:
+            ``(logs, new state)``.
+        """
+        import jax.numpy as jnp
+
+        trainable, non_trainable, metric_vars = state
+        x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
+        _, (loss, y_pred, non_trainable, metric_vars) = self.compute_loss_and_updates(
+            trainable, non_trainable, metric_vars, x, y, sw, training=False)
+        rows = keras.tree.flatten(x)[0].shape[0]
+        if sw is not None:
+            real = jnp.sum(sw.astype("float32"))
+            loss, rows = loss * rows / jnp.maximum(real, 1.0), real
+        with keras.StatelessScope(state_mapping=list(zip(self.metrics_variables, metric_vars))) as scope:
+            self._loss_tracker.update_state(loss, sample_weight=rows)
+            logs = self.compute_metrics(x, y, y_pred, sw)
+        metric_vars = [scope.get_current_value(v) if scope.get_current_value(v) is not None else v.value
+                       for v in self.metrics_variables]
+        return logs, (trainable, non_trainable, metric_vars)
+
+    def _iterations_index(self) -> int:
+        """Position of the optimizer's step counter in ``optimizer.variables`` (the JAX state)."""
+        iterations = self.optimizer.iterations
+        for i, v in enumerate(self.optimizer.variables):
+            if v is iterations:
+                return i
+        raise TfkitError("train_step: the optimizer's iterations counter is not among its variables")
