@@ -29,8 +29,9 @@ from tfkit.config import Config, PredictConfig, load_config
 from tfkit.utils import TfkitError, read_json, write_csv, write_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-TTA_MODES = ("dihedral", "flips", "augment")
-MAX_VIEWS = {"dihedral": 8, "flips": 4}
+TTA_MODES = ("dihedral", "flips", "five_crop", "ten_crop", "augment")
+# tfkit.augment.MAX_VIEWS, spelled out so importing predict stays light (a test keeps them equal)
+MAX_VIEWS = {"dihedral": 8, "flips": 4, "five_crop": 6, "ten_crop": 12}
 AVERAGES = ("mean", "gmean")
 # Metrics where a smaller value is better: their fold weight is 1 / score.
 _EPS = 1e-7
@@ -204,13 +205,21 @@ def _tta_augment_config(aug_cfg: Any) -> Any:
 
 
 def _views(images, n_views: int, mode: str, aug_cfg: Any, seed):
-    """``[n_views, B, H, W, 3]`` views of a batch; view 0 is always the identity."""
+    """``[n_views, B, H, W, C]`` views of a batch; view 0 is always the identity.
+
+    ``dihedral``, ``flips``, ``five_crop`` (the full image, then the centre and
+    four corner crops of 0.875 of the side, resized back: up to 6 views) and
+    ``ten_crop`` (those and their mirrors: up to 12) are
+    :func:`tfkit.augment.tta_views`; crops resample like training
+    (``aug_cfg.interpolation``). ``augment`` draws seeded augmentation passes.
+    """
     import tensorflow as tf
 
     from tfkit import augment
 
-    if mode in ("dihedral", "flips"):
-        return augment.tta_views(images, n_views, mode=mode)
+    if mode != "augment":
+        interpolation = aug_cfg.interpolation if aug_cfg is not None else "nearest"
+        return augment.tta_views(images, n_views, mode=mode, interpolation=interpolation)
     views = [images]
     size = int(images.shape[1])
     for v in range(1, n_views):
