@@ -106,7 +106,7 @@ def augment_batch(images: Any, labels: Any, cfg: AugmentConfig, out_size: int, s
     Order: geometry (dihedral, flips, random resized crop, affine, RandAugment's
     geometric ops, resize) in one resampling pass; colour (hue, saturation,
     contrast, brightness) as one per-image transform; clip; gamma, autocontrast,
-    equalize, posterize, solarize, sharpness, blur; noise; clip to [0, 1];
+    posterize, solarize, sharpness, blur, equalize; noise; clip to [0, 1];
     cutout, GridMask; mixup/cutmix. Ops with probability 0 (or zero magnitude)
     are skipped at trace time and are exactly the identity. Compiles under
     ``tf.function(jit_compile=True)`` and ``jax.jit``; the same seed gives the same

@@ -1,5 +1,5 @@
 """Per-pixel and neighbourhood ops on the [0, 1] batch, per image and channel:
-gamma, autocontrast, equalize, posterize, solarize, sharpness, blur, noise.
+gamma, autocontrast, posterize, solarize, sharpness, blur, equalize, noise.
 
 Each takes per-image parameters whose identity value leaves an image exactly
 unchanged, so an op runs once over the batch however many images (or
@@ -26,8 +26,8 @@ _POW2 = np.array([2.0 ** i for i in range(9)], np.float32)
 
 
 def _quantize(ops: Ops, x: Any) -> Any:
-    """[0, 1] floats -> int32 levels 0..255."""
-    return ops.cast(ops.floor(x * 255.0 + 0.5), "int32")
+    """[0, 1] floats -> int32 levels 0..255 (clipped: sharpness may overshoot)."""
+    return ops.cast(ops.floor(ops.clip(x, 0.0, 1.0) * 255.0 + 0.5), "int32")
 
 
 def posterize(ops: Ops, x: Any, shift: Any) -> Any:
@@ -121,7 +121,7 @@ def _drawn(ops: Ops, rng: Rng, name: str, b: Any, lo: float, hi: float, on: Any,
 
 def apply_point_ops(ops: Ops, cfg: AugmentConfig, masks: dict, rng: Rng, x: Any,
                     ra: RandAugmentDraw | None) -> Any:
-    """Gamma, autocontrast, equalize, posterize, solarize, sharpness and blur, in that
+    """Gamma, autocontrast, posterize, solarize, sharpness, blur and equalize, in that
     order, from the config's ops and RandAugment's draws.
 
     Args:
@@ -142,9 +142,6 @@ def apply_point_ops(ops: Ops, cfg: AugmentConfig, masks: dict, rng: Rng, x: Any,
         x = ops.where(masks["gamma"][:, None, None, None], ops.pow(ops.maximum(x, 0.0), g[:, None, None, None]), x)
     if ra.autocontrast is not None:
         x = autocontrast(ops, x, ra.autocontrast)
-    eq = [m for m in (masks.get("equalize"), ra.equalize) if m is not None]
-    if eq:
-        x = equalize(ops, x, eq[0] | eq[1] if len(eq) == 2 else eq[0])
     if "posterize" in masks or ra.posterize is not None:
         shift = ops.zeros([b], "int32")
         if "posterize" in masks:  # bits kept drawn in [posterize_bits, 8]
@@ -166,4 +163,9 @@ def apply_point_ops(ops: Ops, cfg: AugmentConfig, masks: dict, rng: Rng, x: Any,
     if "blur" in masks:
         sigma = rng.uniform(OP_IDS["blur"], [b], 0.0, cfg.blur_sigma, 1) * ops.cast(masks["blur"], "float32")
         x = blur(ops, x, sigma, max(1, int(math.ceil(3.0 * cfg.blur_sigma))))
+    # Equalize last: its LUT gather feeding the shifted slices of sharpness or blur
+    # made XLA compile for minutes (measured: 315 s on JAX, 114 s on TF, vs ~4 s).
+    eq = [m for m in (masks.get("equalize"), ra.equalize) if m is not None]
+    if eq:
+        x = equalize(ops, x, eq[0] | eq[1] if len(eq) == 2 else eq[0])
     return x

@@ -65,8 +65,18 @@ class RandAugmentDraw:
 
 
 def selected_ops(ops: Ops, cfg: AugmentConfig, rng: Rng, b: Any) -> Any:
-    """bool [B, K]: op j is one of the image's N draws (N smallest keys; ties by index)
-    and passes its randaugment_p coin."""
+    """Which of the K ops of ``cfg.randaugment_ops`` each image applies.
+
+    Args:
+        ops: backend namespace.
+        cfg: the augment config (``randaugment_n``, ``randaugment_p``).
+        rng: the batch's random draws.
+        b: batch size.
+
+    Returns:
+        bool ``[B, K]``: op j is one of the image's N distinct draws (the N smallest
+        of K uniform keys; ties by index) and passed its ``randaugment_p`` coin.
+    """
     k = len(cfg.randaugment_ops)
     keys = rng.unit(OP_ID, [b, k], 1)
     earlier = ops.const([[i < j for j in range(k)] for i in range(k)], "bool")[None]
