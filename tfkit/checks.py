@@ -42,8 +42,9 @@ __all__ = ["validate", "check_tta", "monitor_names", "AUGMENT_ON", "CLASS_WEIGHT
 
 AUGMENT_ON = ("host", "device")
 CLASS_WEIGHTS = (None, "balanced")
-TTA_MODES = ("dihedral", "flips", "augment")
-MAX_VIEWS = {"dihedral": 8, "flips": 4}
+TTA_MODES = ("dihedral", "flips", "five_crop", "ten_crop", "augment")
+# tfkit.augment.MAX_VIEWS, spelled out so checking a config stays light (a test keeps them equal)
+MAX_VIEWS = {"dihedral": 8, "flips": 4, "five_crop": 6, "ten_crop": 12}
 AVERAGES = ("mean", "gmean")
 FOLD_WEIGHTS = ("equal", "cv")
 OUTPUTS = ("proba", "label")

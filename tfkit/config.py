@@ -86,7 +86,19 @@ class AugmentConfig:
     contrast_p: float = 0.0
     contrast: float = 0.0  # factor in [1 - c, 1 + c] (lerp to the image's mean luma)
     brightness_p: float = 0.0
-    brightness: float = 0.0  # max additive shift on [0, 1] images
+    brightness: float = 0.0  # max additive shift on [0, 1] images (every channel)
+    # hue, saturation and contrast need RGB: on images with C != 3 channels they are
+    # skipped (logged once); every other op works on all channels
+    # point ops on [0, 1] values, per image and channel, after the colour transform
+    gamma_p: float = 0.0
+    gamma: float = 0.0  # exponent in [1 - g, 1 + g], g < 1
+    posterize_p: float = 0.0
+    posterize_bits: int = 8  # keep b bits, b drawn in [posterize_bits, 8] (8 = identity)
+    solarize_p: float = 0.0
+    solarize: float = 0.0  # invert values above a threshold drawn in [1 - s, 1]
+    equalize_p: float = 0.0  # histogram equalisation per channel (PIL's ImageOps.equalize)
+    sharpness_p: float = 0.0
+    sharpness: float = 0.0  # factor in [1 - s, 1 + s] (PIL's ImageEnhance.Sharpness: 0 smooth, 1 same)
     # pixel noise
     noise_p: float = 0.0
     noise_std: float = 0.0  # per-image std drawn in [0, noise_std], on [0, 1] images
@@ -96,6 +108,24 @@ class AugmentConfig:
     cutout_p: float = 0.0
     cutout_count: int = 1
     cutout_size: float = 0.2  # side as a fraction of the image side
+    gridmask_p: float = 0.0  # GridMask (Chen et al. 2020): a grid of dropped squares
+    gridmask_ratio: float = 0.5  # side of each dropped square / grid unit (0 = identity)
+    gridmask_size: list[float] = field(default_factory=lambda: [0.2, 0.5])  # unit side, fraction of the image
+    gridmask_rotate: float = 0.0  # max rotation of the grid, degrees
+    # per-image choice among ops: with probability one_of_p an image gets exactly one of
+    # these ops, chosen with weights = their own *_p (equal if all 0); listed ops never
+    # apply on their own coin (albumentations' OneOf)
+    one_of: list[str] = field(default_factory=list)
+    one_of_p: float = 0.0
+    # RandAugment (Cubuk et al. 2020), per image: n distinct ops drawn from
+    # randaugment_ops, each at magnitude m on the 0..10 scale (timm's "increasing"
+    # levels, random sign), each applied with probability randaugment_p; n = 0 is off
+    randaugment_n: int = 0
+    randaugment_m: float = 9.0
+    randaugment_p: float = 1.0
+    randaugment_ops: list[str] = field(default_factory=lambda: [
+        "identity", "rotate", "shear_x", "shear_y", "translate_x", "translate_y", "brightness",
+        "saturation", "contrast", "sharpness", "posterize", "solarize", "equalize", "autocontrast"])
     # label-mixing with a partner image of the same batch; at most one per image,
     # so mixup_p + cutmix_p <= 1; labels get the image's weights / pasted area
     mixup_p: float = 0.0

@@ -184,18 +184,21 @@ def _tta_augment_config(aug_cfg: Any) -> Any:
 
 
 def _views(images, n_views: int, mode: str, aug_cfg: Any, seed):
-    """``[n_views, B, H, W, 3]`` views of a batch; view 0 is always the identity.
+    """``[n_views, B, H, W, C]`` views of a batch; view 0 is always the identity.
 
-    ``seed`` is the int32 ``[2]`` seed of the batch; augment-mode view ``v``
-    draws from ``[seed[0], seed[1] * n_views + v]``: distinct for every batch
-    and view, computed with ``keras.ops`` so both backends draw the same seeds.
+    ``dihedral``, ``flips``, ``five_crop`` (the full image, then the centre and
+    four corner crops of 0.875 of the side, resized back: up to 6 views) and
+    ``ten_crop`` (those and their mirrors: up to 12) are
+    :func:`tfkit.augment.tta_views`; crops resample like training
+    (``aug_cfg.interpolation``). ``augment`` draws seeded augmentation passes.
     """
     from keras import ops
 
     from tfkit import augment
 
-    if mode in ("dihedral", "flips"):
-        return augment.tta_views(images, n_views, mode=mode)
+    if mode != "augment":
+        interpolation = aug_cfg.interpolation if aug_cfg is not None else "nearest"
+        return augment.tta_views(images, n_views, mode=mode, interpolation=interpolation)
     views = [images]
     size = int(images.shape[1])
     seed = ops.cast(seed, "int32")

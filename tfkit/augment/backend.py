@@ -1,0 +1,392 @@
+"""The array namespaces the augmentation is written against: TensorFlow and JAX.
+
+Why: on the host the augmentation runs inside ``tf.data`` (TensorFlow ops,
+XLA-compiled by ``tf.function(jit_compile=True)``); with Keras on JAX and
+``data.augment_on: device`` it must run inside the JAX-compiled train step, on
+``jax.Array``s. Every op of :mod:`tfkit.augment` is written ONCE against the
+small set of primitives below, so both backends execute the same arithmetic in
+the same order (their results agree within float rounding, tested).
+
+Only what the ops need is here: constructors, elementwise maths, reductions,
+one flat gather, a segment sum (histograms) and uint32 bit operations (the
+counter-based random draws of :mod:`tfkit.augment.draws`). Operators (``+``,
+``*``, ``<``, ``&``, ``~``), indexing and slicing are the arrays' own.
+
+Example:
+    >>> ops = ops_for(tf.zeros([2, 8, 8, 3]))
+    >>> ops.name
+    'tensorflow'
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from tfkit.utils import TfkitError
+
+__all__ = ["Ops", "TFOps", "JaxOps", "ops_for", "BACKENDS"]
+
+BACKENDS = ("tensorflow", "jax")
+
+
+class Ops:
+    """Primitives shared by both backends; subclasses bind them to one library.
+
+    ``batch(x)`` is the leading dimension: a Python int on JAX, possibly a
+    scalar tensor under TensorFlow (``tf.data`` batches may have unknown size).
+    Everything else has static shapes.
+    """
+
+    name = ""
+
+    def u32(self, value: int) -> Any:
+        """A uint32 scalar constant."""
+        return self.const(value, "uint32")
+
+    def size(self, shape: Sequence[Any]) -> Any:
+        """Number of elements of ``shape`` (ints and, under TF, scalar tensors)."""
+        n = 1
+        for d in shape:
+            n = n * d
+        return n
+
+    def static_shape(self, x: Any) -> list[int | None]:
+        """The static shape as a list (None where unknown)."""
+        return [None if d is None else int(d) for d in x.shape]
+
+
+class TFOps(Ops):
+    """TensorFlow ops: the host path inside ``tf.data`` and the TF train step."""
+
+    name = "tensorflow"
+
+    def __init__(self) -> None:
+        import tensorflow as tf
+
+        self.tf = tf
+
+    def is_array(self, x: Any) -> bool:
+        return self.tf.is_tensor(x)
+
+    def asarray(self, x: Any) -> Any:
+        return self.tf.convert_to_tensor(x)
+
+    def const(self, value: Any, dtype: str = "float32") -> Any:
+        return self.tf.constant(value, dtype)
+
+    def dtype(self, x: Any) -> str:
+        return x.dtype.name
+
+    def cast(self, x: Any, dtype: str) -> Any:
+        return self.tf.cast(x, dtype)
+
+    def batch(self, x: Any) -> Any:
+        return self.tf.shape(x)[0] if x.shape[0] is None else int(x.shape[0])
+
+    def range(self, n: Any, dtype: str = "int32") -> Any:
+        return self.tf.range(n, dtype=dtype)
+
+    def zeros(self, shape: Sequence[Any], dtype: str = "float32") -> Any:
+        return self.tf.zeros(shape, dtype)
+
+    def ones(self, shape: Sequence[Any], dtype: str = "float32") -> Any:
+        return self.tf.ones(shape, dtype)
+
+    def full(self, shape: Sequence[Any], value: Any, dtype: str = "float32") -> Any:
+        return self.tf.fill(shape, self.tf.constant(value, dtype))
+
+    def reshape(self, x: Any, shape: Sequence[Any]) -> Any:
+        return self.tf.reshape(x, shape)
+
+    def broadcast_to(self, x: Any, shape: Sequence[Any]) -> Any:
+        return self.tf.broadcast_to(x, shape)
+
+    def stack(self, xs: Sequence[Any], axis: int = 0) -> Any:
+        return self.tf.stack(xs, axis)
+
+    def concat(self, xs: Sequence[Any], axis: int = 0) -> Any:
+        return self.tf.concat(xs, axis)
+
+    def where(self, cond: Any, a: Any, b: Any) -> Any:
+        return self.tf.where(cond, a, b)
+
+    def clip(self, x: Any, lo: Any, hi: Any) -> Any:
+        return self.tf.clip_by_value(x, lo, hi)
+
+    def minimum(self, a: Any, b: Any) -> Any:
+        return self.tf.minimum(a, b)
+
+    def maximum(self, a: Any, b: Any) -> Any:
+        return self.tf.maximum(a, b)
+
+    def floor(self, x: Any) -> Any:
+        return self.tf.floor(x)
+
+    def exp(self, x: Any) -> Any:
+        return self.tf.exp(x)
+
+    def log(self, x: Any) -> Any:
+        return self.tf.math.log(x)
+
+    def log1p(self, x: Any) -> Any:
+        return self.tf.math.log1p(x)
+
+    def sqrt(self, x: Any) -> Any:
+        return self.tf.sqrt(x)
+
+    def cos(self, x: Any) -> Any:
+        return self.tf.cos(x)
+
+    def sin(self, x: Any) -> Any:
+        return self.tf.sin(x)
+
+    def tan(self, x: Any) -> Any:
+        return self.tf.tan(x)
+
+    def pow(self, x: Any, y: Any) -> Any:
+        return self.tf.pow(x, y)
+
+    def floormod(self, x: Any, n: Any) -> Any:
+        return self.tf.math.floormod(x, n)
+
+    def sum(self, x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+        return self.tf.reduce_sum(x, axis, keepdims=keepdims)
+
+    def mean(self, x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+        return self.tf.reduce_mean(x, axis, keepdims=keepdims)
+
+    def max(self, x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+        return self.tf.reduce_max(x, axis, keepdims=keepdims)
+
+    def min(self, x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+        return self.tf.reduce_min(x, axis, keepdims=keepdims)
+
+    def any(self, x: Any, axis: Any = None) -> Any:
+        return self.tf.reduce_any(x, axis)
+
+    def argmax(self, x: Any, axis: int) -> Any:
+        return self.tf.argmax(x, axis=axis, output_type=self.tf.int32)
+
+    def cumsum(self, x: Any, axis: int, exclusive: bool = False) -> Any:
+        return self.tf.cumsum(x, axis=axis, exclusive=exclusive)
+
+    def take(self, x: Any, idx: Any) -> Any:
+        """``x[idx]`` along axis 0 (indices in range)."""
+        return self.tf.gather(x, idx)
+
+    def pad(self, x: Any, paddings: Sequence[Sequence[int]], symmetric: bool) -> Any:
+        return self.tf.pad(x, paddings, mode="SYMMETRIC" if symmetric else "CONSTANT")
+
+    def roll(self, x: Any, shift: Any, axis: int) -> Any:
+        return self.tf.roll(x, shift, axis=axis)
+
+    def transpose(self, x: Any, perm: Sequence[int]) -> Any:
+        return self.tf.transpose(x, perm)
+
+    def flip(self, x: Any, axes: Sequence[int]) -> Any:
+        return self.tf.reverse(x, axes)
+
+    def segment_sum(self, data: Any, ids: Any, n: int) -> Any:
+        return self.tf.math.unsorted_segment_sum(data, ids, n)
+
+    def xor(self, a: Any, b: Any) -> Any:
+        return self.tf.bitwise.bitwise_xor(a, b)
+
+    def shr(self, x: Any, n: int) -> Any:
+        return self.tf.bitwise.right_shift(x, self.tf.constant(n, x.dtype))
+
+    def words(self, x: Any) -> tuple[Any, Any]:
+        """Low and high uint32 words of integers (int32 sign-extends, as int64 would)."""
+        tf = self.tf
+        if x.dtype == tf.int64:
+            mask = tf.constant(0xFFFFFFFF, tf.int64)
+            lo = tf.bitwise.bitwise_and(x, mask)
+            hi = tf.bitwise.bitwise_and(tf.bitwise.right_shift(x, tf.constant(32, tf.int64)), mask)
+            return tf.cast(lo, tf.uint32), tf.cast(hi, tf.uint32)
+        x = tf.cast(x, tf.int32)
+        return tf.bitcast(x, tf.uint32), tf.bitcast(tf.bitwise.right_shift(x, 31), tf.uint32)
+
+
+class JaxOps(Ops):
+    """``jax.numpy`` ops (what ``keras.ops`` runs on the JAX backend): the device path."""
+
+    name = "jax"
+
+    def __init__(self) -> None:
+        try:
+            import jax
+            import jax.numpy as jnp
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise TfkitError("augment backend 'jax': JAX is not installed (pip install tfkit-vision[jax])") from e
+        self.jax, self.jnp = jax, jnp
+
+    def is_array(self, x: Any) -> bool:
+        return isinstance(x, self.jax.Array)
+
+    def asarray(self, x: Any) -> Any:
+        return self.jnp.asarray(x)
+
+    def const(self, value: Any, dtype: str = "float32") -> Any:
+        return self.jnp.asarray(value, dtype)
+
+    def dtype(self, x: Any) -> str:
+        return str(x.dtype)
+
+    def cast(self, x: Any, dtype: str) -> Any:
+        return self.jnp.asarray(x).astype(dtype)
+
+    def batch(self, x: Any) -> int:
+        return int(x.shape[0])
+
+    def range(self, n: Any, dtype: str = "int32") -> Any:
+        return self.jnp.arange(n, dtype=dtype)
+
+    def zeros(self, shape: Sequence[Any], dtype: str = "float32") -> Any:
+        return self.jnp.zeros(shape, dtype)
+
+    def ones(self, shape: Sequence[Any], dtype: str = "float32") -> Any:
+        return self.jnp.ones(shape, dtype)
+
+    def full(self, shape: Sequence[Any], value: Any, dtype: str = "float32") -> Any:
+        return self.jnp.full(shape, value, dtype)
+
+    def reshape(self, x: Any, shape: Sequence[Any]) -> Any:
+        return self.jnp.reshape(x, shape)
+
+    def broadcast_to(self, x: Any, shape: Sequence[Any]) -> Any:
+        return self.jnp.broadcast_to(x, shape)
+
+    def stack(self, xs: Sequence[Any], axis: int = 0) -> Any:
+        return self.jnp.stack(xs, axis)
+
+    def concat(self, xs: Sequence[Any], axis: int = 0) -> Any:
+        return self.jnp.concatenate(xs, axis)
+
+    def where(self, cond: Any, a: Any, b: Any) -> Any:
+        return self.jnp.where(cond, a, b)
+
+    def clip(self, x: Any, lo: Any, hi: Any) -> Any:
+        return self.jnp.clip(x, lo, hi)
+
+    def minimum(self, a: Any, b: Any) -> Any:
+        return self.jnp.minimum(a, b)
+
+    def maximum(self, a: Any, b: Any) -> Any:
+        return self.jnp.maximum(a, b)
+
+    def floor(self, x: Any) -> Any:
+        return self.jnp.floor(x)
+
+    def exp(self, x: Any) -> Any:
+        return self.jnp.exp(x)
+
+    def log(self, x: Any) -> Any:
+        return self.jnp.log(x)
+
+    def log1p(self, x: Any) -> Any:
+        return self.jnp.log1p(x)
+
+    def sqrt(self, x: Any) -> Any:
+        return self.jnp.sqrt(x)
+
+    def cos(self, x: Any) -> Any:
+        return self.jnp.cos(x)
+
+    def sin(self, x: Any) -> Any:
+        return self.jnp.sin(x)
+
+    def tan(self, x: Any) -> Any:
+        return self.jnp.tan(x)
+
+    def pow(self, x: Any, y: Any) -> Any:
+        return self.jnp.power(x, y)
+
+    def floormod(self, x: Any, n: Any) -> Any:
+        return self.jnp.mod(x, n)
+
+    def sum(self, x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+        return self.jnp.sum(x, axis=_axis(axis), keepdims=keepdims)
+
+    def mean(self, x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+        return self.jnp.mean(x, axis=_axis(axis), keepdims=keepdims)
+
+    def max(self, x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+        return self.jnp.max(x, axis=_axis(axis), keepdims=keepdims)
+
+    def min(self, x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+        return self.jnp.min(x, axis=_axis(axis), keepdims=keepdims)
+
+    def any(self, x: Any, axis: Any = None) -> Any:
+        return self.jnp.any(x, axis=_axis(axis))
+
+    def argmax(self, x: Any, axis: int) -> Any:
+        return self.jnp.argmax(x, axis=axis).astype("int32")
+
+    def cumsum(self, x: Any, axis: int, exclusive: bool = False) -> Any:
+        c = self.jnp.cumsum(x, axis=axis, dtype=x.dtype)
+        return c - x if exclusive else c
+
+    def take(self, x: Any, idx: Any) -> Any:
+        # "clip" skips the out-of-range fill JAX adds by default; indices are in range.
+        return self.jnp.take(x, idx, axis=0, mode="clip")
+
+    def pad(self, x: Any, paddings: Sequence[Sequence[int]], symmetric: bool) -> Any:
+        return self.jnp.pad(x, paddings, mode="symmetric" if symmetric else "constant")
+
+    def roll(self, x: Any, shift: Any, axis: int) -> Any:
+        return self.jnp.roll(x, shift, axis=axis)
+
+    def transpose(self, x: Any, perm: Sequence[int]) -> Any:
+        return self.jnp.transpose(x, perm)
+
+    def flip(self, x: Any, axes: Sequence[int]) -> Any:
+        return self.jnp.flip(x, axis=tuple(axes))
+
+    def segment_sum(self, data: Any, ids: Any, n: int) -> Any:
+        return self.jax.ops.segment_sum(data, ids, num_segments=n)
+
+    def xor(self, a: Any, b: Any) -> Any:
+        return self.jnp.bitwise_xor(a, b)
+
+    def shr(self, x: Any, n: int) -> Any:
+        return self.jnp.right_shift(x, self.jnp.asarray(n, x.dtype))
+
+    def words(self, x: Any) -> tuple[Any, Any]:
+        """Low and high uint32 words of integers (int32 sign-extends, as int64 would)."""
+        lax, jnp = self.jax.lax, self.jnp
+        if x.dtype == jnp.int64:  # only with jax_enable_x64
+            return x.astype(jnp.uint32), (x >> 32).astype(jnp.uint32)
+        x = x.astype(jnp.int32)
+        return lax.bitcast_convert_type(x, jnp.uint32), lax.bitcast_convert_type(x >> 31, jnp.uint32)
+
+
+def _axis(axis: Any) -> Any:
+    return tuple(axis) if isinstance(axis, list) else axis
+
+
+_CACHE: dict[str, Ops] = {}
+
+
+def ops_for(x: Any = None, backend: str | None = None) -> Ops:
+    """The namespace for ``x``: TensorFlow for tf tensors, NumPy arrays and lists;
+    JAX for ``jax.Array``s (including tracers inside ``jax.jit``).
+
+    Args:
+        x: an array whose library decides the backend (ignored when ``backend`` is given).
+        backend: "tensorflow" or "jax" to choose explicitly.
+
+    Returns:
+        The shared :class:`Ops` instance of that backend.
+
+    Raises:
+        TfkitError: an unknown backend name.
+    """
+    if backend is None:
+        backend = "tensorflow"
+        if x is not None and type(x).__module__.split(".")[0] in ("jax", "jaxlib"):
+            backend = "jax"
+    if backend not in BACKENDS:
+        raise TfkitError(f"augment backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend not in _CACHE:
+        _CACHE[backend] = TFOps() if backend == "tensorflow" else JaxOps()
+    return _CACHE[backend]
