@@ -188,6 +188,14 @@ class TrainConfig:
     # of the same config give slightly different models.
     deterministic: bool = False
     verbose: int = 1
+    # Distillation and pseudo-labels (tfkit.distill): soft targets from another run's OOF predictions,
+    # and confident test predictions added to every fold's training data.
+    teacher: str | None = None  # run folder trained on the same records/folds; its oof.csv gives the soft targets
+    teacher_weight: float = 0.5  # w in target = (1 - w) * onehot + w * softmax(log(p_teacher) / T), in [0, 1]
+    temperature: float = 1.0  # T > 0 applied to the stored probabilities (T > 1 softens, T < 1 sharpens)
+    pseudo: str | None = None  # submission CSV (tfkit predict, probabilities) of the test images
+    pseudo_records: str | None = None  # the test records (tfkit build-records --split test) those ids come from
+    pseudo_threshold: float = 0.95  # a test image joins training when its max probability >= this, in (0, 1]
 
 
 @dataclass
@@ -330,7 +338,36 @@ def config_from_dict(values: dict[str, Any] | None, overrides: Iterable[str] = (
         )
     _apply(cfg.augment, AUGMENT_PRESETS[preset], "augment")
     _apply(cfg, nested, "")
+    check_distill_keys(cfg.train)
     return cfg
+
+
+def check_distill_keys(t: TrainConfig) -> None:
+    """One-line errors for out-of-range distillation / pseudo-label keys (checked when the config loads).
+
+    Args:
+        t: the ``train`` section.
+
+    Raises:
+        ConfigError: ``teacher_weight`` outside [0, 1], ``temperature`` <= 0, ``pseudo_threshold``
+            outside (0, 1], or ``pseudo`` without ``pseudo_records`` (or the reverse).
+
+    Example:
+        >>> try:
+        ...     check_distill_keys(TrainConfig(temperature=0.0))
+        ... except ConfigError as e:
+        ...     print(e)
+        train.temperature: expected > 0, got 0.0
+    """
+    if not 0.0 <= t.teacher_weight <= 1.0:
+        raise ConfigError(f"train.teacher_weight: expected a number in [0, 1], got {t.teacher_weight}")
+    if not t.temperature > 0.0:
+        raise ConfigError(f"train.temperature: expected > 0, got {t.temperature}")
+    if not 0.0 < t.pseudo_threshold <= 1.0:
+        raise ConfigError(f"train.pseudo_threshold: expected a number in (0, 1], got {t.pseudo_threshold}")
+    if (t.pseudo is None) != (t.pseudo_records is None):
+        given, missing = ("pseudo", "pseudo_records") if t.pseudo is not None else ("pseudo_records", "pseudo")
+        raise ConfigError(f"train.{given} needs train.{missing} (the submission CSV and the test records it predicts)")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> Config:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -406,6 +406,7 @@ def build_dataset(
     repeat: bool = True,
     deterministic: bool = False,
     with_ids: bool = False,
+    targets: Any = None,
 ) -> tf.data.Dataset:
     """A batched ``tf.data.Dataset`` over the shards of ``folds``.
 
@@ -429,6 +430,9 @@ def build_dataset(
         with_ids: also yield the ids: eval ``(x, y, ids)``, predict ``(x, ids)``,
             train ``(x, y, ids)`` (for inspection; Keras would read a 3rd element as
             sample weights).
+        targets: train mode: a ``tfkit.distill.TrainTargets`` view of one fold (teacher soft
+            targets mixed into ``y`` by id, confident pseudo-labelled test examples added to
+            the stream); ignored by eval/predict, which always yield the hard labels.
 
     Returns:
         Dataset of ``(x, y)`` (train/eval) or ``x`` (predict), where ``x`` is float32
@@ -469,11 +473,17 @@ def build_dataset(
 
     ordered = bool(deterministic or not train)
     ds = _examples(files, _records.make_parser(manifest), train, seed, deterministic)
+    targets = targets if train else None
+    if targets is not None:
+        ds = targets.add_examples(ds, _records.count_from_names(files), seed, meta_names)
+    mix = targets.mixer() if targets is not None else None  # the id lookup is built here, eagerly
     decode = _decoder(manifest, size)
 
     def to_batchable(ex: dict) -> dict:
         out = {"image": ex["image"], "id": ex["id"]}
         out["y"] = encode_targets(ex["label"], task, num_classes) if task else ex["label"]
+        if mix is not None:
+            out["y"] = mix(ex["id"], out["y"])
         if encode_meta is not None:
             out["meta"] = encode_meta(ex["meta"])
         return out
@@ -487,6 +497,8 @@ def build_dataset(
     if train:
         if dcfg.oversample:
             labels = read_index(records, folds, manifest)["label"].to_numpy()
+            if targets is not None:
+                labels = np.concatenate([labels, targets.pseudo_labels])
             ds = _balanced(ds, labels, num_classes, seed, dcfg.shuffle_buffer)
             if not repeat:
                 ds = ds.take(len(labels))

@@ -60,6 +60,7 @@ from tfkit import data as tfdata
 from tfkit import records as tfrec
 from tfkit.callbacks import BestCheckpoint, ResumeCheckpoint, ResumeCommit, ResumeFolder, SwaCheckpoint, write_keras_model
 from tfkit.config import Config, config_to_dict
+from tfkit.distill import TrainTargets, prepare_targets
 from tfkit.fold_setup import FoldSetup
 from tfkit.losses import class_weights
 from tfkit.lr_find import lr_find
@@ -118,7 +119,7 @@ def phases(cfg: Config) -> list[dict]:
 
 
 def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os.PathLike,
-               manifest: dict | None = None, callbacks: Sequence[Any] = ()) -> dict:
+               manifest: dict | None = None, callbacks: Sequence[Any] = (), targets: TrainTargets | None = None) -> dict:
     """Train fold ``fold``: fit on the other folds' shards, validate on its own.
 
     Args:
@@ -128,6 +129,8 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
         out: run folder; writes ``out/fold{fold}/``.
         manifest: the records' manifest (read when ``None``).
         callbacks: extra Keras callbacks (run after tfkit's own, e.g. for tests or logging).
+        targets: the run's teacher targets / pseudo rows (:func:`tfkit.distill.prepare_targets`;
+            prepared from ``cfg`` when ``None``).
 
     Returns:
         The fold's summary (also ``fold{k}/done.json``): metrics on its validation
@@ -140,12 +143,12 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
     run = RunFolder(out)
     if run.fold(fold).done.is_file():
         return run.done(fold)
-    setup = FoldSetup.create(cfg, records, fold, manifest)
+    setup = FoldSetup.create(cfg, records, fold, manifest, targets=targets)
     fold = setup.fold
     files = run.fold(fold)
     files.dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    steps = tfdata.steps_per_epoch(records, setup.train_folds, setup.global_batch)
+    steps = setup.train_steps()
     if steps < 1:
         raise TfkitError(f"fold {fold}: the training folds hold fewer examples than one batch of {setup.global_batch}")
     cw = None
@@ -199,6 +202,7 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
     summary = dict(fold=fold, metrics=metrics, best_epoch=state["best_epoch"], best=state["best"],
                    monitor=cfg.train.monitor, epochs_run=state["epoch"], image_size=size, swa=swa_info,
                    n_train=setup.count(setup.train_folds), n_val=int(len(index)),
+                   n_pseudo=setup.targets.n_pseudo if setup.targets is not None else 0,
                    replicas=setup.strategy.num_replicas_in_sync,
                    resumed_from_epoch=resumed_from, seconds=round(time.time() - t_start, 1))
     run.write_done(fold, summary)
@@ -325,13 +329,14 @@ def train(cfg: Config, records: str | os.PathLike, out: str | os.PathLike,
     if folds is None:
         folds = cfg.train.folds if cfg.train.folds is not None else range(manifest.require_folds())
     chosen = manifest.check_folds(folds)
+    targets = prepare_targets(cfg, records, manifest, chosen, out=out)  # teacher / pseudo checked before any work
     run.path.mkdir(parents=True, exist_ok=True)
     _check_resume_config(cfg, run)
     run.write_config(cfg)
     run.write_manifest(manifest)
     t0 = time.time()
     for k in chosen:
-        train_fold(cfg, records, k, out, manifest=manifest, callbacks=callbacks)
+        train_fold(cfg, records, k, out, manifest=manifest, callbacks=callbacks, targets=targets)
     cv = _write_cv(cfg, run, manifest)
     _plot_curves(run)
     _print_summary(cv, time.time() - t0)
