@@ -318,3 +318,29 @@ def test_train_with_teacher_and_pseudo_end_to_end(teacher, small_records, test_r
     assert list(oof["id"]) == list(val["id"]) and list(oof["label"]) == list(val["label"])  # true labels
     assert 0.0 <= cv["metrics"]["accuracy"] <= 1.0
     assert Manifest.load(out).same_source(Manifest.load(teacher))
+
+
+def test_binary_targets_mix_the_positive_probability():
+    import tensorflow as tf
+
+    from tfkit.distill import TrainTargets
+
+    q = temper(np.array([[0.8, 0.2], [0.3, 0.7]]), 2.0)
+    targets = TrainTargets(task="binary", num_classes=2, weight=0.25,
+                           teacher=pd.DataFrame({"id": ["a", "b"], "fold": [0, 1], "q": list(q)}), pseudo=None)
+    mix = targets.mixer()
+    for ident, label, row in (("a", 1.0, q[0]), ("b", 0.0, q[1])):
+        got = mix(tf.constant(ident), tf.constant([label])).numpy()
+        np.testing.assert_allclose(got, [0.75 * label + 0.25 * row[1]], atol=1e-6)
+    assert targets.for_fold(0).teacher["id"].tolist() == ["b"]
+
+
+def test_cli_refuses_a_bad_teacher_in_one_line_before_writing(small_records, tmp_path, capsys):
+    from tfkit.cli import main
+
+    out = tmp_path / "student"
+    rc = main(["train", "--records", str(small_records), "--out", str(out), "--set", "train.epochs=1",
+               "--set", f"train.teacher={tmp_path / 'missing'}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("tfkit: error: ") and "\n" not in err and "missing" in err
+    assert not out.exists()
