@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tfkit.config import ConfigError, load_config
+from tfkit.config import load_config
 from tfkit.data import build_dataset, read_index
-from tfkit.distill import mix_targets, prepare_targets, temper
+from tfkit.distill import check_distill_config, mix_targets, prepare_targets, temper
 from tfkit.manifest import Manifest
 from tfkit.run import RunFolder
 from tfkit.train import train
@@ -105,16 +105,19 @@ def _eval_stream(records, cfg, fold):
     ("pseudo", "sub.csv", "needs train.pseudo_records"), ("pseudo_records", "rec", "needs train.pseudo"),
 ])
 def test_config_ranges_are_one_line_errors(key, value, match):
-    with pytest.raises(ConfigError, match=match) as e:
-        load_config(None, [f"train.{key}={value}"])
+    with pytest.raises(TfkitError, match=match) as e:
+        check_distill_config(load_config(None, [f"train.{key}={value}"]).train)
     assert "\n" not in str(e.value)
 
 
 def test_config_edges_accepted():
     t = load_config(None, ["train.teacher_weight=0", "train.temperature=0.5", "train.pseudo_threshold=1",
                            "train.pseudo=s.csv", "train.pseudo_records=r"]).train
+    check_distill_config(t, "multiclass")
     assert (t.teacher_weight, t.temperature, t.pseudo_threshold) == (0.0, 0.5, 1.0)
-    assert load_config(None, ["train.teacher_weight=1"]).train.teacher_weight == 1.0
+    check_distill_config(load_config(None, ["train.teacher_weight=1", "train.teacher=r"]).train, "binary")
+    with pytest.raises(TfkitError, match="supported for binary and multiclass tasks, the run's task is regression"):
+        check_distill_config(load_config(None, ["train.teacher=r"]).train, "regression")
 
 
 @settings(max_examples=40, deadline=None)

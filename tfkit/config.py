@@ -338,36 +338,7 @@ def config_from_dict(values: dict[str, Any] | None, overrides: Iterable[str] = (
         )
     _apply(cfg.augment, AUGMENT_PRESETS[preset], "augment")
     _apply(cfg, nested, "")
-    check_distill_keys(cfg.train)
     return cfg
-
-
-def check_distill_keys(t: TrainConfig) -> None:
-    """One-line errors for out-of-range distillation / pseudo-label keys (checked when the config loads).
-
-    Args:
-        t: the ``train`` section.
-
-    Raises:
-        ConfigError: ``teacher_weight`` outside [0, 1], ``temperature`` <= 0, ``pseudo_threshold``
-            outside (0, 1], or ``pseudo`` without ``pseudo_records`` (or the reverse).
-
-    Example:
-        >>> try:
-        ...     check_distill_keys(TrainConfig(temperature=0.0))
-        ... except ConfigError as e:
-        ...     print(e)
-        train.temperature: expected > 0, got 0.0
-    """
-    if not 0.0 <= t.teacher_weight <= 1.0:
-        raise ConfigError(f"train.teacher_weight: expected a number in [0, 1], got {t.teacher_weight}")
-    if not t.temperature > 0.0:
-        raise ConfigError(f"train.temperature: expected > 0, got {t.temperature}")
-    if not 0.0 < t.pseudo_threshold <= 1.0:
-        raise ConfigError(f"train.pseudo_threshold: expected a number in (0, 1], got {t.pseudo_threshold}")
-    if (t.pseudo is None) != (t.pseudo_records is None):
-        given, missing = ("pseudo", "pseudo_records") if t.pseudo is not None else ("pseudo_records", "pseudo")
-        raise ConfigError(f"train.{given} needs train.{missing} (the submission CSV and the test records it predicts)")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> Config:

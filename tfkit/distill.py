@@ -77,17 +77,51 @@ import pandas as pd
 
 from tfkit import data as tfdata
 from tfkit import records as tfrec
-from tfkit.config import Config, check_distill_keys
+from tfkit.config import Config, TrainConfig
 from tfkit.manifest import Manifest, resolve_task
 from tfkit.run import RunFolder
 from tfkit.utils import TfkitError
 
-__all__ = ["temper", "mix_targets", "TrainTargets", "PseudoRows", "prepare_targets", "teacher_table",
+__all__ = ["check_distill_config", "temper", "mix_targets", "TrainTargets", "PseudoRows", "prepare_targets", "teacher_table",
            "pseudo_rows", "source_mismatch", "DISTILL_TASKS"]
 
 DISTILL_TASKS = ("binary", "multiclass")
 _EPS = 1e-7  # probabilities are clipped here before the log of the temperature
 _SUM_TOL = 1e-3  # a row of probabilities must sum to 1 within this
+
+
+def check_distill_config(t: TrainConfig, task: str | None = None) -> None:
+    """One-line errors for out-of-range distillation / pseudo-label keys (run by ``tfkit.checks.validate``).
+
+    Args:
+        t: the ``train`` section.
+        task: the resolved task (``None`` when the records are not known yet).
+
+    Raises:
+        TfkitError: ``teacher_weight`` outside [0, 1], ``temperature`` <= 0, ``pseudo_threshold``
+            outside (0, 1], ``pseudo`` without ``pseudo_records`` (or the reverse), or a teacher /
+            pseudo-labels asked of a task other than binary or multiclass.
+
+    Example:
+        >>> check_distill_config(TrainConfig(teacher="runs/big", temperature=2.0))
+        >>> try:
+        ...     check_distill_config(TrainConfig(temperature=0.0))
+        ... except TfkitError as e:
+        ...     print(e)
+        train.temperature: expected > 0, got 0.0
+    """
+    if not 0.0 <= t.teacher_weight <= 1.0:
+        raise TfkitError(f"train.teacher_weight: expected a number in [0, 1], got {t.teacher_weight}")
+    if not t.temperature > 0.0:
+        raise TfkitError(f"train.temperature: expected > 0, got {t.temperature}")
+    if not 0.0 < t.pseudo_threshold <= 1.0:
+        raise TfkitError(f"train.pseudo_threshold: expected a number in (0, 1], got {t.pseudo_threshold}")
+    if (t.pseudo is None) != (t.pseudo_records is None):
+        given, missing = ("pseudo", "pseudo_records") if t.pseudo is not None else ("pseudo_records", "pseudo")
+        raise TfkitError(f"train.{given} needs train.{missing} (the submission CSV and the test records it predicts)")
+    if (t.teacher is not None or t.pseudo is not None) and task is not None and task not in DISTILL_TASKS:
+        raise TfkitError(f"train.teacher / train.pseudo: supported for {' and '.join(DISTILL_TASKS)} tasks, "
+                         f"the run's task is {task}")
 
 
 def temper(proba: np.ndarray, temperature: float) -> np.ndarray:
@@ -459,12 +493,9 @@ def prepare_targets(cfg: Config, records: str | os.PathLike, manifest: Manifest 
     t = cfg.train
     if t.teacher is None and t.pseudo is None and t.pseudo_records is None:
         return None
-    check_distill_keys(t)
     manifest = Manifest.from_dict(manifest or tfrec.load_manifest(records))
     task = resolve_task(cfg.model.task, manifest=manifest)
-    if task not in DISTILL_TASKS:
-        raise TfkitError(f"train.teacher / train.pseudo: supported for {' and '.join(DISTILL_TASKS)} tasks, "
-                         f"the run's task is {task}")
+    check_distill_config(t, task)
     n_folds = manifest.require_folds()
     chosen = manifest.check_folds(folds if folds is not None else (t.folds if t.folds is not None else range(n_folds)))
     index = tfdata.read_index(str(records), manifest=manifest)
