@@ -231,6 +231,14 @@ class TrainConfig:
     # else TensorFlow) | tensorflow | jax. Keras fixes it at import (tfkit.backend).
     backend: str = "auto"
     verbose: int = 1
+    # Distillation and pseudo-labels (tfkit.distill): soft targets from another run's OOF predictions,
+    # and confident test predictions added to every fold's training data.
+    teacher: str | None = None  # run folder trained on the same records/folds; its oof.csv gives the soft targets
+    teacher_weight: float = 0.5  # w in target = (1 - w) * onehot + w * softmax(log(p_teacher) / T), in [0, 1]
+    temperature: float = 1.0  # T > 0 applied to the stored probabilities (T > 1 softens, T < 1 sharpens)
+    pseudo: str | None = None  # submission CSV (tfkit predict, probabilities) of the test images
+    pseudo_records: str | None = None  # the test records (tfkit build-records --split test) those ids come from
+    pseudo_threshold: float = 0.95  # a test image joins training when its max probability >= this, in (0, 1]
 
 
 @dataclass

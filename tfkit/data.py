@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -412,6 +412,7 @@ def build_dataset(
     deterministic: bool = False,
     with_ids: bool = False,
     pad_remainder: bool = False,
+    targets: Any = None,
 ) -> tf.data.Dataset:
     """A batched ``tf.data.Dataset`` over the shards of ``folds``.
 
@@ -441,6 +442,9 @@ def build_dataset(
             ``(x, y, mask)``: Keras reads the float32 0/1 mask as sample weights, so
             padded rows count in no metric; predict yields padded ``x`` (keep the first
             ``len(read_index(...))`` predictions).
+        targets: train mode: a ``tfkit.distill.TrainTargets`` view of one fold (teacher soft
+            targets mixed into ``y`` by id, confident pseudo-labelled test examples added to
+            the stream); ignored by eval/predict, which always yield the hard labels.
 
     Returns:
         Dataset of ``(x, y)`` (train/eval) or ``x`` (predict), where ``x`` is float32
@@ -484,11 +488,17 @@ def build_dataset(
 
     ordered = bool(deterministic or not train)
     ds = _examples(files, _records.make_parser(manifest), train, seed, deterministic)
+    targets = targets if train else None
+    if targets is not None:
+        ds = targets.add_examples(ds, _records.count_from_names(files), seed, meta_names)
+    mix = targets.mixer() if targets is not None else None  # the id lookup is built here, eagerly
     decode = _decoder(manifest, size)
 
     def to_batchable(ex: dict) -> dict:
         out = {"image": ex["image"], "id": ex["id"]}
         out["y"] = encode_targets(ex["label"], task, num_classes) if task else ex["label"]
+        if mix is not None:
+            out["y"] = mix(ex["id"], out["y"])
         if encode_meta is not None:
             out["meta"] = encode_meta(ex["meta"])
         return out
@@ -502,6 +512,8 @@ def build_dataset(
     if train:
         if dcfg.oversample:
             labels = read_index(records, folds, manifest)["label"].to_numpy()
+            if targets is not None:
+                labels = np.concatenate([labels, targets.pseudo_labels])
             ds = _balanced(ds, labels, num_classes, seed, dcfg.shuffle_buffer)
             if not repeat:
                 ds = ds.take(len(labels))

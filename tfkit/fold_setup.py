@@ -26,6 +26,7 @@ from tfkit import data as tfdata
 from tfkit import records as tfrec
 from tfkit.checks import validate
 from tfkit.config import Config
+from tfkit.distill import TrainTargets, prepare_targets
 from tfkit.losses import create_loss
 from tfkit.manifest import Manifest, resolve_task
 from tfkit.metrics import keras_metrics
@@ -59,10 +60,12 @@ class FoldSetup:
     strategy: Any
     global_batch: int
     meta_dim: int
+    targets: TrainTargets | None = None  # teacher soft targets / pseudo rows of this fold (tfkit.distill)
 
     @classmethod
     def create(cls, cfg: Config, records: str | os.PathLike, fold: int,
-               manifest: Manifest | dict | None = None, strategy: Any = None) -> "FoldSetup":
+               manifest: Manifest | dict | None = None, strategy: Any = None,
+               targets: TrainTargets | None = None) -> "FoldSetup":
         """Check ``fold`` against the records, pick the strategy and mixed precision.
 
         Args:
@@ -71,6 +74,8 @@ class FoldSetup:
             fold: the held-out fold.
             manifest: the records' manifest (read when ``None``).
             strategy: the distribution strategy (detected when ``None``).
+            targets: the run's :func:`tfkit.distill.prepare_targets` (prepared here when ``None``
+                and the config sets ``train.teacher`` or ``train.pseudo``).
 
         Returns:
             The set-up.
@@ -82,10 +87,12 @@ class FoldSetup:
         task = resolve_task(cfg.model.task, manifest=manifest)
         set_mixed_precision(cfg.train.mixed_precision, strategy)
         meta_dim = tfdata.metadata_dim(manifest, cfg.data.metadata) if cfg.data.metadata else 0
+        targets = targets or prepare_targets(cfg, records, manifest, folds=[fold])
         return cls(cfg=cfg, records=Path(records), manifest=manifest, fold=fold,
                    train_folds=[f for f in range(manifest.n_folds) if f != fold], task=task,
                    classes=manifest.classes, strategy=strategy,
-                   global_batch=cfg.data.batch_size * strategy.num_replicas_in_sync, meta_dim=meta_dim)
+                   global_batch=cfg.data.batch_size * strategy.num_replicas_in_sync, meta_dim=meta_dim,
+                   targets=targets.for_fold(fold) if targets is not None else None)
 
     @property
     def num_classes(self) -> int:
@@ -140,16 +147,22 @@ class FoldSetup:
     def dataset(self, size: int, mode: str, folds: Sequence[int] | None = None, **kwargs: Any) -> Any:
         """``tfkit.data.build_dataset`` at ``size`` pixels on ``folds`` (default: the training folds).
 
-        ``mode="train"`` repeats and augments on the host unless augmentation runs on device;
+        ``mode="train"`` repeats and augments on the host unless augmentation runs on device, and
+        carries the fold's teacher targets and pseudo rows; the other modes yield the hard labels;
         eval and predict batches are padded when :attr:`pads_eval` (unless ``pad_remainder`` is given).
         """
         if mode == "train":
-            kwargs = dict(augment=not self.device_augment, repeat=True, **kwargs)
+            kwargs = dict(augment=not self.device_augment, repeat=True, targets=self.targets, **kwargs)
         else:
             kwargs.setdefault("pad_remainder", self.pads_eval)
         return tfdata.build_dataset(self.records, with_size(self.cfg, size),
                                     folds=self.train_folds if folds is None else list(folds), mode=mode,
                                     manifest=self.manifest, batch_size=self.global_batch, **kwargs)
+
+    def train_steps(self) -> int:
+        """Full batches per epoch of the training stream: the training folds plus the pseudo rows."""
+        n_pseudo = self.targets.n_pseudo if self.targets is not None else 0
+        return (self.count(self.train_folds) + n_pseudo) // self.global_batch
 
     def count(self, folds: Sequence[int]) -> int:
         """Examples in the train shards of ``folds`` (from the shard names)."""

@@ -62,6 +62,7 @@ from tfkit import records as tfrec
 from tfkit.backend import select_backend
 from tfkit.callbacks import BestCheckpoint, ResumeCheckpoint, ResumeCommit, ResumeFolder, SwaCheckpoint, write_keras_model
 from tfkit.config import Config, config_to_dict
+from tfkit.distill import TrainTargets, prepare_targets
 from tfkit.fold_setup import FoldSetup
 from tfkit.losses import class_weights
 from tfkit.lr_find import lr_find
@@ -87,7 +88,8 @@ _IGNORED_ON_RESUME = {("train", "folds"), ("train", "verbose"), ("train", "backe
 
 
 def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os.PathLike,
-               manifest: Manifest | dict | None = None, callbacks: Sequence[Any] = (), strategy: Any = None) -> dict:
+               manifest: Manifest | dict | None = None, callbacks: Sequence[Any] = (), strategy: Any = None,
+               targets: TrainTargets | None = None) -> dict:
     """Train fold ``fold``: fit on the other folds' shards, validate on its own.
 
     Args:
@@ -98,6 +100,8 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
         manifest: the records' manifest (read when ``None``).
         callbacks: extra Keras callbacks (run after tfkit's own, e.g. for tests or logging).
         strategy: the distribution strategy (detected when ``None``).
+        targets: the run's teacher targets / pseudo rows (:func:`tfkit.distill.prepare_targets`;
+            prepared from ``cfg`` when ``None``).
 
     Returns:
         The fold's summary (also ``fold{k}/done.json``): metrics on its validation
@@ -110,12 +114,12 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
     run = RunFolder(out)
     if run.fold(fold).done.is_file():
         return run.done(fold)
-    setup = FoldSetup.create(cfg, records, fold, manifest, strategy)
+    setup = FoldSetup.create(cfg, records, fold, manifest, strategy, targets=targets)
     fold = setup.fold
     files = run.fold(fold)
     files.dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    steps = tfdata.steps_per_epoch(records, setup.train_folds, setup.global_batch)
+    steps = setup.train_steps()
     if steps < 1:
         raise TfkitError(f"fold {fold}: the training folds hold fewer examples than one batch of {setup.global_batch}")
     cw = None
@@ -169,6 +173,7 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
     summary = dict(fold=fold, metrics=metrics, best_epoch=state["best_epoch"], best=state["best"],
                    monitor=cfg.train.monitor, epochs_run=state["epoch"], image_size=size, swa=swa_info,
                    n_train=setup.count(setup.train_folds), n_val=int(len(index)),
+                   n_pseudo=setup.targets.n_pseudo if setup.targets is not None else 0,
                    replicas=setup.strategy.num_replicas_in_sync, runtime=runtime_info(setup.strategy),
                    resumed_from_epoch=resumed_from, seconds=round(time.time() - t_start, 1))
     run.write_done(fold, summary)
@@ -301,13 +306,14 @@ def train(cfg: Config, records: str | os.PathLike, out: str | os.PathLike,
     chosen = manifest.check_folds(folds)
     strategy = get_strategy()
     validate(cfg, manifest, replicas=gradient_replicas(strategy))  # before the run folder exists
+    targets = prepare_targets(cfg, records, manifest, chosen, out=out)  # teacher / pseudo checked before any work
     run.path.mkdir(parents=True, exist_ok=True)
     _check_resume_config(cfg, run)
     run.write_config(cfg)
     run.write_manifest(manifest)
     t0 = time.time()
     for k in chosen:
-        train_fold(cfg, records, k, out, manifest=manifest, callbacks=callbacks, strategy=strategy)
+        train_fold(cfg, records, k, out, manifest=manifest, callbacks=callbacks, strategy=strategy, targets=targets)
     cv = _write_cv(cfg, run, manifest)
     _plot_curves(run)
     _print_summary(cv, time.time() - t0)
