@@ -6,7 +6,7 @@ fold with ``tfkit/configs/digits.yaml`` and scores an RBF SVC (C=10, gamma
 (the records' ``folds.csv``). Prints both CV accuracies and the wall time.
 
 Usage:
-    python bench/bench_digits_cv.py [--quick] [--work DIR] [--size 32] [--set train.epochs=20]
+    python bench/bench_digits_cv.py [--quick] [--work DIR] [--size 32] [--set train.epochs=20] [--backend jax]
 
 Quality bar (issue 4): CV accuracy >= 0.99 within 10 minutes on 2 CPU cores.
 """
@@ -52,7 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     p.add_argument("--size", type=int, default=16, help="records image side (default 16; the scans are 8x8)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
+    p.add_argument("--backend", choices=["auto", "tensorflow", "jax"], default="auto",
+                   help="Keras backend (JAX over several host devices: XLA_FLAGS=--xla_force_host_platform_device_count=2)")
     args = p.parse_args(argv)
+
+    from tfkit.backend import select_backend
+
+    args.overrides.append(f"train.backend={select_backend(args.backend, '--backend')}")  # before Keras' import
 
     from tfkit.config import load_config
     from tfkit.datasets import export_dataset

@@ -7,7 +7,7 @@
 #   3. predict with TTA on JAX;
 #   4. load the same run on TensorFlow, predict again and compare (within 1e-3).
 # Too heavy for CI (a fresh venv downloads ~1 GB): run it by hand; prints the figures at the end.
-#   bash bench/kaggle_tpu_smoke.sh            # PY=/path/to/python3.12  VENV=/tmp/kaggle_tpu_venv  KEEP=1
+#   bash bench/kaggle_tpu_smoke.sh    # PY=/path/to/python3.12 VENV=/tmp/kaggle_tpu_venv KEEP=1 (reuse it) TTA=4 EPOCHS=3
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -24,7 +24,7 @@ if [ ! -x "$VENV/bin/python" ] || [ -z "${KEEP:-}" ]; then
   "$VENV/bin/pip" install -q "tensorflow-cpu==2.20.0" "jax[cpu]" "keras>3"
 fi
 . "$VENV/bin/activate"
-frozen() { pip freeze | grep -iE '^(tensorflow|tensorflow-cpu|tensorboard|jax|jaxlib|keras|numpy)==' | sort; }
+frozen() { pip freeze | grep -iE '^(tensorflow|tensorflow[-_]cpu|tensorboard|jax|jaxlib|keras|numpy)==' | sort; }
 frozen > "$WORK/before.txt"
 step "pip install tfkit (no extras: the image's TensorFlow and JAX must stay)"
 pip install -q "$ROOT"
@@ -42,15 +42,16 @@ tfkit build-records --csv data/train.csv --images data/images --out records --si
 tfkit build-records --csv data/test.csv --images data/images --out test_records --size 16 --split test \
   --classes-from records/manifest.json >/dev/null
 
-CFG=(--config "$ROOT/tfkit/configs/digits.yaml" --set train.epochs=3 --set train.verbose=0)
+TTA=${TTA:-4}
+CFG=(--config "$ROOT/tfkit/configs/digits.yaml" --set train.epochs="${EPOCHS:-3}" --set train.verbose=0)
 step "train folds 0,1 on JAX, 2 host devices"
 XLA_FLAGS=--xla_force_host_platform_device_count=2 tfkit train --backend jax --records records --out run \
   --folds 0,1 "${CFG[@]}"
 step "TTA predict on JAX"
 XLA_FLAGS=--xla_force_host_platform_device_count=2 tfkit predict --backend jax --run run --records test_records \
-  --tta 4 --set predict.tta_mode=flips --out sub_jax.csv
+  --tta "$TTA" --set predict.tta_mode=flips --out sub_jax.csv
 step "the same run on TensorFlow"
-tfkit predict --backend tensorflow --run run --records test_records --tta 4 --set predict.tta_mode=flips \
+tfkit predict --backend tensorflow --run run --records test_records --tta "$TTA" --set predict.tta_mode=flips \
   --out sub_tf.csv
 python - <<'PY'
 import json

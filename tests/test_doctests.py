@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest
 
 MODULES = [
-    "utils", "config", "manifest", "datasets", "data", "show", "models", "losses", "metrics", "scheduler",
+    "utils", "config", "backend", "strategy", "manifest", "datasets", "data", "show", "models", "losses", "metrics", "scheduler",
     "optim", "swa", "train_step", "callbacks", "checks", "fold_setup", "lr_find", "run", "train", "tune",
     "predict", "report", "demo", "cli", "heads", "exclude", "run_view", "ensemble", "clean", "runs",
 ]
