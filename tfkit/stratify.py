@@ -36,7 +36,7 @@ counts + folds x classes): no groups x classes matrix is ever built.
    profiles per fold, a seeded sample). It stops when a round gains less than half
    of what balancing one image is worth and less than a millionth of the objective
    left, or after a work budget of rounds that
-   shrinks with the input (at least 4; beyond 1M groups a round scans a seeded
+   shrinks with the input (at least 2; beyond 1M groups a round scans a seeded
    window of 1M).
 
 Measured (``bench/bench_folds.py``): on the binary grouped benchmark the folds
@@ -71,7 +71,7 @@ MOVES_PER_ROUND = 20_000
 SCAN_GROUPS = 1 << 20
 CHUNK_GROUPS = 1 << 18  # groups per [groups, K] table while scanning moves
 SEARCH_WORK = 3e7
-MIN_ROUNDS = 4
+MIN_ROUNDS = 2
 MAX_ROUNDS = 1000
 MISSES_PER_ROUND = 512  # candidates in a row that no longer improve: the round ends
 STOP_FRACTION = 1e-6
@@ -214,22 +214,31 @@ def _single_thread_blas() -> contextlib.AbstractContextManager:
 def _top_entry(indptr: np.ndarray, score: np.ndarray) -> np.ndarray:
     """Position of each group's highest-scoring entry (the first on ties), -1 if none.
 
-    Entries scored ``-inf`` never count; vectorised with ``reduceat`` (no loop over groups).
+    Entries scored ``-inf`` never count. A one-entry group's answer is its entry;
+    the others are found with ``reduceat`` over their entries only (most groups of
+    a big catalogue hold one class).
     """
     lens = np.diff(indptr)
-    has = lens > 0
-    starts = indptr[:-1][has]
-    best = np.full(len(lens), -np.inf)
-    if len(starts):
-        best[has] = np.maximum.reduceat(score, starts)
-    hit = score == np.repeat(best, lens)
-    hit &= score > -np.inf
-    pos = np.where(hit, np.arange(len(score), dtype=np.int64), len(score))
-    first = np.full(len(lens), len(score), dtype=np.int64)
-    if len(starts):
-        first[has] = np.minimum.reduceat(pos, starts)
-    first[first == len(score)] = -1
+    if len(score) == 0:
+        return np.full(len(lens), -1, dtype=np.int64)
+    first = np.where(lens > 0, indptr[:-1], -1)
+    single = lens == 1
+    first[single & (score[np.minimum(indptr[:-1], max(len(score) - 1, 0))] == -np.inf)] = -1
+    multi = np.flatnonzero(lens > 1)
+    if len(multi):
+        pos = _ranges(indptr[multi], lens[multi])
+        sub = score[pos]
+        starts = np.cumsum(lens[multi]) - lens[multi]
+        best = np.maximum.reduceat(sub, starts)
+        hit = (sub == np.repeat(best, lens[multi])) & (sub > -np.inf)
+        at = np.minimum.reduceat(np.where(hit, np.arange(len(sub)), len(sub)), starts)
+        first[multi] = np.where(at < len(sub), pos[np.minimum(at, len(sub) - 1)], -1)
     return first
+
+
+def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(s, s + n)`` for each (s, n)."""
+    return np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(int(lens.sum()))
 
 
 def _greedy_order(
@@ -249,9 +258,10 @@ def _greedy_order(
     """
     G = gc.n_groups
     score = obj.w[gc.classes] * gc.counts
-    owner = np.repeat(np.arange(G), np.diff(gc.indptr))
-    weight = np.bincount(owner, weights=score, minlength=G)
-    del owner
+    weight = np.zeros(G)
+    has = np.diff(gc.indptr) > 0
+    if has.any():
+        weight[has] = np.add.reduceat(score, gc.indptr[:-1][has])
     with np.errstate(divide="ignore"):
         step = np.floor(8.0 * np.log2(weight))
     step[weight <= 0] = np.floor(8.0 * np.log2(weight[weight > 0].min())) - 1 if (weight > 0).any() else 0
@@ -390,7 +400,7 @@ def _place_runs(
     lens = np.diff(gc.indptr)[order]
     ptr = np.zeros(len(order) + 1, dtype=np.int64)
     np.cumsum(lens, out=ptr[1:])
-    gather = np.repeat(gc.indptr[:-1][order] - ptr[:-1], lens) + np.arange(ptr[-1])
+    gather = _ranges(gc.indptr[:-1][order], lens)
     classes, counts = gc.classes[gather], gc.counts[gather]  # entries in placement order
     wx = counts * obj.w[classes]
     del gather
@@ -413,13 +423,16 @@ def _place_runs(
         if not is_pure and e - s <= SMALL_RUN:
             # Groups holding other classes too: one at a time, scored on all their classes.
             bounds = ptr[s:e + 1].tolist()
+            base = n * img + grp  # the image and group part of the cost, kept up to date
             for i, lo, hi in zip(range(s, e), bounds[:-1], bounds[1:]):
                 cls = classes[lo:hi]
-                k = (n * img + grp + wx[lo:hi] @ FT[cls]).argmin()
+                k = (base + wx[lo:hi] @ FT[cls]).argmin()
                 placed[i] = k
                 FT[cls, k] += counts[lo:hi]
-                img[k] += wn * n
-                grp[k] += wg
+                base[k] += wn * n * n + wg  # the same n for the whole run
+            per_fold = np.bincount(placed[s:e], minlength=n_folds)
+            img += (wn * n) * per_fold
+            grp += wg * per_fold
             continue
         cost = n * img + grp
         if c >= 0:
@@ -627,8 +640,7 @@ def _swap_pool(st: _State, profiles: np.ndarray, fold: int, rng: np.random.Gener
 def _entries(gc: GroupCounts, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of the entries of ``groups`` and the index (into ``groups``) of each one's group."""
     lens = gc.indptr[groups + 1] - gc.indptr[groups]
-    which = np.repeat(np.arange(len(groups)), lens)
-    return gc.indptr[groups][which] + np.arange(len(which)) - np.repeat(np.cumsum(lens) - lens, lens), which
+    return _ranges(gc.indptr[groups], lens), np.repeat(np.arange(len(groups)), lens)
 
 
 def _cross(gc: GroupCounts, terms: _Terms, ga: np.ndarray, hb: np.ndarray) -> np.ndarray:
