@@ -11,7 +11,6 @@ printed as one line, ``tfkit: error: ...``, with exit status 2.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Callable, Sequence
 
@@ -36,6 +35,11 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override one config key, e.g. --set train.lr=3e-4 (repeatable)",
     )
+
+
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true",
+                   help="show everything TensorFlow prints (by default its C++ start-up lines are held back)")
 
 
 def _load_cfg(args: argparse.Namespace):
@@ -167,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
+        _add_verbose(p)
         return p
 
     # datasets
@@ -181,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--test-size", type=float, default=0.2, help="held-out fraction of the scans for test.csv (default 0.2)")
     e.add_argument("--seed", type=int, default=42, help="seed of the stratified train/test split")
     e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    _add_verbose(e)
     e.set_defaults(func=cmd_datasets_export)
 
     # folds
@@ -317,11 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # TensorFlow's C++ start-up chatter (oneDNN, CPU features) buries the
-    # output users need; they can still ask for it by setting the variable.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "verbose", False):
+        # Before any stage imports TensorFlow (tfkit.quiet held its start-up lines back).
+        from tfkit.quiet import show_everything
+
+        show_everything()
     try:
         return int(args.func(args) or 0)
     except TfkitError as e:
