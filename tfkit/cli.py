@@ -32,8 +32,9 @@ def _names(text: str) -> list[str]:
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (every option has a default; see README)")
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override one config key, e.g. --set train.lr=3e-4 (repeatable)",
+        "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+        help="override config keys; values are YAML, e.g. --set train.lr=3e-4 train.metrics=[accuracy,f1] "
+        "(several pairs after one flag, and the flag repeated, both work)",
     )
 
 
@@ -298,8 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="with --images: CSV of ids to predict (default every image)")
     p.add_argument("--tta", type=int, default=None, help="views per image (default from the run's config)")
     p.add_argument("--out", default=None, help="submission CSV (default submission.csv)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a predict.* key, e.g. --set predict.average=gmean")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override predict.* keys, e.g. --set predict.average=gmean predict.tta=4")
     p.add_argument("--oof", action="store_true",
                    help="instead: recompute the out-of-fold predictions of the training --records with the same TTA "
                         "and print the CV score with and without TTA (writes RUN/oof_tta.csv, RUN/cv_tta.json)")

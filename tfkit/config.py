@@ -294,12 +294,61 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str) -> None:
             setattr(obj, key, _coerce(value, types[key], full))
 
 
+def _yaml_problem(e: Exception) -> str:
+    """``yaml.YAMLError`` as one line: what went wrong and the 1-based line and column."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    what = getattr(e, "problem", None) or getattr(e, "context", None) or str(e).splitlines()[0]
+    return f"line {mark.line + 1} column {mark.column + 1}: {what}" if mark is not None else str(what)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` of ``text``; a syntax error is one :class:`ConfigError` line naming ``source``.
+
+    Example:
+        >>> parse_yaml("[1, 2", "--set x")
+        Traceback (most recent call last):
+        ...
+        tfkit.config.ConfigError: --set x: invalid YAML at line 1 column 6: expected ',' or ']', but got '<stream end>'
+    """
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: invalid YAML at {_yaml_problem(e)}") from None
+
+
+def read_yaml(path: str | os.PathLike, what: str = "config file") -> Any:
+    """Read a YAML file safely; a missing file, non-UTF-8 bytes or a syntax error is one line.
+
+    Args:
+        path: the file.
+        what: how the message names it ("config file", "search space file").
+
+    Returns:
+        The parsed document (``None`` for an empty file).
+
+    Raises:
+        ConfigError: naming the file (and the line, for a syntax error).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} not found: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); save the {what} as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the {what} ({e.strerror})") from None
+    return parse_yaml(text, str(p))
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"--set expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set expects key=value, got {text!r}")
     # YAML parses the value so "3" is an int, "[1,2]" a list and "null" None.
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    return key.strip().split("."), parse_yaml(raw, f"--set {text!r}") if raw.strip() else ""
 
 
 def config_from_dict(values: dict[str, Any] | None, overrides: Iterable[str] = ()) -> Config:
@@ -353,13 +402,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     """
     values: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        with open(p, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
+        values = read_yaml(path) or {}
         if not isinstance(values, dict):
-            raise ConfigError(f"{p}: expected a mapping of sections, got {type(values).__name__}")
+            raise ConfigError(f"{path}: expected a mapping of sections, got {type(values).__name__}")
     return config_from_dict(values, overrides)
 
 
