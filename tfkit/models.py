@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -411,3 +412,48 @@ def model_from_config(
         dropout=model_cfg.dropout, head_units=tuple(model_cfg.head_units),
         meta_units=tuple(model_cfg.meta_units), width=model_cfg.width,
     )
+
+
+def load_model(path: str | os.PathLike, what: str = "model") -> keras.Model:
+    """Load a ``.keras`` file in Keras safe mode, uncompiled; every failure is one line naming the file.
+
+    Safe mode never runs code from the file: a ``Lambda`` layer (Python
+    bytecode) is refused, not executed. The zip container is checked first
+    (its CRCs cover every member), so a truncated, bit-flipped or foreign file
+    is named as such instead of Keras's "File not found" for a file that exists.
+
+    Args:
+        path: the ``.keras`` file.
+        what: how the message names it (e.g. "fold 2 model").
+
+    Returns:
+        The model.
+
+    Raises:
+        TfkitError: missing file, not a valid ``.keras`` archive, a Lambda layer,
+            or a layer class Keras cannot find.
+    """
+    import zipfile
+
+    p = Path(path)
+    if not p.is_file():
+        raise TfkitError(f"{p}: {what} not found")
+    try:
+        with zipfile.ZipFile(p) as z:
+            bad = z.testzip()
+            names = set(z.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise TfkitError(f"{p}: {what} is not a valid .keras file (truncated or corrupted: {e}); "
+                         "retrain the fold or restore the file") from None
+    if bad is not None or not {"config.json", "model.weights.h5"} <= names:
+        raise TfkitError(f"{p}: {what} is not a valid .keras file (corrupted member "
+                         f"{bad or 'config.json/model.weights.h5 missing'}); retrain the fold or restore the file")
+    try:
+        return keras.saving.load_model(p, compile=False, safe_mode=True)
+    except ValueError as e:
+        if "Lambda" in str(e):
+            raise TfkitError(f"{p}: refused to load {what}: it holds a Lambda layer (Python code); tfkit loads "
+                             "models in Keras safe mode and never runs code from a model file") from None
+        raise TfkitError(f"{p}: cannot load {what}: {str(e).splitlines()[0]}") from None
+    except (TypeError, KeyError, OSError) as e:
+        raise TfkitError(f"{p}: cannot load {what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
