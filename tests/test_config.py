@@ -156,3 +156,7 @@ def test_set_without_key_or_equals_is_refused():
     for text in ("=3", "train.lr"):
         with pytest.raises(ConfigError, match="--set expects key=value"):
             load_config(None, [text])
+
+
+def test_bare_off_is_the_word_for_string_keys():
+    assert load_config(None, ["train.mixed_precision=off"]).train.mixed_precision == "off"

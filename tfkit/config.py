@@ -271,6 +271,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
         return value
     if annotation is str:
+        if isinstance(value, bool):
+            # YAML 1.1 reads a bare off/on (also no/yes) as a bool; for a string key
+            # such as train.mixed_precision the user meant the word.
+            value = "on" if value else "off"
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
