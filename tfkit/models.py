@@ -457,3 +457,35 @@ def load_model(path: str | os.PathLike, what: str = "model") -> keras.Model:
         raise TfkitError(f"{p}: cannot load {what}: {str(e).splitlines()[0]}") from None
     except (TypeError, KeyError, OSError) as e:
         raise TfkitError(f"{p}: cannot load {what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def predict_array(model: keras.Model, dataset: Any) -> Any:
+    """Predict every batch of ``dataset`` with one static input shape; return ``[N, ...]`` float64.
+
+    ``model.predict`` traces its function again for the last, shorter batch;
+    with one new model per fold and a few validation batches each, TensorFlow
+    then warns of "triggered tf.function retracing". Here the last batch is
+    padded to the first batch's size (and the padding's outputs dropped), so
+    each model traces once.
+
+    Args:
+        model: a Keras model.
+        dataset: batches of ``x`` or ``(x, y)`` / ``(x, y, w)`` (``y`` ignored).
+
+    Returns:
+        NumPy array of the outputs, one row per example, in dataset order.
+    """
+    import numpy as np
+
+    parts, full = [], None
+    for batch in dataset:
+        x = batch[0] if isinstance(batch, tuple) else batch
+        n = int(keras.tree.flatten(x)[0].shape[0])
+        full = full or n
+        if n < full:
+            x = keras.tree.map_structure(
+                lambda t: np.concatenate([np.asarray(t), np.zeros((full - n, *t.shape[1:]), np.asarray(t).dtype)]), x)
+        parts.append(np.asarray(model.predict_on_batch(x), dtype=np.float64)[:n])
+    if not parts:
+        raise TfkitError("predict: the dataset yielded no batch")
+    return np.concatenate(parts)

@@ -136,14 +136,12 @@ class RunFolder:
 
     def load_model(self, k: int) -> Any:
         """Fold ``k``'s ``model.keras``, loaded with ``safe_mode=True`` and without compiling."""
-        import keras  # here, not at the top: reading a run's CSVs and JSONs needs no Keras
-
-        import tfkit.models  # noqa: F401  registers tfkit's serialisable layers before loading
+        from tfkit.models import load_model  # here, not at the top: reading a run's CSVs and JSONs needs no Keras
 
         path = self.fold(k).model
         if not path.is_file():
             raise TfkitError(f"{path}: model not found (fold {k} has not finished training)")
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
+        return load_model(path, f"fold {k} model")
 
     def histories(self) -> dict[int, pd.DataFrame]:
         """Each fold's ``history.csv`` (folds without one are left out)."""

@@ -64,6 +64,7 @@ from tfkit.fold_setup import FoldSetup
 from tfkit.losses import class_weights
 from tfkit.lr_find import lr_find
 from tfkit.manifest import Manifest, resolve_task
+from tfkit.models import load_model, predict_array
 from tfkit.optim import create_optimizer, layer_multipliers, offset_schedule
 from tfkit.run import (FoldFiles, RunFolder, oof_frame, oof_metrics, oof_probabilities, primary_metric, recompute_cv,
                        recompute_cv_frame)
@@ -212,8 +213,8 @@ def _fold_callbacks(setup: FoldSetup, files: FoldFiles, resume: ResumeFolder, in
 
 def _evaluate(setup: FoldSetup, path: Path, size: int, index: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """OOF rows and validation metrics of the saved model at ``path`` on the held-out fold."""
-    model = keras.saving.load_model(path, safe_mode=True, compile=False)
-    proba = np.asarray(model.predict(setup.dataset(size, "predict", folds=[setup.fold]), verbose=0), dtype=np.float64)
+    model = load_model(path, f"fold {setup.fold} model")
+    proba = predict_array(model, setup.dataset(size, "predict", folds=[setup.fold]))
     if len(index) != len(proba):
         raise TfkitError(f"fold {setup.fold}: {len(proba)} predictions for {len(index)} validation rows")
     frame = oof_frame(index, proba, setup.classes, setup.task)
