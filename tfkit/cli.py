@@ -80,7 +80,7 @@ def cmd_build_records(args: argparse.Namespace) -> int:
         seed=args.seed, size=args.size, quality=args.quality, workers=args.workers, split=args.split,
         shard_size=args.shard_size, skip_bad=args.skip_bad, overwrite=args.overwrite,
         classes_from=args.classes_from, verify=args.verify, label_sep=args.label_sep, label_cols=args.label_cols,
-        target_cols=args.target_cols, channels=args.channels,
+        target_cols=args.target_cols, channels=args.channels, ordinal=args.ordinal,
     )
     return 0
 
@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=_names, default=None, metavar="C1,C2,...",
                    help="one grey file per channel, <id>_<channel>.<ext>, e.g. red,green,blue,yellow; "
                         "stored losslessly as a PNG per channel (8- or 16-bit)")
+    p.add_argument("--ordinal", action="store_true",
+                   help="the classes are ordered grades (in the manifest's class order, natural sort): "
+                        "training then reports quadratic weighted kappa (QWK)")
     p.add_argument("--group-col", default=None, help="group column kept together in one fold, e.g. patient_id")
     p.add_argument("--meta", nargs="*", default=[], metavar="COL", help="extra metadata columns to store: numeric when every value is a number "
                    "(float, NaN when missing), else categorical (index into the manifest's vocab)")

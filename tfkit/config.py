@@ -49,6 +49,7 @@ class DataConfig:
     metadata: list[str] = field(default_factory=list)  # metadata features fed to the model
     augment_on: str = "host"  # "host": in tf.data; "device": inside the model's train step
     oversample: bool = False  # class-balanced sampling for imbalanced data
+    ordinal: bool = False  # the classes are ordered grades (manifest order); also build-records --ordinal
     seed: int = 42
 
 
@@ -181,9 +182,13 @@ class TrainConfig:
     layer_lr_decay: float = 1.0  # discriminative LR: earlier blocks get lr * decay^depth
     layer_lr_groups: int = 5  # backbone layers are cut into this many groups for layer_lr_decay
     progressive: list[list[int]] = field(default_factory=list)  # [[epoch, image_size], ...]
-    monitor: str = "val_loss"
+    # "auto": the metric that fits the task (tfkit.metrics.resolve_metrics): val_auc
+    # (binary, multilabel), val_log_loss (multiclass), val_qwk (ordinal), val_rmse (regression)
+    monitor: str = "auto"
     early_stopping: int = 0  # patience in epochs; 0 turns it off
-    metrics: list[str] = field(default_factory=lambda: ["accuracy", "auc", "f1", "log_loss", "qwk"])
+    # None: by task (binary: auc, log_loss, accuracy, f1; multiclass: accuracy, log_loss,
+    # f1, auc; + qwk when the classes are ordinal). The first one is the CV headline.
+    metrics: list[str] | None = None
     mixed_precision: str = "auto"  # auto | off | float16 | bfloat16
     steps_per_execution: int = 1
     seed: int = 42

@@ -110,6 +110,11 @@ class Manifest(Mapping[str, Any]):
         return self._data.get("task")
 
     @property
+    def ordinal(self) -> bool:
+        """Whether ``build-records --ordinal`` declared the classes ordered grades (in class order)."""
+        return bool(self._data.get("ordinal", False))
+
+    @property
     def has_labels(self) -> bool:
         """Whether the records carry labels (``columns.label`` was given)."""
         return (self._data.get("columns") or {"label": True}).get("label") is not None
