@@ -24,7 +24,7 @@ import keras
 
 from tfkit import data as tfdata
 from tfkit import records as tfrec
-from tfkit.checks import validate
+from tfkit.checks import resolve_run_config, validate
 from tfkit.config import Config
 from tfkit.losses import create_loss
 from tfkit.manifest import Manifest, resolve_task
@@ -78,6 +78,7 @@ class FoldSetup:
         manifest = Manifest.from_dict(manifest or tfrec.load_manifest(records))
         fold = manifest.check_folds([fold])[0]
         strategy = strategy or get_strategy()
+        cfg = resolve_run_config(cfg, manifest)
         validate(cfg, manifest, replicas=strategy.num_replicas_in_sync)
         task = resolve_task(cfg.model.task, manifest=manifest)
         set_mixed_precision(cfg.train.mixed_precision, strategy)

@@ -370,6 +370,66 @@ class HistogramAUC(keras.metrics.Metric):
         return {**super().get_config(), "num_columns": self.num_columns, "bins": self.bins}
 
 
+# Default metrics by task: the first is the CV headline (cv.json "primary").
+DEFAULT_METRICS = {
+    "binary": ("auc", "log_loss", "accuracy", "f1"),
+    "multiclass": ("accuracy", "log_loss", "f1", "auc"),
+    "multilabel": ("auc", "log_loss", "f1", "accuracy"),
+    "regression": ("rmse", "mae"),
+}
+# What train.monitor "auto" picks: a threshold-free score, or the task's own.
+DEFAULT_MONITOR = {"binary": "val_auc", "multiclass": "val_log_loss", "multilabel": "val_auc",
+                   "regression": "val_rmse"}
+
+
+def resolve_metrics(names: Sequence[str] | None, monitor: str, task: str, ordinal: bool,
+                    classes: Sequence[str] = ()) -> tuple[list[str], str]:
+    """The metrics and monitor of a run: defaults by task, and QWK only for ordered classes.
+
+    Args:
+        names: ``train.metrics`` (``None``: :data:`DEFAULT_METRICS` of the task, with
+            ``qwk`` first when the classes are ordinal).
+        monitor: ``train.monitor`` (``"auto"``: :data:`DEFAULT_MONITOR`, ``val_qwk``
+            for ordinal classes; ``val_loss`` when that metric is not logged).
+        task: the resolved task.
+        ordinal: the classes are declared ordered grades (``data.ordinal`` or
+            ``build-records --ordinal``), in the manifest's class order.
+        classes: class names (named in the error).
+
+    Returns:
+        ``(metrics, monitor)``, both concrete.
+
+    Raises:
+        TfkitError: QWK asked of classes not declared ordinal (it weighs
+            disagreements by the distance between class indices, which means
+            nothing for unordered classes); an unknown metric name.
+
+    Example:
+        >>> resolve_metrics(None, "auto", "binary", False)
+        (['auc', 'log_loss', 'accuracy', 'f1'], 'val_auc')
+        >>> resolve_metrics(None, "auto", "multiclass", True)
+        (['qwk', 'accuracy', 'log_loss', 'f1', 'auc'], 'val_qwk')
+        >>> resolve_metrics(["accuracy"], "auto", "multiclass", False)
+        (['accuracy'], 'val_loss')
+    """
+    ordered = bool(ordinal) and task in ("binary", "multiclass", "regression")
+    if names is None:
+        names = (["qwk"] if ordered and task != "binary" else []) + list(DEFAULT_METRICS.get(task, ()))
+    names = list(names)
+    if ("qwk" in names or monitor.removeprefix("val_") == "qwk") and not ordered:
+        order = (f" (in the manifest's class order: {', '.join(map(str, classes[:6]))}"
+                 f"{'...' if len(classes) > 6 else ''})") if classes else ""
+        raise TfkitError("train.metrics: qwk (quadratic weighted kappa) weighs errors by the distance between class "
+                         "indices and needs ordered classes; declare them with data.ordinal: true or build-records "
+                         f"--ordinal{order}, or drop qwk")
+    names = applicable_metrics(names, task, len(classes) if task == "regression" else 2)
+    if monitor == "auto":
+        monitor = "val_qwk" if ordered and "qwk" in names else DEFAULT_MONITOR.get(task, "val_loss")
+        if monitor.removeprefix("val_") not in names:
+            monitor = "val_loss"
+    return names, monitor
+
+
 def applicable_metrics(names: Sequence[str], task: str | None = None, num_classes: int = 0) -> list[str]:
     """The names of ``names`` a run of ``task`` computes (:func:`keras_metrics` builds exactly these).
 

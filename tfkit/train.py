@@ -68,7 +68,7 @@ from tfkit.models import load_model, predict_array
 from tfkit.optim import create_optimizer, layer_multipliers, offset_schedule
 from tfkit.run import (FoldFiles, RunFolder, oof_frame, oof_metrics, oof_probabilities, primary_metric, recompute_cv,
                        recompute_cv_frame)
-from tfkit.checks import validate
+from tfkit.checks import resolve_run_config, validate
 from tfkit.scheduler import create_schedule, phases, schedule_callbacks
 from tfkit.strategy import get_strategy
 from tfkit.swa import SWA_BN_BATCHES, SwaAverage, bn_update, swa_start
@@ -109,7 +109,7 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
     if run.fold(fold).done.is_file():
         return run.done(fold)
     setup = FoldSetup.create(cfg, records, fold, manifest, strategy)
-    fold = setup.fold
+    fold, cfg = setup.fold, setup.cfg  # the config with concrete metrics and monitor
     files = run.fold(fold)
     files.dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -294,6 +294,7 @@ def train(cfg: Config, records: str | os.PathLike, out: str | os.PathLike,
         folds = cfg.train.folds if cfg.train.folds is not None else range(manifest.require_folds())
     chosen = manifest.check_folds(folds)
     strategy = get_strategy()
+    cfg = resolve_run_config(cfg, manifest)  # metrics and monitor by task: the run folder keeps concrete names
     validate(cfg, manifest, replicas=strategy.num_replicas_in_sync)  # before the run folder exists
     run.path.mkdir(parents=True, exist_ok=True)
     _check_resume_config(cfg, run)
