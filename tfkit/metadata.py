@@ -42,24 +42,23 @@ from tfkit.utils import TfkitError
 __all__ = ["fit_encoding", "encode", "encoded_width", "MetadataEncoder", "describe"]
 
 
-def _spec(manifest: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    available = manifest.get("metadata") or {}
-    if name not in available:
-        raise TfkitError(f"data.metadata: column {name!r} is not in the records "
-                         f"(available: {', '.join(available) or 'none; rebuild the records with --meta'})")
-    spec = available[name]
-    if spec.get("kind") not in ("numeric", "categorical"):
-        raise TfkitError(f"manifest metadata {name!r}: kind must be numeric or categorical, got {spec.get('kind')!r}")
-    return spec
+def _raw_values(values: Any, spec: Mapping[str, Any]) -> np.ndarray:
+    """Column values as raw floats: numbers as they are; categories given as strings mapped to vocab indices."""
+    values = list(values) if not isinstance(values, np.ndarray) else values
+    if spec["kind"] == "categorical" and any(isinstance(v, str) or v is None for v in values):
+        index = {v: i for i, v in enumerate(spec.get("vocab") or [])}
+        return np.array([index.get(v, -1) if v is not None else -1 for v in values], dtype=np.float64)
+    return np.asarray(values, dtype=np.float64)
 
 
 def fit_encoding(rows: Any, names: Sequence[str], manifest: Mapping[str, Any]) -> dict:
     """Fit the metadata encoding on a fold's training rows.
 
     Args:
-        rows: the training rows' raw metadata, one column per name: numeric as
+        rows: the training rows' metadata, one column per name: numeric as
             float (NaN missing), categorical as the manifest vocabulary index
-            (-1 missing), e.g. ``tfkit.data.read_index(..., raw_meta=True)``.
+            (-1 missing) or as the category string (None missing), e.g.
+            ``tfkit.data.read_index(records, train_folds, extra=True)``.
         names: the columns fed to the model (``cfg.data.metadata``), in input order.
         manifest: the records' manifest (column kinds and vocabularies).
 
@@ -69,11 +68,12 @@ def fit_encoding(rows: Any, names: Sequence[str], manifest: Mapping[str, Any]) -
         categories present, manifest order), ``index`` (their manifest indices)
         and ``missing``.
     """
+    from tfkit.manifest import Manifest
+
     columns = []
     n = len(rows)
-    for name in names:
-        spec = _spec(manifest, name)
-        values = np.asarray(rows[name], dtype=np.float64)
+    for name, spec in Manifest.from_dict(manifest).metadata_columns(names):
+        values = _raw_values(rows[name], spec)
         if spec["kind"] == "numeric":
             known = values[np.isfinite(values)]
             mean = float(known.mean()) if known.size else 0.0
@@ -98,7 +98,7 @@ def encode(rows: Any, encoding: Mapping[str, Any]) -> np.ndarray:
     """NumPy reference of :class:`MetadataEncoder`: raw rows -> ``[N, encoded_width]`` float32."""
     parts = []
     for c in encoding["columns"]:
-        values = np.asarray(rows[c["name"]], dtype=np.float64)
+        values = _raw_values(rows[c["name"]], {"kind": c["kind"], "vocab": _full_vocab(c)})
         if c["kind"] == "numeric":
             missing = ~np.isfinite(values)
             parts += [np.where(missing, 0.0, (values - c["mean"]) / c["std"]), missing.astype(np.float64)]
@@ -106,6 +106,16 @@ def encode(rows: Any, encoding: Mapping[str, Any]) -> np.ndarray:
             idx = values.astype(np.int64)
             parts += [(idx == i).astype(np.float64) for i in c["index"]]
     return np.stack(parts, axis=1).astype(np.float32) if parts else np.zeros((len(rows), 0), np.float32)
+
+
+def _full_vocab(column: Mapping[str, Any]) -> list:
+    """A vocabulary in which each fitted category sits at its manifest index (for string inputs)."""
+    if column["kind"] != "categorical":
+        return []
+    vocab: list = [None] * int(column.get("vocab_size", max(column["index"], default=-1) + 1))
+    for i, v in zip(column["index"], column["vocab"]):
+        vocab[i] = v
+    return vocab
 
 
 def describe(encoding: Mapping[str, Any]) -> str:

@@ -21,12 +21,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import keras
 from keras import layers, ops
 
 from tfkit.manifest import resolve_task
+from tfkit.metadata import MetadataEncoder
 from tfkit.utils import TfkitError
 
 POOLINGS = ("avg", "max", "gem")
@@ -317,6 +318,7 @@ def create_model(
     head_units: Sequence[int] = (),
     meta_units: Sequence[int] = (32,),
     width: int = 32,
+    metadata: Mapping[str, Any] | None = None,
 ) -> keras.Model:
     """Build a classifier: preprocessing -> backbone -> pooling -> head, plus
     an optional metadata branch concatenated with the pooled image features.
@@ -329,12 +331,17 @@ def create_model(
             (C sigmoids) | ``regression`` (1 linear) | ``auto``.
         weights: ``None`` (random), ``"imagenet"`` (keras download) or a local
             ``.h5`` / ``.weights.h5`` / ``.keras`` file for the backbone.
-        meta_dim: width of the ``"meta"`` input; 0 for images only.
+        meta_dim: width of an already-encoded ``"meta"`` input; 0 for images only
+            (ignored when ``metadata`` is given).
         pooling: ``avg`` | ``max`` | ``gem``.
         dropout: dropout rate before each dense layer of the head.
         head_units: hidden dense layers of the head (swish).
         meta_units: dense layers of the metadata branch (ReLU).
         width: base width of ``small_cnn``.
+        metadata: a metadata encoding fitted on the training rows
+            (:func:`tfkit.metadata.fit_encoding`): the ``"meta"`` input then takes one
+            raw value per column and a :class:`~tfkit.metadata.MetadataEncoder` layer,
+            saved with the model, encodes it.
 
     Returns:
         An uncompiled ``keras.Model`` with input ``"image"`` (and ``"meta"``)
@@ -365,10 +372,12 @@ def create_model(
         x = GeMPooling2D(name="pool")(x)
 
     inputs = [image]
+    if metadata is not None:
+        meta_dim = len(metadata["columns"])
     if meta_dim > 0:
         meta = keras.Input((int(meta_dim),), name="meta", dtype="float32")
         inputs.append(meta)
-        m = meta
+        m = MetadataEncoder(metadata, name="meta_encoder")(meta) if metadata is not None else meta
         for i, units in enumerate(meta_units):
             m = layers.Dense(int(units), activation="relu", name=f"meta_dense{i}")(m)
         x = layers.Concatenate(name="concat")([x, m])
@@ -386,7 +395,8 @@ def create_model(
 
 
 def model_from_config(
-    model_cfg: Any, num_classes: int, image_size: int, task: str | None = None, meta_dim: int = 0
+    model_cfg: Any, num_classes: int, image_size: int, task: str | None = None, meta_dim: int = 0,
+    metadata: Mapping[str, Any] | None = None,
 ) -> keras.Model:
     """:func:`create_model` from a :class:`tfkit.config.ModelConfig`.
 
@@ -395,7 +405,8 @@ def model_from_config(
         num_classes: number of classes.
         image_size: input side (``cfg.data.image_size``).
         task: overrides ``model_cfg.task`` when given (``auto`` is resolved).
-        meta_dim: width of the metadata vector (``tfkit.data.metadata_dim``).
+        meta_dim: width of an already-encoded metadata vector.
+        metadata: the fold's fitted metadata encoding (see :func:`create_model`).
 
     Returns:
         The model.
@@ -410,7 +421,7 @@ def model_from_config(
         task=task if task not in (None, "") else model_cfg.task,
         weights=model_cfg.weights, meta_dim=meta_dim, pooling=model_cfg.pooling,
         dropout=model_cfg.dropout, head_units=tuple(model_cfg.head_units),
-        meta_units=tuple(model_cfg.meta_units), width=model_cfg.width,
+        meta_units=tuple(model_cfg.meta_units), width=model_cfg.width, metadata=metadata,
     )
 
 

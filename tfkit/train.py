@@ -64,6 +64,7 @@ from tfkit.fold_setup import FoldSetup
 from tfkit.losses import class_weights
 from tfkit.lr_find import lr_find
 from tfkit.manifest import Manifest, resolve_task
+from tfkit.metadata import describe as describe_metadata
 from tfkit.models import load_model, predict_array
 from tfkit.optim import create_optimizer, layer_multipliers, offset_schedule
 from tfkit.run import (FoldFiles, RunFolder, oof_frame, oof_metrics, oof_probabilities, primary_metric, recompute_cv,
@@ -73,7 +74,7 @@ from tfkit.scheduler import create_schedule, phases, schedule_callbacks
 from tfkit.strategy import get_strategy
 from tfkit.swa import SWA_BN_BATCHES, SwaAverage, bn_update, swa_start
 from tfkit.train_step import TrainingModel
-from tfkit.utils import TfkitError, pyplot, save_figure, seed_everything
+from tfkit.utils import TfkitError, pyplot, save_figure, seed_everything, write_json
 
 __all__ = ["train", "train_fold", "lr_find", "oof_frame", "oof_probabilities", "recompute_cv", "recompute_cv_frame",
            "TrainingModel", "bn_update", "FoldSetup", "phases"]
@@ -122,6 +123,9 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
             raise TfkitError(f"train.class_weight: expected null or balanced, got {cfg.train.class_weight!r}")
         labels = tfdata.read_index(records, folds=setup.train_folds, manifest=setup.manifest)["label"].to_numpy()
         cw = class_weights(labels, setup.num_classes)
+    if setup.metadata is not None:
+        write_json(files.metadata, setup.metadata)
+        print(f"fold {fold}: {describe_metadata(setup.metadata)}")
     resume = ResumeFolder(files.resume)
     state = resume.load_state()
     resumed_from = state["epoch"]
