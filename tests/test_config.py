@@ -65,8 +65,9 @@ def test_unknown_key_in_file_names_it(tmp_path):
 def test_yaml_is_loaded_safely(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("train: !!python/object/apply:os.system ['echo pwned']\n")
-    with pytest.raises(yaml.YAMLError):
+    with pytest.raises(ConfigError, match="invalid YAML at line 1 .*constructor") as e:
         load_config(p)
+    assert "\n" not in str(e.value)
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
@@ -103,3 +104,59 @@ def test_save_then_load_round_trips(tmp_path_factory, epochs, lr, size, folds):
     assert again == cfg
     assert config_to_dict(again) == dataclasses.asdict(cfg)
     assert [p.name for p in path.parent.iterdir()] == ["config.yaml"]  # no temp file left
+
+
+# --------------------------------------------------------------------------- --set and YAML errors
+
+
+def test_set_takes_several_pairs_after_one_flag_and_repeated_flags():
+    from tfkit.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--out", "r", "--set", "train.lr=3e-4", "train.metrics=[accuracy,f1]",
+                                      "--set", "data.image_size=48", "--folds", "0,1"])
+    assert args.overrides == ["train.lr=3e-4", "train.metrics=[accuracy,f1]", "data.image_size=48"]
+    assert args.folds == [0, 1]
+    cfg = load_config(None, args.overrides)
+    assert (cfg.train.lr, cfg.train.metrics, cfg.data.image_size) == (3e-4, ["accuracy", "f1"], 48)
+
+
+@pytest.mark.parametrize("text, line", [
+    ("train:\n  lr: 0.1\n  epochs: [1,\n", 4),
+    ("train:\n  lr: 0.1\n bad: 1\n", 3),
+    ("data:\n\timage_size: 3\n", 2),
+])
+def test_yaml_syntax_error_in_a_file_is_one_line_with_its_line(tmp_path, text, line):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "\n" not in msg and str(p) in msg and f"line {line}" in msg
+
+
+def test_non_utf8_config_is_one_line(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_bytes(b"train:\n  lr: 0.1 # caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 22\)") as e:
+        load_config(p)
+    assert "\n" not in str(e.value)
+
+
+@given(st.text(alphabet="[]{},:'\"abc12 ", min_size=1, max_size=12))
+@settings(max_examples=60, deadline=None)
+def test_any_set_value_parses_or_fails_in_one_line(value):
+    # Whatever a user types after '=', the result is a config or one ConfigError line, never a traceback.
+    try:
+        load_config(None, [f"train.metrics={value}"])
+    except ConfigError as e:
+        assert "\n" not in str(e)
+
+
+def test_set_without_key_or_equals_is_refused():
+    for text in ("=3", "train.lr"):
+        with pytest.raises(ConfigError, match="--set expects key=value"):
+            load_config(None, [text])
+
+
+def test_bare_off_is_the_word_for_string_keys():
+    assert load_config(None, ["train.mixed_precision=off"]).train.mixed_precision == "off"

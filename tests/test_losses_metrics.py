@@ -130,7 +130,7 @@ def test_keras_metrics_agree_with_numpy_multiclass(seed):
         m.update_state(onehot[:half], p[:half].astype(np.float32))
         m.update_state(onehot[half:], p[half:].astype(np.float32))
         got = float(m.result())
-        tol = 1e-2 if m.name == "auc" else 1e-5  # keras AUC uses 200 thresholds
+        tol = 2e-3 if m.name == "auc" else 1e-5  # HistogramAUC: 1,000 bins
         assert got == pytest.approx(ref[m.name], abs=tol), m.name
 
 
@@ -141,7 +141,7 @@ def test_keras_metrics_binary_and_regression():
     ref = compute_metrics(y, p, "binary")
     for m in keras_metrics(["accuracy", "auc", "f1", "log_loss", "qwk"], "binary", 2):
         m.update_state(y[:, None].astype(np.float32), p[:, None])
-        assert float(m.result()) == pytest.approx(ref[m.name], abs=1e-2 if m.name == "auc" else 1e-5), m.name
+        assert float(m.result()) == pytest.approx(ref[m.name], abs=2e-3 if m.name == "auc" else 1e-5), m.name
     t = rng.integers(0, 5, 50).astype(np.float32)
     pr = (t + rng.normal(0, 0.8, 50)).astype(np.float32)
     ref = compute_metrics(t, pr, "regression", num_classes=5)

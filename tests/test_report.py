@@ -145,3 +145,24 @@ def test_oof_tta_refuses_records_the_run_was_not_trained_on(tiny_run, small_reco
         oof_tta(tiny_run, other, tta=1, progress=False)
     assert main(["predict", "--run", str(tiny_run), "--records", str(small_records), "--oof",
                  "--out", str(tmp_path / "x.csv")]) == 2  # --out means nothing with --oof
+
+
+@pytest.mark.parametrize("n_classes, name_len", [(2, 1), (10, 3), (40, 12)])
+def test_confusion_title_clears_its_colour_bar(n_classes, name_len):
+    from tfkit.report import confusion_figure
+    from tfkit.utils import pyplot
+
+    rng = np.random.default_rng(n_classes)
+    labels = rng.integers(0, n_classes, 300)
+    pred = np.where(rng.random(300) < 0.7, labels, rng.integers(0, n_classes, 300))
+    classes = [f"{'c' * (name_len - 1)}{k}" for k in range(n_classes)]
+    fig = confusion_figure(labels, pred, classes)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    title = fig._suptitle.get_window_extent(renderer)
+    matrix, bar = fig.axes
+    for ax in (matrix, bar):  # the title is above both: no pixel in common
+        box = ax.get_tightbbox(renderer)
+        assert title.y0 >= box.y1 - 0.5, (n_classes, title, box)
+    assert fig._suptitle.get_text().startswith("Confusion matrix (OOF)")
+    pyplot().close(fig)

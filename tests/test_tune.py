@@ -114,7 +114,7 @@ def test_space_file_errors(tmp_path):
         T.load_space(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("train.lr: {min: 1\n")
-    with pytest.raises(TfkitError, match="not valid YAML"):
+    with pytest.raises(TfkitError, match="invalid YAML at line 2"):
         T.load_space(bad)
 
 

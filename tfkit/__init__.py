@@ -9,3 +9,9 @@ Heavy modules (TensorFlow) are imported lazily by each stage, so
 """
 
 __version__ = "0.1.0"
+
+from tfkit import quiet as _quiet
+
+# Before anything imports TensorFlow: its C++ start-up lines are held back
+# (tfkit.quiet; `--verbose` or a TF_CPP_MIN_LOG_LEVEL of your own shows them).
+_quiet.install()

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 from tfkit.augment import check_augment_config
@@ -28,8 +29,8 @@ from tfkit.backend import BACKENDS
 from tfkit.config import Config, DataConfig, PredictConfig, TrainConfig
 from tfkit.heads import check_head
 from tfkit.losses import check_loss
-from tfkit.manifest import resolve_task
-from tfkit.metrics import applicable_metrics
+from tfkit.manifest import Manifest, resolve_task
+from tfkit.metrics import METRICS, applicable_metrics, resolve_metrics
 from tfkit.models import check_model_config
 from tfkit.optim import check_optimizer
 from tfkit.scheduler import check_schedule, phases
@@ -37,7 +38,7 @@ from tfkit.strategy import PRECISION_MODES
 from tfkit.swa import swa_start
 from tfkit.utils import TfkitError
 
-__all__ = ["validate", "check_tta", "monitor_names", "AUGMENT_ON", "CLASS_WEIGHTS", "TTA_MODES", "MAX_VIEWS",
+__all__ = ["validate", "resolve_run_config", "check_tta", "monitor_names", "AUGMENT_ON", "CLASS_WEIGHTS", "TTA_MODES", "MAX_VIEWS",
            "AVERAGES", "FOLD_WEIGHTS", "OUTPUTS"]
 
 AUGMENT_ON = ("host", "device")
@@ -66,6 +67,8 @@ def validate(cfg: Config, manifest: Mapping[str, Any] | None = None, replicas: i
     Returns:
         None.
     """
+    if not predicting:  # a run's own config was resolved when it trained
+        cfg = resolve_run_config(cfg, manifest)
     _check_data(cfg.data)
     check_augment_config(cfg.augment)
     check_model_config(cfg.model.name, cfg.model.pooling, cfg.model.dropout, cfg.data.image_size)
@@ -77,6 +80,36 @@ def validate(cfg: Config, manifest: Mapping[str, Any] | None = None, replicas: i
         p = cfg.predict
         check_tta(p.tta, p.tta_mode, p.average, task or "multiclass")
         _check_predict(p)
+
+
+def resolve_run_config(cfg: Config, manifest: Mapping[str, Any] | None) -> Config:
+    """``cfg`` with ``train.metrics`` and ``train.monitor`` made concrete for the records' task.
+
+    ``metrics: null`` becomes the task's defaults and ``monitor: auto`` the metric
+    that fits it (:func:`tfkit.metrics.resolve_metrics`); QWK asked of classes not
+    declared ordinal (``data.ordinal`` or the manifest's ``ordinal``) is refused.
+    The run folder saves this resolved config, so every later stage reads concrete names.
+
+    Args:
+        cfg: the config.
+        manifest: the training records' manifest (``None``: ``cfg`` is returned as is).
+
+    Returns:
+        The resolved config (a copy; ``cfg`` is unchanged).
+
+    Example:
+        >>> from tfkit.config import load_config
+        >>> r = resolve_run_config(load_config(None), {"task": "binary", "classes": ["a", "b"]})
+        >>> r.train.metrics, r.train.monitor
+        (['auc', 'log_loss', 'accuracy', 'f1'], 'val_auc')
+    """
+    if manifest is None:
+        return cfg
+    m = Manifest.from_dict(manifest)
+    task = resolve_task(cfg.model.task, manifest=m)
+    names, monitor = resolve_metrics(cfg.train.metrics, cfg.train.monitor, task,
+                                     bool(cfg.data.ordinal or m.ordinal), m.classes)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, metrics=names, monitor=monitor))
 
 
 def _check_data(d: DataConfig) -> None:
@@ -91,8 +124,8 @@ def _check_train(t: TrainConfig, task: str | None, num_classes: int, replicas: i
     check_schedule(t)
     if task is not None:
         check_loss(t, task)
-    allowed = monitor_names(t.metrics, task, num_classes)
-    if t.monitor not in allowed:
+    allowed = monitor_names(list(METRICS) if t.metrics is None else t.metrics, task, num_classes)
+    if t.monitor not in allowed and t.monitor != "auto":
         raise TfkitError(f"train.monitor: {t.monitor!r} is not a metric of this run (expected one of: {', '.join(allowed)})")
     swa_start(t)
     if t.mixed_precision not in PRECISION_MODES:

@@ -11,7 +11,6 @@ printed as one line, ``tfkit: error: ...``, with exit status 2.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Callable, Sequence
 
@@ -39,8 +38,9 @@ def _names(text: str) -> list[str]:
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (every option has a default; see README)")
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override one config key, e.g. --set train.lr=3e-4 (repeatable)",
+        "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+        help="override config keys; values are YAML, e.g. --set train.lr=3e-4 train.metrics=[accuracy,f1] "
+        "(several pairs after one flag, and the flag repeated, both work)",
     )
 
 
@@ -55,6 +55,11 @@ def _add_backend_arg(p: argparse.ArgumentParser, default_from: str) -> None:
 def _select_backend(args: argparse.Namespace) -> str:
     # Before any stage module is imported: Keras fixes its backend at its first import.
     return select_backend(args.backend or "auto", "--backend")
+
+
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true",
+                   help="show everything TensorFlow prints (by default its C++ start-up lines are held back)")
 
 
 def _load_cfg(args: argparse.Namespace):
@@ -99,7 +104,7 @@ def cmd_build_records(args: argparse.Namespace) -> int:
         seed=args.seed, size=args.size, quality=args.quality, workers=args.workers, split=args.split,
         shard_size=args.shard_size, skip_bad=args.skip_bad, overwrite=args.overwrite,
         classes_from=args.classes_from, verify=args.verify, label_sep=args.label_sep, label_cols=args.label_cols,
-        target_cols=args.target_cols, channels=args.channels, exclude=args.exclude,
+        target_cols=args.target_cols, channels=args.channels, exclude=args.exclude, ordinal=args.ordinal,
     )
     return 0
 
@@ -256,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
+        _add_verbose(p)
         return p
 
     # datasets
@@ -270,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--test-size", type=float, default=0.2, help="held-out fraction of the scans for test.csv (default 0.2)")
     e.add_argument("--seed", type=int, default=42, help="seed of the stratified train/test split")
     e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    _add_verbose(e)
     e.set_defaults(func=cmd_datasets_export)
 
     # folds
@@ -312,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=_names, default=None, metavar="C1,C2,...",
                    help="one grey file per channel, <id>_<channel>.<ext>, e.g. red,green,blue,yellow; "
                         "stored losslessly as a PNG per channel (8- or 16-bit)")
+    p.add_argument("--ordinal", action="store_true",
+                   help="the classes are ordered grades (in the manifest's class order, natural sort): "
+                        "training then reports quadratic weighted kappa (QWK)")
     p.add_argument("--group-col", default=None, help="group column kept together in one fold, e.g. patient_id")
     p.add_argument("--meta", nargs="*", default=[], metavar="COL", help="extra metadata columns to store: numeric when every value is a number "
                    "(float, NaN when missing), else categorical (index into the manifest's vocab)")
@@ -394,8 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="with --images: CSV of ids to predict (default every image)")
     p.add_argument("--tta", type=int, default=None, help="views per image (default from the run's config)")
     p.add_argument("--out", default=None, help="submission CSV (default submission.csv)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a predict.* key, e.g. --set predict.average=gmean")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override predict.* keys, e.g. --set predict.average=gmean predict.tta=4")
     p.add_argument("--oof", action="store_true",
                    help="instead: recompute the out-of-fold predictions of the training --records with the same TTA "
                         "and print the CV score with and without TTA (writes RUN/oof_tta.csv, RUN/cv_tta.json)")
@@ -425,11 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # TensorFlow's C++ start-up chatter (oneDNN, CPU features) buries the
-    # output users need; they can still ask for it by setting the variable.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "verbose", False):
+        # Before any stage imports TensorFlow (tfkit.quiet held its start-up lines back).
+        from tfkit.quiet import show_everything
+
+        show_everything()
     try:
         return int(args.func(args) or 0)
     except TfkitError as e:

@@ -49,6 +49,7 @@ class DataConfig:
     metadata: list[str] = field(default_factory=list)  # metadata features fed to the model
     augment_on: str = "host"  # "host": in tf.data; "device": inside the model's train step
     oversample: bool = False  # class-balanced sampling for imbalanced data
+    ordinal: bool = False  # the classes are ordered grades (manifest order); also build-records --ordinal
     seed: int = 42
 
 
@@ -217,9 +218,13 @@ class TrainConfig:
     layer_lr_decay: float = 1.0  # discriminative LR: earlier blocks get lr * decay^depth
     layer_lr_groups: int = 5  # backbone layers are cut into this many groups for layer_lr_decay
     progressive: list[list[int]] = field(default_factory=list)  # [[epoch, image_size], ...]
-    monitor: str = "val_loss"
+    # "auto": the metric that fits the task (tfkit.metrics.resolve_metrics): val_auc
+    # (binary, multilabel), val_log_loss (multiclass), val_qwk (ordinal), val_rmse (regression)
+    monitor: str = "auto"
     early_stopping: int = 0  # patience in epochs; 0 turns it off
-    metrics: list[str] = field(default_factory=lambda: ["accuracy", "auc", "f1", "log_loss", "qwk"])
+    # None: by task (binary: auc, log_loss, accuracy, f1; multiclass: accuracy, log_loss,
+    # f1, auc; + qwk when the classes are ordinal). The first one is the CV headline.
+    metrics: list[str] | None = None
     mixed_precision: str = "auto"  # auto | off | float16 | bfloat16
     steps_per_execution: int = 1
     seed: int = 42
@@ -318,6 +323,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
         return value
     if annotation is str:
+        if isinstance(value, bool):
+            # YAML 1.1 reads a bare off/on (also no/yes) as a bool; for a string key
+            # such as train.mixed_precision the user meant the word.
+            value = "on" if value else "off"
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
@@ -341,12 +350,61 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str) -> None:
             setattr(obj, key, _coerce(value, types[key], full))
 
 
+def _yaml_problem(e: Exception) -> str:
+    """``yaml.YAMLError`` as one line: what went wrong and the 1-based line and column."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    what = getattr(e, "problem", None) or getattr(e, "context", None) or str(e).splitlines()[0]
+    return f"line {mark.line + 1} column {mark.column + 1}: {what}" if mark is not None else str(what)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` of ``text``; a syntax error is one :class:`ConfigError` line naming ``source``.
+
+    Example:
+        >>> parse_yaml("[1, 2", "--set x")
+        Traceback (most recent call last):
+        ...
+        tfkit.config.ConfigError: --set x: invalid YAML at line 1 column 6: expected ',' or ']', but got '<stream end>'
+    """
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: invalid YAML at {_yaml_problem(e)}") from None
+
+
+def read_yaml(path: str | os.PathLike, what: str = "config file") -> Any:
+    """Read a YAML file safely; a missing file, non-UTF-8 bytes or a syntax error is one line.
+
+    Args:
+        path: the file.
+        what: how the message names it ("config file", "search space file").
+
+    Returns:
+        The parsed document (``None`` for an empty file).
+
+    Raises:
+        ConfigError: naming the file (and the line, for a syntax error).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} not found: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); save the {what} as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the {what} ({e.strerror})") from None
+    return parse_yaml(text, str(p))
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"--set expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set expects key=value, got {text!r}")
     # YAML parses the value so "3" is an int, "[1,2]" a list and "null" None.
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    return key.strip().split("."), parse_yaml(raw, f"--set {text!r}") if raw.strip() else ""
 
 
 def config_from_dict(values: dict[str, Any] | None, overrides: Iterable[str] = ()) -> Config:
@@ -400,13 +458,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     """
     values: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        with open(p, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
+        values = read_yaml(path) or {}
         if not isinstance(values, dict):
-            raise ConfigError(f"{p}: expected a mapping of sections, got {type(values).__name__}")
+            raise ConfigError(f"{path}: expected a mapping of sections, got {type(values).__name__}")
     return config_from_dict(values, overrides)
 
 

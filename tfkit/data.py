@@ -110,59 +110,39 @@ def encode_targets(labels: tf.Tensor, task: str, num_classes: int) -> tf.Tensor:
     raise TfkitError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")
 
 
-def _meta_specs(manifest: dict, names: Sequence[str]) -> list[tuple[str, dict]]:
-    available = Manifest.from_dict(manifest).metadata
-    specs = []
-    for name in names:
-        if name not in available:
-            raise TfkitError(
-                f"data.metadata: column {name!r} is not in the records "
-                f"(available: {', '.join(available) or 'none; rebuild the records with --meta'})"
-            )
-        spec = available[name]
-        if spec.get("kind") not in ("numeric", "categorical"):
-            raise TfkitError(f"manifest metadata {name!r}: kind must be numeric or categorical, got {spec.get('kind')!r}")
-        specs.append((name, spec))
-    return specs
-
-
 def metadata_dim(manifest: dict, names: Sequence[str]) -> int:
-    """Width of the ``meta`` input: 1 per numeric column, the vocab size per categorical one.
+    """Width of the raw ``meta`` input: one value per column fed to the model.
+
+    The values are raw (numeric as float, NaN when missing; categorical as the
+    manifest vocabulary index, -1 when missing): the model's
+    :class:`tfkit.metadata.MetadataEncoder` encodes them with statistics of its
+    fold's training rows, so no statistic of a validation fold reaches training.
 
     Args:
         manifest: the records' manifest.
         names: metadata columns fed to the model (``cfg.data.metadata``).
 
     Returns:
-        D, the last dimension of the float32 ``meta`` tensor (0 when ``names`` is empty).
+        The last dimension of the float32 ``meta`` tensor (0 when ``names`` is empty).
 
     Example:
         >>> m = {"metadata": {"age": {"kind": "numeric", "mean": 50, "std": 10},
         ...                   "site": {"kind": "categorical", "vocab": ["head", "torso", "leg"]}}}
         >>> metadata_dim(m, ["age", "site"])
-        4
+        2
     """
-    return sum(1 if spec["kind"] == "numeric" else len(spec["vocab"]) for _, spec in _meta_specs(manifest, names))
+    return len(Manifest.from_dict(manifest).metadata_columns(names))
 
 
-def _meta_encoder(manifest: dict, names: Sequence[str]) -> Callable[[dict], tf.Tensor]:
-    """Per-example metadata encoder: numeric standardised with the manifest's
-    mean/std (NaN -> 0, i.e. the mean), categorical one-hot (-1 -> all zeros)."""
-    specs = _meta_specs(manifest, names)
+def _meta_raw(manifest: dict, names: Sequence[str]) -> Callable[[dict], tf.Tensor]:
+    """Per-example raw metadata ``[len(names)]`` float32: numeric as stored (NaN missing),
+    categorical as the vocabulary index (-1 missing)."""
+    cols = [name for name, _ in Manifest.from_dict(manifest).metadata_columns(names)]
 
-    def encode(meta: dict) -> tf.Tensor:
-        parts = []
-        for name, spec in specs:
-            value = meta[name]
-            if spec["kind"] == "numeric":
-                std = float(spec.get("std") or 1.0) or 1.0
-                x = (tf.cast(value, tf.float32) - float(spec.get("mean") or 0.0)) / std
-                parts.append(tf.reshape(tf.where(tf.math.is_nan(x), 0.0, x), [1]))
-            else:
-                parts.append(tf.reshape(tf.one_hot(tf.cast(value, tf.int32), len(spec["vocab"]), dtype=tf.float32), [-1]))
-        return tf.concat(parts, axis=0)
+    def raw(meta: dict) -> tf.Tensor:
+        return tf.stack([tf.cast(tf.reshape(meta[name], []), tf.float32) for name in cols])
 
-    return encode
+    return raw
 
 
 def select_files(records: str, folds: Sequence[int] | None = None, manifest: dict | None = None) -> list[str]:
@@ -448,8 +428,8 @@ def build_dataset(
 
     Returns:
         Dataset of ``(x, y)`` (train/eval) or ``x`` (predict), where ``x`` is float32
-        ``[B, S, S, 3]`` in [0, 1], or ``{"image": ..., "meta": float32 [B, D]}`` when
-        ``cfg.data.metadata`` names columns; ``y`` is float32 ``[B, C]`` or ``[B, 1]``.
+        ``[B, S, S, 3]`` in [0, 1], or ``{"image": ..., "meta": float32 [B, M]}`` when
+        ``cfg.data.metadata`` names M columns (raw values, see :func:`metadata_dim`); ``y`` is float32 ``[B, C]`` or ``[B, 1]``.
 
     Raises:
         TfkitError: unknown mode, bad folds, missing metadata column, no shards,
@@ -484,7 +464,7 @@ def build_dataset(
     task = resolve_task(cfg.model.task, manifest=manifest) if mode != "predict" else None
     num_classes = manifest.num_classes
     meta_names = list(dcfg.metadata or [])
-    encode_meta = _meta_encoder(manifest, meta_names) if meta_names else None
+    encode_meta = _meta_raw(manifest, meta_names) if meta_names else None
 
     ordered = bool(deterministic or not train)
     ds = _examples(files, _records.make_parser(manifest), train, seed, deterministic)

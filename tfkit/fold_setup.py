@@ -24,11 +24,12 @@ import keras
 
 from tfkit import data as tfdata
 from tfkit import records as tfrec
-from tfkit.checks import validate
+from tfkit.checks import resolve_run_config, validate
 from tfkit.config import Config
 from tfkit.distill import TrainTargets, prepare_targets
 from tfkit.losses import create_loss
 from tfkit.manifest import Manifest, resolve_task
+from tfkit.metadata import fit_encoding
 from tfkit.metrics import keras_metrics
 from tfkit.models import model_from_config
 from tfkit.strategy import JaxStrategy, get_strategy, gradient_replicas, set_mixed_precision
@@ -59,7 +60,7 @@ class FoldSetup:
     classes: list[str]
     strategy: Any
     global_batch: int
-    meta_dim: int
+    metadata: dict | None  # the metadata encoding fitted on the training folds (tfkit.metadata)
     targets: TrainTargets | None = None  # teacher soft targets / pseudo rows of this fold (tfkit.distill)
 
     @classmethod
@@ -83,15 +84,20 @@ class FoldSetup:
         manifest = Manifest.from_dict(manifest or tfrec.load_manifest(records))
         fold = manifest.check_folds([fold])[0]
         strategy = strategy or get_strategy()
+        cfg = resolve_run_config(cfg, manifest)
         validate(cfg, manifest, replicas=gradient_replicas(strategy))
         task = resolve_task(cfg.model.task, manifest=manifest)
         set_mixed_precision(cfg.train.mixed_precision, strategy)
-        meta_dim = tfdata.metadata_dim(manifest, cfg.data.metadata) if cfg.data.metadata else 0
+        train_folds = [f for f in range(manifest.n_folds) if f != fold]
+        metadata = None
+        if cfg.data.metadata:
+            # Fitted on the training folds' rows only: the validation fold is not even read.
+            rows = tfdata.read_index(records, folds=train_folds, manifest=manifest, extra=True)
+            metadata = fit_encoding(rows, cfg.data.metadata, manifest)
         targets = targets or prepare_targets(cfg, records, manifest, folds=[fold])
-        return cls(cfg=cfg, records=Path(records), manifest=manifest, fold=fold,
-                   train_folds=[f for f in range(manifest.n_folds) if f != fold], task=task,
+        return cls(cfg=cfg, records=Path(records), manifest=manifest, fold=fold, train_folds=train_folds, task=task,
                    classes=manifest.classes, strategy=strategy,
-                   global_batch=cfg.data.batch_size * strategy.num_replicas_in_sync, meta_dim=meta_dim,
+                   global_batch=cfg.data.batch_size * strategy.num_replicas_in_sync, metadata=metadata,
                    targets=targets.for_fold(fold) if targets is not None else None)
 
     @property
@@ -111,7 +117,7 @@ class FoldSetup:
 
     def build_model(self, size: int) -> keras.Model:
         """The config's model at ``size`` pixels (call inside ``strategy.scope()``)."""
-        return model_from_config(self.cfg.model, self.num_classes, size, self.task, self.meta_dim)
+        return model_from_config(self.cfg.model, self.num_classes, size, self.task, metadata=self.metadata)
 
     def freeze_backbone(self, model: keras.Model) -> None:
         """Make the layer named ``backbone`` non-trainable (``train.freeze_epochs``)."""

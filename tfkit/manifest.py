@@ -110,6 +110,11 @@ class Manifest(Mapping[str, Any]):
         return self._data.get("task")
 
     @property
+    def ordinal(self) -> bool:
+        """Whether ``build-records --ordinal`` declared the classes ordered grades (in class order)."""
+        return bool(self._data.get("ordinal", False))
+
+    @property
     def has_labels(self) -> bool:
         """Whether the records carry labels (``columns.label`` was given)."""
         return (self._data.get("columns") or {"label": True}).get("label") is not None
@@ -147,6 +152,26 @@ class Manifest(Mapping[str, Any]):
     def metadata_spec(self, column: str) -> dict:
         """The public encoding of one metadata column (keys starting with ``_`` left out; ``{}`` if absent)."""
         return {k: v for k, v in self.metadata.get(column, {}).items() if not k.startswith("_")}
+
+    def metadata_columns(self, names: Sequence[str]) -> list[tuple[str, dict]]:
+        """``(name, spec)`` of each metadata column fed to a model; a one-line error for an unknown one.
+
+        Example:
+            >>> Manifest.from_dict({"metadata": {"age": {"kind": "numeric"}}}).metadata_columns(["age"])
+            [('age', {'kind': 'numeric'})]
+        """
+        available = self.metadata
+        out = []
+        for name in names:
+            if name not in available:
+                raise TfkitError(f"data.metadata: column {name!r} is not in the records "
+                                 f"(available: {', '.join(available) or 'none; rebuild the records with --meta'})")
+            spec = available[name]
+            if spec.get("kind") not in ("numeric", "categorical"):
+                raise TfkitError(f"manifest metadata {name!r}: kind must be numeric or categorical, "
+                                 f"got {spec.get('kind')!r}")
+            out.append((name, spec))
+        return out
 
     def require_folds(self) -> int:
         """``n_folds`` of train records; a one-line error for records without folds."""

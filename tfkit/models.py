@@ -18,15 +18,17 @@ Example:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import keras
 from keras import layers, ops
 
 from tfkit.heads import arcface_output, check_head
 from tfkit.manifest import resolve_task
+from tfkit.metadata import MetadataEncoder
 from tfkit.utils import TfkitError
 
 POOLINGS = ("avg", "max", "gem")
@@ -320,6 +322,7 @@ def create_model(
     head: str = "dense",
     arcface_scale: float = 30.0,
     arcface_margin: float = 0.5,
+    metadata: Mapping[str, Any] | None = None,
 ) -> keras.Model:
     """Build a classifier: preprocessing -> backbone -> pooling -> head, plus
     an optional metadata branch concatenated with the pooled image features.
@@ -332,7 +335,8 @@ def create_model(
             (C sigmoids) | ``regression`` (1 linear) | ``auto``.
         weights: ``None`` (random), ``"imagenet"`` (keras download) or a local
             ``.h5`` / ``.weights.h5`` / ``.keras`` file for the backbone.
-        meta_dim: width of the ``"meta"`` input; 0 for images only.
+        meta_dim: width of an already-encoded ``"meta"`` input; 0 for images only
+            (ignored when ``metadata`` is given).
         pooling: ``avg`` | ``max`` | ``gem``.
         dropout: dropout rate before each dense layer of the head.
         head_units: hidden dense layers of the head (swish).
@@ -341,6 +345,10 @@ def create_model(
         head: ``dense`` or ``arcface`` (multiclass; :class:`tfkit.heads.ArcFace`).
         arcface_scale: ArcFace's logit scale ``s``.
         arcface_margin: ArcFace's angular margin ``m`` (radians).
+        metadata: a metadata encoding fitted on the training rows
+            (:func:`tfkit.metadata.fit_encoding`): the ``"meta"`` input then takes one
+            raw value per column and a :class:`~tfkit.metadata.MetadataEncoder` layer,
+            saved with the model, encodes it.
 
     Returns:
         An uncompiled ``keras.Model`` with input ``"image"`` (and ``"meta"``)
@@ -372,10 +380,12 @@ def create_model(
         x = GeMPooling2D(name="pool")(x)
 
     inputs = [image]
+    if metadata is not None:
+        meta_dim = len(metadata["columns"])
     if meta_dim > 0:
         meta = keras.Input((int(meta_dim),), name="meta", dtype="float32")
         inputs.append(meta)
-        m = meta
+        m = MetadataEncoder(metadata, name="meta_encoder")(meta) if metadata is not None else meta
         for i, units in enumerate(meta_units):
             m = layers.Dense(int(units), activation="relu", name=f"meta_dense{i}")(m)
         x = layers.Concatenate(name="concat")([x, m])
@@ -396,7 +406,8 @@ def create_model(
 
 
 def model_from_config(
-    model_cfg: Any, num_classes: int, image_size: int, task: str | None = None, meta_dim: int = 0
+    model_cfg: Any, num_classes: int, image_size: int, task: str | None = None, meta_dim: int = 0,
+    metadata: Mapping[str, Any] | None = None,
 ) -> keras.Model:
     """:func:`create_model` from a :class:`tfkit.config.ModelConfig`.
 
@@ -405,7 +416,8 @@ def model_from_config(
         num_classes: number of classes.
         image_size: input side (``cfg.data.image_size``).
         task: overrides ``model_cfg.task`` when given (``auto`` is resolved).
-        meta_dim: width of the metadata vector (``tfkit.data.metadata_dim``).
+        meta_dim: width of an already-encoded metadata vector.
+        metadata: the fold's fitted metadata encoding (see :func:`create_model`).
 
     Returns:
         The model.
@@ -420,6 +432,83 @@ def model_from_config(
         task=task if task not in (None, "") else model_cfg.task,
         weights=model_cfg.weights, meta_dim=meta_dim, pooling=model_cfg.pooling,
         dropout=model_cfg.dropout, head_units=tuple(model_cfg.head_units),
-        meta_units=tuple(model_cfg.meta_units), width=model_cfg.width,
+        meta_units=tuple(model_cfg.meta_units), width=model_cfg.width, metadata=metadata,
         head=model_cfg.head, arcface_scale=model_cfg.arcface_scale, arcface_margin=model_cfg.arcface_margin,
     )
+
+
+def load_model(path: str | os.PathLike, what: str = "model") -> keras.Model:
+    """Load a ``.keras`` file in Keras safe mode, uncompiled; every failure is one line naming the file.
+
+    Safe mode never runs code from the file: a ``Lambda`` layer (Python
+    bytecode) is refused, not executed. The zip container is checked first
+    (its CRCs cover every member), so a truncated, bit-flipped or foreign file
+    is named as such instead of Keras's "File not found" for a file that exists.
+
+    Args:
+        path: the ``.keras`` file.
+        what: how the message names it (e.g. "fold 2 model").
+
+    Returns:
+        The model.
+
+    Raises:
+        TfkitError: missing file, not a valid ``.keras`` archive, a Lambda layer,
+            or a layer class Keras cannot find.
+    """
+    import zipfile
+
+    p = Path(path)
+    if not p.is_file():
+        raise TfkitError(f"{p}: {what} not found")
+    try:
+        with zipfile.ZipFile(p) as z:
+            bad = z.testzip()
+            names = set(z.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise TfkitError(f"{p}: {what} is not a valid .keras file (truncated or corrupted: {e}); "
+                         "retrain the fold or restore the file") from None
+    if bad is not None or not {"config.json", "model.weights.h5"} <= names:
+        raise TfkitError(f"{p}: {what} is not a valid .keras file (corrupted member "
+                         f"{bad or 'config.json/model.weights.h5 missing'}); retrain the fold or restore the file")
+    try:
+        return keras.saving.load_model(p, compile=False, safe_mode=True)
+    except ValueError as e:
+        if "Lambda" in str(e):
+            raise TfkitError(f"{p}: refused to load {what}: it holds a Lambda layer (Python code); tfkit loads "
+                             "models in Keras safe mode and never runs code from a model file") from None
+        raise TfkitError(f"{p}: cannot load {what}: {str(e).splitlines()[0]}") from None
+    except (TypeError, KeyError, OSError) as e:
+        raise TfkitError(f"{p}: cannot load {what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def predict_array(model: keras.Model, dataset: Any) -> Any:
+    """Predict every batch of ``dataset`` with one static input shape; return ``[N, ...]`` float64.
+
+    ``model.predict`` traces its function again for the last, shorter batch;
+    with one new model per fold and a few validation batches each, TensorFlow
+    then warns of "triggered tf.function retracing". Here the last batch is
+    padded to the first batch's size (and the padding's outputs dropped), so
+    each model traces once.
+
+    Args:
+        model: a Keras model.
+        dataset: batches of ``x`` or ``(x, y)`` / ``(x, y, w)`` (``y`` ignored).
+
+    Returns:
+        NumPy array of the outputs, one row per example, in dataset order.
+    """
+    import numpy as np
+
+    parts, full = [], None
+    for batch in dataset:
+        x = batch[0] if isinstance(batch, tuple) else batch
+        n = int(keras.tree.flatten(x)[0].shape[0])
+        full = full or n
+        if n < full:
+            x = keras.tree.map_structure(
+                lambda t: np.concatenate([np.asarray(t), np.zeros((full - n, *t.shape[1:]), np.asarray(t).dtype)]), x)
+        parts.append(np.asarray(model.predict_on_batch(x), dtype=np.float64)[:n])
+    if not parts:
+        raise TfkitError("predict: the dataset yielded no batch")
+    return np.concatenate(parts)

@@ -596,8 +596,10 @@ def records_dataset(records: str | os.PathLike, cfg: Config, manifest: Manifest,
             "(build test records with --classes-from the training manifest)"
         )
     for col in cfg.data.metadata or []:
-        # The model learned one encoding (vocabulary order, mean/std) of each column.
-        if own.metadata_spec(col) != manifest.metadata_spec(col):
+        # Records store a category as its vocabulary index: the indices must mean what they meant in
+        # training (numbers are stored raw; each fold model standardises them with its own statistics).
+        if [own.metadata_spec(col).get(k) for k in ("kind", "vocab")] != \
+                [manifest.metadata_spec(col).get(k) for k in ("kind", "vocab")]:
             raise TfkitError(
                 f"{records}: metadata column {col!r} is encoded differently from the run's "
                 "(rebuild the records with --classes-from RUN/manifest.json)"

@@ -229,15 +229,20 @@ def gradcam(model: Any, images: Any, class_index: Sequence[int], layer: Any = No
 # --------------------------------------------------------------------------- plots
 
 
-def plot_confusion(labels: np.ndarray, pred: np.ndarray, classes: Sequence[str], path: Path) -> Path:
-    """Confusion-matrix PNG: counts in the cells, colour = row-normalised recall."""
+def confusion_figure(labels: np.ndarray, pred: np.ndarray, classes: Sequence[str]) -> Any:
+    """The confusion-matrix figure: counts in the cells, colour = row-normalised recall.
+
+    The title is the figure's (``suptitle`` under constrained layout), so it
+    sits above both the matrix and its colour bar and never runs into the bar,
+    however many classes (and however long the title) there are.
+    """
     from sklearn.metrics import confusion_matrix
 
     plt = pyplot()
     cm = confusion_matrix(labels, pred, labels=list(range(len(classes))))
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(max(4, 0.6 * n + 2), max(3.5, 0.6 * n + 1.5)))
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * n + 2), max(3.5, 0.6 * n + 1.5)), layout="constrained")
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     if n <= 30:
         for i in range(n):
@@ -248,9 +253,14 @@ def plot_confusion(labels: np.ndarray, pred: np.ndarray, classes: Sequence[str],
     ax.set_yticks(range(n), [str(c) for c in classes])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"Confusion matrix (OOF, n={len(labels)}, accuracy {np.mean(labels == pred):.4f})")
     fig.colorbar(im, ax=ax, label="fraction of the true class")
-    return save_figure(fig, path)
+    fig.suptitle(f"Confusion matrix (OOF)\nn={len(labels)}, accuracy {np.mean(labels == pred):.4f}")
+    return fig
+
+
+def plot_confusion(labels: np.ndarray, pred: np.ndarray, classes: Sequence[str], path: Path) -> Path:
+    """Confusion-matrix PNG (:func:`confusion_figure`)."""
+    return save_figure(confusion_figure(labels, pred, classes), path)
 
 
 def plot_calibration(bins: pd.DataFrame, ece: float, path: Path) -> Path:

@@ -13,6 +13,7 @@
     RUN/fold{k}/model.keras  the fold's model (best epoch, or SWA)   best.keras (with SWA)
     RUN/fold{k}/done.json    the fold's summary; its presence marks the fold finished
     RUN/fold{k}/oof.csv  history.csv  logs/ (TensorBoard)  resume/ (while training)
+    RUN/fold{k}/metadata.json  metadata encoding fitted on the fold's training rows (with data.metadata)
 
 Life cycle: ``train`` creates the folder and writes everything but the TTA
 files and the report; readers never write the training files.
@@ -58,6 +59,7 @@ class FoldFiles:
     oof: Path
     logs: Path  # TensorBoard
     resume: Path  # owned by tfkit.callbacks.ResumeFolder while the fold trains
+    metadata: Path  # the metadata encoding fitted on the fold's training rows (tfkit.metadata)
 
 
 class RunFolder:
@@ -85,7 +87,8 @@ class RunFolder:
         """The paths of fold ``k``'s files."""
         d = self.path / f"fold{int(k)}"
         return FoldFiles(dir=d, model=d / "model.keras", best=d / "best.keras", done=d / "done.json",
-                         history=d / "history.csv", oof=d / "oof.csv", logs=d / "logs", resume=d / "resume")
+                         history=d / "history.csv", oof=d / "oof.csv", logs=d / "logs", resume=d / "resume",
+                         metadata=d / "metadata.json")
 
     # ----------------------------------------------------------------------- config and manifest
 
@@ -136,14 +139,12 @@ class RunFolder:
 
     def load_model(self, k: int) -> Any:
         """Fold ``k``'s ``model.keras``, loaded with ``safe_mode=True`` and without compiling."""
-        import keras  # here, not at the top: reading a run's CSVs and JSONs needs no Keras
-
-        import tfkit.models  # noqa: F401  registers tfkit's serialisable layers before loading
+        from tfkit.models import load_model  # here, not at the top: reading a run's CSVs and JSONs needs no Keras
 
         path = self.fold(k).model
         if not path.is_file():
             raise TfkitError(f"{path}: model not found (fold {k} has not finished training)")
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
+        return load_model(path, f"fold {k} model")
 
     def histories(self) -> dict[int, pd.DataFrame]:
         """Each fold's ``history.csv`` (folds without one are left out)."""

@@ -247,7 +247,9 @@ def schedule_callbacks(train_cfg: Any) -> list[keras.callbacks.Callback]:
     """
     if train_cfg.schedule != "plateau":
         return []
-    mode = "min" if "loss" in train_cfg.monitor else "max"
+    from tfkit.metrics import lower_is_better
+
+    mode = "min" if lower_is_better(train_cfg.monitor) else "max"  # val_rmse too, not only *loss*
     return [
         keras.callbacks.ReduceLROnPlateau(
             monitor=train_cfg.monitor, factor=train_cfg.plateau_factor, patience=train_cfg.plateau_patience,

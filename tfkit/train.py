@@ -67,15 +67,17 @@ from tfkit.fold_setup import FoldSetup
 from tfkit.losses import class_weights
 from tfkit.lr_find import lr_find
 from tfkit.manifest import Manifest, resolve_task
+from tfkit.metadata import describe as describe_metadata
+from tfkit.models import load_model, predict_array
 from tfkit.optim import create_optimizer, layer_multipliers, offset_schedule
 from tfkit.run import (FoldFiles, RunFolder, oof_frame, oof_metrics, oof_probabilities, primary_metric, recompute_cv,
                        recompute_cv_frame)
-from tfkit.checks import validate
+from tfkit.checks import resolve_run_config, validate
 from tfkit.scheduler import create_schedule, phases, schedule_callbacks
 from tfkit.strategy import gradient_replicas, get_strategy, runtime_info
 from tfkit.swa import SWA_BN_BATCHES, SwaAverage, bn_update, swa_start
 from tfkit.train_step import TrainingModel
-from tfkit.utils import TfkitError, pyplot, save_figure, seed_everything
+from tfkit.utils import TfkitError, pyplot, save_figure, seed_everything, write_json
 
 __all__ = ["train", "train_fold", "lr_find", "oof_frame", "oof_probabilities", "recompute_cv", "recompute_cv_frame",
            "TrainingModel", "bn_update", "FoldSetup", "phases"]
@@ -115,7 +117,7 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
     if run.fold(fold).done.is_file():
         return run.done(fold)
     setup = FoldSetup.create(cfg, records, fold, manifest, strategy, targets=targets)
-    fold = setup.fold
+    fold, cfg = setup.fold, setup.cfg  # the config with concrete metrics and monitor
     files = run.fold(fold)
     files.dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -128,6 +130,9 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
             raise TfkitError(f"train.class_weight: expected null or balanced, got {cfg.train.class_weight!r}")
         labels = tfdata.read_index(records, folds=setup.train_folds, manifest=setup.manifest)["label"].to_numpy()
         cw = class_weights(labels, setup.num_classes)
+    if setup.metadata is not None:
+        write_json(files.metadata, setup.metadata)
+        print(f"fold {fold}: {describe_metadata(setup.metadata)}")
     resume = ResumeFolder(files.resume)
     state = resume.load_state()
     resumed_from = state["epoch"]
@@ -220,8 +225,8 @@ def _fold_callbacks(setup: FoldSetup, files: FoldFiles, resume: ResumeFolder, in
 
 def _evaluate(setup: FoldSetup, path: Path, size: int, index: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """OOF rows and validation metrics of the saved model at ``path`` on the held-out fold."""
-    model = keras.saving.load_model(path, safe_mode=True, compile=False)
-    proba = np.asarray(model.predict(setup.dataset(size, "predict", folds=[setup.fold]), verbose=0), dtype=np.float64)
+    model = load_model(path, f"fold {setup.fold} model")
+    proba = predict_array(model, setup.dataset(size, "predict", folds=[setup.fold]))
     if setup.pads_eval:
         proba = proba[: len(index)]  # the padded rows of the last batch
     if len(index) != len(proba):
@@ -305,6 +310,7 @@ def train(cfg: Config, records: str | os.PathLike, out: str | os.PathLike,
         folds = cfg.train.folds if cfg.train.folds is not None else range(manifest.require_folds())
     chosen = manifest.check_folds(folds)
     strategy = get_strategy()
+    cfg = resolve_run_config(cfg, manifest)  # metrics and monitor by task: the run folder keeps concrete names
     validate(cfg, manifest, replicas=gradient_replicas(strategy))  # before the run folder exists
     targets = prepare_targets(cfg, records, manifest, chosen, out=out)  # teacher / pseudo checked before any work
     run.path.mkdir(parents=True, exist_ok=True)

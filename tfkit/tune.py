@@ -56,7 +56,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import keras_tuner
-import yaml
 from keras_tuner.engine.base_tuner import BaseTuner
 
 from tfkit.config import (
@@ -64,6 +63,7 @@ from tfkit.config import (
     ConfigError,
     config_from_dict,
     config_to_dict,
+    read_yaml,
     save_config,
 )
 from tfkit.checks import validate
@@ -341,15 +341,8 @@ def load_space(space: str | os.PathLike | Mapping[str, Any]) -> SearchSpace:
     if not isinstance(space, (str, os.PathLike)):
         source, mapping = "search space", space
     else:
-        path = Path(space)
-        source = str(path)
-        if not path.is_file():
-            raise TfkitError(f"search space file not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            try:
-                mapping = yaml.safe_load(f)
-            except yaml.YAMLError as e:
-                raise TfkitError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        source = str(space)
+        mapping = read_yaml(space, "search space file")
     if not isinstance(mapping, Mapping):
         raise TfkitError(f"{source}: expected a mapping of config keys to specs, got {type(mapping).__name__}")
     params: list[Param] = []

@@ -92,6 +92,7 @@ def build_records(
     target_cols: Sequence[str] | None = None,
     channels: Sequence[str] | None = None,
     exclude: str | os.PathLike | None = None,
+    ordinal: bool = False,
 ) -> dict:
     """Turn a folder of images plus a CSV into fold-sharded TFRecords with a manifest.
 
@@ -133,6 +134,9 @@ def build_records(
             losslessly as one PNG per channel (8- or 16-bit as the files are).
         exclude: CSV listing ids to leave out (e.g. ``tfkit clean``'s ``flagged.csv``); every
             listed id must be in ``csv``. The records equal a build from the CSV without those rows.
+        ordinal: the classes are ordered grades, in the manifest's class order (natural
+            sort: "2" before "10"); recorded as ``"ordinal": true``, it lets training
+            report quadratic weighted kappa.
 
     Returns:
         The manifest dict (also written to ``out/manifest.json``).
@@ -151,7 +155,7 @@ def build_records(
         group_col=group_col, meta_cols=meta_cols, n_folds=n_folds, seed=seed, size=size, quality=quality,
         workers=workers, split=split, shard_size=shard_size, skip_bad=skip_bad, overwrite=overwrite,
         classes_from=classes_from, verify=verify, progress=progress, label_sep=label_sep,
-        label_cols=label_cols, target_cols=target_cols, channels=channels, exclude=exclude,
+        label_cols=label_cols, target_cols=target_cols, channels=channels, exclude=exclude, ordinal=ordinal,
     )
     train_manifest = read_train_manifest(spec.classes_from)
     spec = spec.with_train_manifest(train_manifest)
@@ -392,6 +396,8 @@ def manifest_dict(spec: BuildSpec, targets: Targets, layout: Layout, written: Wr
     }
     given = {"label_sep": spec.label_sep, "label_cols": list(spec.label_cols), "target_cols": list(spec.target_cols)}
     manifest["columns"].update({k: v for k, v in given.items() if v})
+    if spec.ordinal:
+        manifest["ordinal"] = True  # only when declared: other manifests keep their bytes
     return manifest
 
 

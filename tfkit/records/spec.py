@@ -62,6 +62,7 @@ class BuildSpec:
     target_cols: tuple[str, ...] = ()
     channels: tuple[str, ...] = ()
     exclude: Path | None = None
+    ordinal: bool = False
 
     def __post_init__(self) -> None:
         for name in ("csv", "images", "out"):
@@ -90,6 +91,8 @@ class BuildSpec:
             raise TfkitError("--label-col is required for the train split")
         if self.split == "train" and self.n_folds < 2:
             raise TfkitError(f"--folds must be >= 2, got {self.n_folds}")
+        if self.ordinal and self.task != "single":
+            raise TfkitError(f"--ordinal declares ordered classes of a single-label column; this build is {self.task}")
 
     def _check_targets(self) -> None:
         given = [f for f, v in (("--label-sep", self.label_sep is not None), ("--label-cols", self.label_cols),
