@@ -165,9 +165,13 @@ class TrainConfig:
     decay: float = 0.8  # rampup: exponential decay per epoch after sustain
     plateau_factor: float = 0.5
     plateau_patience: int = 2
-    loss: str = "auto"  # auto | crossentropy | focal | mse
+    loss: str = "auto"  # auto | crossentropy | focal | asl | mse | mae | huber | emd (tfkit.losses.TASK_LOSSES)
     label_smoothing: float = 0.0
     focal_gamma: float = 2.0
+    asl_gamma_pos: float = 0.0  # asymmetric loss (Ridnik et al. 2021): focusing of positives
+    asl_gamma_neg: float = 4.0  # ... of negatives
+    asl_clip: float = 0.05  # ... probability margin subtracted for negatives
+    huber_delta: float = 1.0  # huber: where the loss turns from quadratic to linear
     class_weight: str | None = None  # None | "balanced"
     clip_norm: float | None = None
     ema: float = 0.0  # decay of the weights' moving average; 0 turns EMA off
