@@ -140,8 +140,11 @@ class ModelConfig:
     dropout: float = 0.2
     head_units: list[int] = field(default_factory=list)  # hidden dense layers of the head
     meta_units: list[int] = field(default_factory=lambda: [32])  # metadata branch
-    task: str = "auto"  # auto | binary | multiclass | multilabel | regression
+    task: str = "auto"  # auto | binary | multiclass | multilabel | regression | distribution
     width: int = 32  # base width of small_cnn
+    output_range: list[float] | None = None  # regression: [low, high] bounds the output (scaled sigmoid)
+    channel_mean: list[float] = field(default_factory=list)  # per-channel image mean on [0, 1]; [] = off
+    channel_std: list[float] = field(default_factory=list)  # per-channel std, with channel_mean
 
 
 @dataclass

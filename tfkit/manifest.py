@@ -33,7 +33,7 @@ from tfkit.utils import TfkitError, read_json
 
 __all__ = ["TASKS", "Manifest", "resolve_task"]
 
-TASKS = ("binary", "multiclass", "multilabel", "regression")
+TASKS = ("binary", "multiclass", "multilabel", "regression", "distribution")
 
 
 class Manifest(Mapping[str, Any]):
@@ -216,8 +216,9 @@ def resolve_task(task: str = "auto", num_classes: int | None = None, manifest: M
         raise TfkitError(f"model.task: unknown task {task!r} (expected auto or one of: {', '.join(TASKS)})")
     if manifest is not None:
         _check_task_classes(resolved, Manifest.from_dict(manifest).classes)
-    elif resolved in ("multiclass", "multilabel") and num_classes is not None and num_classes < 2:
-        raise TfkitError(f"model.task={resolved} needs at least 2 classes, got {num_classes}")
+    elif resolved in ("multiclass", "multilabel", "distribution") and num_classes is not None and num_classes < 2:
+        raise TfkitError(f"model.task={resolved} needs at least 2 {'bins' if resolved == 'distribution' else 'classes'}, "
+                         f"got {num_classes}")
     return resolved
 
 
