@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -88,25 +88,39 @@ def _manifest(records: str, manifest: Mapping | None) -> Manifest:
 
 
 def encode_targets(labels: tf.Tensor, task: str, num_classes: int) -> tf.Tensor:
-    """Class indices -> float32 targets of the contract's shape.
+    """Labels as stored -> float32 targets of the contract's shape.
 
     Args:
-        labels: int tensor of class indices, shape ``[...]`` (-1 = unknown gives an all-zero row).
+        labels: an int class index (-1 = unknown gives an all-zero row), or a
+            float vector as multi-label and regression records store it
+            (multi-hot ``[C]``, targets ``[T]``).
         task: one of :data:`TASKS`.
         num_classes: number of classes.
 
     Returns:
-        float32 ``[..., C]`` (one-hot) for multiclass/multilabel, ``[..., 1]`` for binary/regression.
+        float32 ``[..., C]`` (one-hot) for multiclass, the multi-hot ``[..., C]``
+        for multilabel, ``[..., 1]`` for binary and regression on grades,
+        ``[..., T]`` targets for regression (never one-hot), histograms
+        normalised to sum to 1 for distribution (so mixup mixes distributions).
 
     Example:
         >>> encode_targets(tf.constant([2, 0]), "multiclass", 3).numpy().tolist()
         [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+        >>> encode_targets(tf.constant([2.0, 6.0]), "distribution", 2).numpy().tolist()
+        [0.25, 0.75]
     """
+    if task not in TASKS:
+        raise TfkitError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")
+    if labels.dtype.is_floating:  # a stored vector: multi-hot or numeric targets
+        y = tf.cast(labels, tf.float32)
+        if task == "distribution":
+            y = y / tf.maximum(tf.reduce_sum(y, axis=-1, keepdims=True), 1e-12)
+        return y
     if task in ("multiclass", "multilabel"):
         return tf.one_hot(tf.cast(labels, tf.int32), num_classes, dtype=tf.float32)
     if task in ("binary", "regression"):
         return tf.cast(labels, tf.float32)[..., None]
-    raise TfkitError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")
+    raise TfkitError(f"task {task} needs records with a vector of targets, these store a class index")
 
 
 def _meta_specs(manifest: dict, names: Sequence[str]) -> list[tuple[str, dict]]:
@@ -295,6 +309,9 @@ def read_index(
 
     Returns:
         DataFrame with columns id, label, fold, group (+ extras), one row per example.
+        Records with a label vector add one ``y_<name>`` column per class
+        (multi-label, 0/1) or target (regression); ``label`` then holds the
+        space-separated tags or the first target.
 
     Example:
         >>> idx = read_index("records", folds=[0])  # doctest: +SKIP
@@ -326,10 +343,14 @@ def read_index(
     data = {k: np.concatenate(v) for k, v in cols.items()}
     frame = pd.DataFrame({
         "id": [b.decode("utf-8") for b in data["id"]],
-        "label": data["label"].astype(np.int64),
+        "label": _label_column(data["label"], manifest),
         "fold": data["fold"].astype(np.int64),
         "group": [b.decode("utf-8") for b in data["group"]],
     })
+    if data["label"].ndim == 2:
+        names = _vector_names(manifest)
+        for j, name in enumerate(names):
+            frame[f"y_{name}"] = data["label"][:, j].astype(np.float64)
     if extra:
         frame["height"] = data["height"].astype(np.int64)
         frame["width"] = data["width"].astype(np.int64)
@@ -342,6 +363,23 @@ def read_index(
                 vocab = spec["vocab"]
                 frame[c] = [vocab[i] if 0 <= i < len(vocab) else None for i in v.astype(np.int64)]
     return frame
+
+
+def _vector_names(manifest: dict) -> list[str]:
+    """Names of the label vector's entries: the classes of multi-label records, the target columns of regression ones."""
+    manifest = Manifest.from_dict(manifest)
+    return manifest.classes if manifest.kind == "multilabel" else manifest.targets
+
+
+def _label_column(labels: np.ndarray, manifest: dict) -> Any:
+    """``label`` of the index: the class index, or for vector labels the tags
+    (multi-label, space-separated) or the first target (regression)."""
+    if labels.ndim == 1:
+        return labels.astype(np.int64)
+    if Manifest.from_dict(manifest).kind == "multilabel":
+        names = _vector_names(manifest)
+        return [" ".join(n for n, v in zip(names, row) if v > 0.5) for row in labels]
+    return labels[:, 0].astype(np.float64)
 
 
 def load_examples(
@@ -360,7 +398,8 @@ def load_examples(
             resized per example, as the training pipeline does).
 
     Returns:
-        ``{"image": uint8 [n, H, W, 3], "label": int64 [n], "id": str [n]}`` in the order of ``ids``.
+        ``{"image": uint8 [n, H, W, C], "label": int64 [n] (float [n, K] for vector labels), "id": str [n]}``
+        in the order of ``ids``.
 
     Raises:
         TfkitError: an id is not in the records.
@@ -381,13 +420,13 @@ def load_examples(
     ds = ds.map(_decoder(manifest, image_size), num_parallel_calls=DECODE_CALLS, deterministic=True)
     found: dict[str, tuple[np.ndarray, int]] = {}
     for ex in ds.map(lambda ex: {"image": ex["image"], "label": ex["label"], "id": ex["id"]}).as_numpy_iterator():
-        found.setdefault(ex["id"].decode("utf-8"), (ex["image"], int(ex["label"])))
+        found.setdefault(ex["id"].decode("utf-8"), (ex["image"], ex["label"]))
     missing = [i for i in wanted if i not in found]
     if missing:
         raise TfkitError(f"{records}: id(s) not found in the records: {missing[:5]}")
     return {
         "image": np.stack([found[i][0] for i in wanted]),
-        "label": np.array([found[i][1] for i in wanted], dtype=np.int64),
+        "label": np.stack([np.asarray(found[i][1]) for i in wanted]),
         "id": np.array(wanted),
     }
 
@@ -486,6 +525,8 @@ def build_dataset(
         decoded = True
     if train:
         if dcfg.oversample:
+            if manifest.kind != "single":
+                raise TfkitError(f"data.oversample balances single-label classes; these records are {manifest.kind}")
             labels = read_index(records, folds, manifest)["label"].to_numpy()
             ds = _balanced(ds, labels, num_classes, seed, dcfg.shuffle_buffer)
             if not repeat:

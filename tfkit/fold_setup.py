@@ -30,6 +30,7 @@ from tfkit.manifest import Manifest, resolve_task
 from tfkit.metrics import keras_metrics
 from tfkit.models import model_from_config
 from tfkit.strategy import get_strategy, set_mixed_precision
+from tfkit.targets import head_size, output_names
 from tfkit.train_step import TrainingModel
 from tfkit.utils import TfkitError
 
@@ -85,7 +86,7 @@ class FoldSetup:
         meta_dim = tfdata.metadata_dim(manifest, cfg.data.metadata) if cfg.data.metadata else 0
         return cls(cfg=cfg, records=Path(records), manifest=manifest, fold=fold,
                    train_folds=[f for f in range(manifest.n_folds) if f != fold], task=task,
-                   classes=manifest.classes, strategy=strategy,
+                   classes=output_names(manifest, task), strategy=strategy,
                    global_batch=cfg.data.batch_size * strategy.num_replicas_in_sync, meta_dim=meta_dim)
 
     @property
@@ -98,7 +99,9 @@ class FoldSetup:
 
     def build_model(self, size: int) -> keras.Model:
         """The config's model at ``size`` pixels (call inside ``strategy.scope()``)."""
-        return model_from_config(self.cfg.model, self.num_classes, size, self.task, self.meta_dim)
+        num_classes, n_targets = head_size(self.manifest, self.task)
+        return model_from_config(self.cfg.model, num_classes, size, self.task, self.meta_dim,
+                                 channels=self.manifest.n_channels, n_targets=n_targets)
 
     def freeze_backbone(self, model: keras.Model) -> None:
         """Make the layer named ``backbone`` non-trainable (``train.freeze_epochs``)."""
