@@ -207,7 +207,8 @@ class PredictConfig:
     fold_weights: str = "equal"  # equal | cv
     id_column: str = "id"
     label_columns: list[str] | None = None  # defaults to the class names
-    output: str = "proba"  # proba | label
+    output: str = "proba"  # proba | label (multilabel: space-separated tags; regression on grades: the grade)
+    threshold: str | float = "auto"  # multilabel tags: auto | f1 | f2 (thresholds.json, fitted on OOF) | a number
     batch_size: int | None = None  # images per batch before TTA (V views -> V x this per forward pass); default data.batch_size
     seed: int = 0  # seed of tta_mode=augment (same seed, same predictions)
 

@@ -259,3 +259,101 @@ def cv_metrics(frame: pd.DataFrame, names: Sequence[str], task: str,
     everything = np.ones(len(frame), dtype=bool)
     return {"metrics": score(everything),
             "folds": {str(int(k)): score(folds == k) for k in np.unique(folds)}}
+
+
+# --------------------------------------------------------------------------- decisions on new data
+
+
+def threshold_family(saved: dict, choice: str | float = "auto", primary: str | None = None) -> str | None:
+    """Which saved threshold family ``predict.threshold`` picks.
+
+    Args:
+        saved: ``thresholds.json`` (may be empty).
+        choice: ``auto`` (the family of the run's primary metric when it is an F
+            score, else ``f1``, else ``f2``), ``f1``, ``f2``, or a number (a
+            fixed threshold for every class: returns None).
+        primary: the run's primary metric (``cv.json``).
+
+    Returns:
+        ``"f1"``, ``"f2"`` or None (fixed thresholds).
+
+    Raises:
+        TfkitError: a family that the run did not fit, or an unreadable choice.
+
+    Example:
+        >>> threshold_family({"f1": [0.3], "f2": [0.2]}, "auto", "f2_samples_tuned")
+        'f2'
+    """
+    if choice == "auto":
+        fam = (primary or "").partition("_")[0]
+        for key in ([fam] if fam in ("f1", "f2") else []) + ["f1", "f2"]:
+            if key in saved:
+                return key
+        return None
+    if choice in ("f1", "f2"):
+        if choice not in saved:
+            raise TfkitError(f"predict.threshold={choice}: the run has no {choice} thresholds (thresholds.json is "
+                             f"written when train.metrics asks for a {choice}*_tuned score)")
+        return choice
+    try:
+        float(choice)
+    except ValueError:
+        raise TfkitError(f"predict.threshold: expected auto, f1, f2 or a number, got {choice!r}")
+    return None
+
+
+def decision_thresholds(saved: dict, choice: str | float, n_classes: int, primary: str | None = None) -> np.ndarray:
+    """Per-class thresholds for turning probabilities into tags on new data.
+
+    Returns:
+        float64 ``[C]``: the saved family's thresholds, or the fixed number
+        (0.5 with ``auto`` when the run saved none).
+
+    Example:
+        >>> decision_thresholds({}, "0.3", 2).tolist()
+        [0.3, 0.3]
+    """
+    fam = threshold_family(saved, choice, primary)
+    if fam is None:
+        return np.full(n_classes, 0.5 if choice == "auto" else float(choice))
+    t = np.asarray(saved[fam], dtype=np.float64)
+    if t.shape != (n_classes,):
+        raise TfkitError(f"thresholds.json: {fam} has {t.size} thresholds for {n_classes} classes")
+    return t
+
+
+def tags(proba: np.ndarray, names: Sequence[str], thresholds: np.ndarray) -> list[str]:
+    """Space-separated names of the classes at or above their threshold, per row.
+
+    Example:
+        >>> tags(np.array([[0.9, 0.2, 0.6], [0.1, 0.1, 0.1]]), ["a", "b", "c"], np.array([0.5, 0.5, 0.7]))
+        ['a', '']
+    """
+    on = np.asarray(proba) >= np.asarray(thresholds)[None, :]
+    return [" ".join(n for n, v in zip(names, row) if v) for row in on]
+
+
+def grades(preds: np.ndarray, n_grades: int, saved: dict) -> np.ndarray:
+    """Ordinal grades from regression outputs: the saved QWK cut points, else rounding; clipped to 0..K-1.
+
+    Example:
+        >>> grades(np.array([0.4, 1.2, 9.0]), 3, {"qwk": [0.3, 1.5]}).tolist()
+        [1, 1, 2]
+    """
+    p = np.asarray(preds, dtype=np.float64).reshape(-1)
+    g = th.apply_cut_points(p, saved["qwk"]) if "qwk" in saved else np.rint(p)
+    return np.clip(g, 0, n_grades - 1).astype(np.int64)
+
+
+def bin_values(names: Sequence[str]) -> np.ndarray:
+    """The value of each distribution bin: its name when every name is a number
+    (AVA's ``1..10``), else its index.
+
+    Example:
+        >>> bin_values(["1", "2", "3"]).tolist(), bin_values(["low", "high"]).tolist()
+        ([1.0, 2.0, 3.0], [0.0, 1.0])
+    """
+    try:
+        return np.array([float(n) for n in names])
+    except ValueError:
+        return np.arange(len(names), dtype=np.float64)
