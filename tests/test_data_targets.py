@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from tfkit import data
 from tfkit.augment import augment_batch
 from tfkit.config import AugmentConfig
+from tfkit.manifest import Manifest, resolve_task
 from tfkit.utils import TfkitError
 
 SETTINGS = settings(max_examples=15, deadline=None)
@@ -82,16 +83,18 @@ def test_tasks_each_kind_of_records_can_feed():
     multi = {"task": "multilabel", "classes": ["cloudy", "haze", "road"]}
     reg = {"task": "regression", "classes": [], "targets": ["pawpularity"]}
     dist = {"task": "regression", "targets": [f"vote{i}" for i in range(1, 11)]}
-    assert data.resolve_task(multi) == "multilabel"
-    assert data.resolve_task(reg) == "regression" and data.resolve_task(dist, "distribution") == "distribution"
+    assert resolve_task(manifest=multi) == "multilabel"
+    assert resolve_task(manifest=reg) == "regression"
+    assert resolve_task("distribution", manifest=dist) == "distribution"
     for task in ("multiclass", "binary"):  # the classic mistake: a softmax over non-exclusive labels
         with pytest.raises(TfkitError, match="softmax over labels that are not exclusive"):
-            data.resolve_task(multi, task)
+            resolve_task(task, manifest=multi)
     with pytest.raises(TfkitError, match="distribution needs regression records with one column per bin"):
-        data.resolve_task(reg, "distribution")
+        resolve_task("distribution", manifest=reg)
     with pytest.raises(TfkitError, match="does not fit regression records"):
-        data.resolve_task(reg, "multiclass")
+        resolve_task("multiclass", manifest=reg)
     with pytest.raises(TfkitError, match="build the records with --label-sep or --label-cols"):
-        data.resolve_task({"task": "multiclass", "classes": ["a", "b", "c"]}, "multilabel")
-    assert data.image_channels({"channels": ["red", "green", "blue", "yellow"]}) == 4
-    assert data.image_channels({"image": {"channels": 3}}) == 3
+        resolve_task("multilabel", manifest={"task": "multiclass", "classes": ["a", "b", "c"]})
+    rgby = Manifest.from_dict({"image": {"channels": 4, "channel_names": ["red", "green", "blue", "yellow"]}})
+    assert rgby.n_channels == 4 and rgby.channel_names[-1] == "yellow"
+    assert Manifest.from_dict({"image": {"channels": 3}}).n_channels == 3

@@ -257,23 +257,38 @@ def _examples(files: list[str], parse: Callable, train: bool, seed: int, determi
 
 def _decoder(manifest: Manifest, image_size: int) -> Callable[[dict], dict]:
     size = manifest.image_size
+    channels = manifest.n_channels
+    decode_image = _records.make_image_decoder(manifest)
 
     def decode(ex: dict) -> dict:
         ex = dict(ex)
-        image = tf.io.decode_jpeg(ex["image"], channels=3)
+        image = decode_image(ex["image"])
+        if image.dtype == tf.uint16:
+            # 16-bit channels keep their precision as float32 in [0, 1] (the pipeline takes uint8 or float32).
+            image = tf.cast(image, tf.float32) / 65535.0
         if size:
             # A static shape from the manifest; a shard that disagrees fails loudly here.
-            image = tf.ensure_shape(image, [int(size[0]), int(size[1]), 3])
+            image = tf.ensure_shape(image, [int(size[0]), int(size[1]), channels])
         else:
             # Sizes vary: one resize per example so examples can be batched; kept
             # uint8 so shuffle buffers and caches stay 4x smaller than float.
-            image = tf.image.resize(image, [image_size, image_size], antialias=True)
-            image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-            image = tf.ensure_shape(image, [image_size, image_size, 3])
+            resized = tf.image.resize(image, [image_size, image_size], antialias=True)
+            if image.dtype == tf.uint8:
+                resized = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+            image = tf.ensure_shape(resized, [image_size, image_size, channels])
         ex["image"] = image
         return ex
 
     return decode
+
+
+def _stored_shape(image: tf.Tensor) -> tf.Tensor:
+    """``[height, width]`` of a stored image from its header, without decoding:
+    a JPEG's SOF, or for multi-channel records the first channel PNG's IHDR."""
+    if image.shape.rank == 0:
+        return tf.io.extract_jpeg_shape(image)[:2]
+    wh = tf.io.decode_raw(tf.strings.substr(image[0], 16, 8), tf.int32, little_endian=False)
+    return tf.stack([wh[1], wh[0]])
 
 
 def _balanced(ds: tf.data.Dataset, labels: np.ndarray, num_classes: int, seed: int, buffer: int) -> tf.data.Dataset:
@@ -326,7 +341,7 @@ def read_index(
     def slim(ex: dict) -> dict:
         out = {"id": ex["id"], "label": ex["label"], "fold": ex["fold"], "group": ex["group"]}
         if extra:
-            shape = tf.io.extract_jpeg_shape(ex["image"])
+            shape = _stored_shape(ex["image"])
             out["height"], out["width"] = shape[0], shape[1]
             for c in meta_cols:
                 out[f"meta/{c}"] = ex["meta"][c]

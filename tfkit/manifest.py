@@ -137,8 +137,9 @@ class Manifest(Mapping[str, Any]):
 
     @property
     def has_labels(self) -> bool:
-        """Whether the records carry labels (``columns.label`` was given)."""
-        return (self._data.get("columns") or {"label": True}).get("label") is not None
+        """Whether the records carry labels (``columns.label``, ``label_cols`` or ``target_cols`` was given)."""
+        columns = self._data.get("columns") or {"label": True}
+        return any(columns.get(k) for k in ("label", "label_cols", "target_cols"))
 
     @property
     def folds(self) -> dict:
