@@ -147,7 +147,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from tfkit.demo import demo
 
-    demo(args.out, overwrite=args.overwrite, quick=args.quick)
+    demo(args.out, overwrite=args.overwrite, quick=args.quick, task=args.task)
     return 0
 
 
@@ -156,6 +156,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from tfkit.datasets import DATASETS
+    from tfkit.demo import DEMO_TASKS
 
     parser = argparse.ArgumentParser(
         prog="tfkit",
@@ -313,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo", help="demo folder (default demo/)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--quick", action="store_true", help="tiny setting (seconds, for smoke tests)")
+    p.add_argument("--task", choices=list(DEMO_TASKS), default="classification",
+                   help="classification (digits), multilabel (digit mosaics, tags) or regression (the digit as a number)")
     return parser
 
 

@@ -719,11 +719,11 @@ def predict(
         raise TfkitError(f"predict: {len(proba)} predictions for {len(ids)} ids (records index and data disagree)")
     names = output_names(manifest, task)
     folder = RunFolder(run)
-    frame = submission_frame(ids, proba, names, task, pcfg, thresholds=folder.read_thresholds(),
-                             primary=folder.read_cv().get("primary"))
+    saved = folder.read_thresholds()
+    frame = submission_frame(ids, proba, names, task, pcfg, thresholds=saved, primary=folder.read_cv().get("primary"))
     if records is not None and _known_labels(index):
         held = _oof_layout(index.assign(fold=-1), proba, names, task)
-        frame.attrs["metrics"] = oof_metrics(held, names, task, names=cfg.train.metrics)
+        frame.attrs["metrics"] = oof_metrics(held, names, task, names=cfg.train.metrics, thresholds=saved)
     if out is not None:
         write_csv(out, frame)
     msg = f"predicted {len(frame)} images with {len(folds)} folds x {pcfg.tta} {pcfg.tta_mode} views ({pcfg.average})"

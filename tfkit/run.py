@@ -263,15 +263,17 @@ def recompute_cv_frame(oof: pd.DataFrame, classes: list[str], task: str,
     return targets.cv_metrics(oof, classes, task, metric_names=names)
 
 
-def oof_metrics(frame: pd.DataFrame, classes: list[str], task: str, names: Sequence[str] | None = None) -> dict:
-    """Metrics of the rows of an OOF frame (``oof.csv`` layout) against their labels
-    (no ``*_tuned`` scores: one fold has no other fold to fit thresholds on).
+def oof_metrics(frame: pd.DataFrame, classes: list[str], task: str, names: Sequence[str] | None = None,
+                thresholds: dict | None = None) -> dict:
+    """Metrics of the rows of a prediction frame (``oof.csv`` layout) against their labels.
 
     Args:
         frame: id, labels and predictions (:func:`oof_frame`).
         classes: output names in manifest order.
         task: the task name.
         names: metric names; ``None`` for every applicable one.
+        thresholds: ``thresholds.json`` of the run: the ``*_tuned`` scores of
+            held-out predictions use them (fitted on the OOF rows, never on these).
 
     Returns:
         ``{name: value}`` with scalars as floats.
@@ -281,7 +283,8 @@ def oof_metrics(frame: pd.DataFrame, classes: list[str], task: str, names: Seque
 
     labels, preds = targets.oof_arrays(frame, classes, task)
     n = None if any(str(c).startswith("y_") for c in frame.columns) else len(classes)
-    return clean_metrics(compute_metrics(labels, preds, task, names=names, num_classes=n))
+    saved = {k: v for k, v in (thresholds or {}).items() if k in ("f1", "f2", "qwk")}
+    return clean_metrics(compute_metrics(labels, preds, task, names=names, num_classes=n, thresholds=saved or None))
 
 
 def recompute_cv(run: str | os.PathLike) -> dict:
