@@ -300,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "and print the CV score with and without TTA (writes RUN/oof_tta.csv, RUN/cv_tta.json)")
 
     # report
-    p = add("report", cmd_report, "confusion matrix, per-class metrics, top losses, Grad-CAM, calibration")
+    p = add("report", cmd_report, "confusion matrix, per-class metrics, top losses, Grad-CAM, calibration; "
+                                  "PR curves per class (multi-label), residuals (regression)")
     p.add_argument("--run", required=True, help="run folder written by tfkit train")
     p.add_argument("--out", default=None, help="report folder (default RUN/report)")
     p.add_argument("--worst", type=int, default=16, help="most confidently wrong images to show")
@@ -310,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["html", "md"], default="html", help="report.html (default) or report.md")
 
     # demo
-    p = add("demo", cmd_demo, "the whole workflow offline on the embedded digits dataset")
+    p = add("demo", cmd_demo, "the whole workflow offline on the embedded digits datasets")
     p.add_argument("--out", default="demo", help="demo folder (default demo/)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--quick", action="store_true", help="tiny setting (seconds, for smoke tests)")
