@@ -36,3 +36,25 @@ def test_demo_quick_via_cli(tmp_path, capsys):
     # refusing to overwrite is a one-line CLI error
     assert main(["demo", "--quick", "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_demo_multilabel_and_regression_quick(tmp_path, capsys):
+    out = tmp_path / "ml"
+    assert main(["demo", "--quick", "--task", "multilabel", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "CV f2_samples_tuned" in text and "held-out test f2_samples_tuned" in text
+    sub = pd.read_csv(out / "submission.csv", dtype={"id": str}, keep_default_na=False)
+    classes = read_json(out / "run" / "manifest.json")["classes"]
+    assert list(sub.columns) == ["id", "tags"]
+    assert all(set(t.split()) <= set(classes) for t in sub["tags"])
+    assert (out / "run" / "thresholds.json").is_file() and (out / "run" / "report" / "pr_curves.png").is_file()
+
+    out = tmp_path / "rg"
+    assert main(["demo", "--quick", "--task", "regression", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "CV rmse" in text and "held-out test rmse" in text
+    sub = pd.read_csv(out / "submission.csv", dtype={"id": str})
+    assert list(sub.columns) == ["id", "value"] and sub["value"].between(0, 9).all()
+    assert (out / "run" / "report" / "regression.png").is_file()
+    cv = read_json(out / "run" / "cv.json")
+    assert {"rmse", "qwk_tuned", "pearson"} <= set(cv["metrics"])

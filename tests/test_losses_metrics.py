@@ -192,7 +192,7 @@ def test_create_loss_per_task():
     assert isinstance(create_loss(focal, "binary", 2), keras.losses.BinaryFocalCrossentropy)
     with pytest.raises(TfkitError, match="regression uses mse"):
         create_loss(focal, "regression", 1)
-    with pytest.raises(TfkitError, match="mse is for regression"):
+    with pytest.raises(TfkitError, match=r"mse is for regression, distribution\)"):
         create_loss(TrainConfig(loss="mse"), "multiclass", 3)
     with pytest.raises(TfkitError, match="unknown loss"):
         create_loss(TrainConfig(loss="hinge"), "multiclass", 3)

@@ -183,7 +183,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _select_backend(args)
     from tfkit.demo import demo
 
-    demo(args.out, overwrite=args.overwrite, quick=args.quick)
+    demo(args.out, overwrite=args.overwrite, quick=args.quick, task=args.task)
     return 0
 
 
@@ -251,6 +251,8 @@ def _add_after_training(add: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tfkit.demo import DEMO_TASKS
+
     parser = argparse.ArgumentParser(
         prog="tfkit",
         description="Kaggle-grade image classification: records, folds, augmentation, training, tuning, TTA.",
@@ -412,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_arg(p, "auto: KERAS_BACKEND if set, else detected; models load on either backend")
 
     # report
-    p = add("report", cmd_report, "confusion matrix, per-class metrics, top losses, Grad-CAM, calibration")
+    p = add("report", cmd_report, "confusion matrix, per-class metrics, top losses, Grad-CAM, calibration; "
+                                  "PR curves per class (multi-label), residuals (regression)")
     p.add_argument("--run", required=True, help="run folder written by tfkit train")
     p.add_argument("--out", default=None, help="report folder (default RUN/report)")
     p.add_argument("--worst", type=int, default=16, help="most confidently wrong images to show")
@@ -423,10 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_arg(p, "auto: KERAS_BACKEND if set, else detected")
 
     # demo
-    p = add("demo", cmd_demo, "the whole workflow offline on the embedded digits dataset")
+    p = add("demo", cmd_demo, "the whole workflow offline on the embedded digits datasets")
     p.add_argument("--out", default="demo", help="demo folder (default demo/)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--quick", action="store_true", help="tiny setting (seconds, for smoke tests)")
+    p.add_argument("--task", choices=list(DEMO_TASKS), default="classification",
+                   help="classification (digits), multilabel (digit mosaics, tags) or regression (the digit as a number)")
 
     _add_backend_arg(p, "auto: KERAS_BACKEND if set, else detected")
 

@@ -175,7 +175,7 @@ class ModelConfig:
     dropout: float = 0.2
     head_units: list[int] = field(default_factory=list)  # hidden dense layers of the head
     meta_units: list[int] = field(default_factory=lambda: [32])  # metadata branch
-    task: str = "auto"  # auto | binary | multiclass | multilabel | regression
+    task: str = "auto"  # auto | binary | multiclass | multilabel | regression | distribution
     width: int = 32  # base width of small_cnn
     # Output head (tfkit.heads): dense (softmax/sigmoid) | arcface (additive angular
     # margin, multiclass): cosines to class vectors, margin (radians) on the true class
@@ -183,6 +183,9 @@ class ModelConfig:
     head: str = "dense"
     arcface_scale: float = 30.0
     arcface_margin: float = 0.5
+    output_range: list[float] | None = None  # regression: [low, high] bounds the output (scaled sigmoid)
+    channel_mean: list[float] = field(default_factory=list)  # per-channel image mean on [0, 1]; [] = off
+    channel_std: list[float] = field(default_factory=list)  # per-channel std, with channel_mean
 
 
 @dataclass
@@ -206,9 +209,13 @@ class TrainConfig:
     decay: float = 0.8  # rampup: exponential decay per epoch after sustain
     plateau_factor: float = 0.5
     plateau_patience: int = 2
-    loss: str = "auto"  # auto | crossentropy | focal | mse
+    loss: str = "auto"  # auto | crossentropy | focal | asl | mse | mae | huber | emd (tfkit.losses.TASK_LOSSES)
     label_smoothing: float = 0.0
     focal_gamma: float = 2.0
+    asl_gamma_pos: float = 0.0  # asymmetric loss (Ridnik et al. 2021): focusing of positives
+    asl_gamma_neg: float = 4.0  # ... of negatives
+    asl_clip: float = 0.05  # ... probability margin subtracted for negatives
+    huber_delta: float = 1.0  # huber: where the loss turns from quadratic to linear
     class_weight: str | None = None  # None | "balanced"
     clip_norm: float | None = None
     ema: float = 0.0  # decay of the weights' moving average; 0 turns EMA off
@@ -256,7 +263,8 @@ class PredictConfig:
     fold_weights: str = "equal"  # equal | cv
     id_column: str = "id"
     label_columns: list[str] | None = None  # defaults to the class names
-    output: str = "proba"  # proba | label
+    output: str = "proba"  # proba | label (multilabel: space-separated tags; regression on grades: the grade)
+    threshold: str | float = "auto"  # multilabel tags: auto | f1 | f2 (thresholds.json, fitted on OOF) | a number
     batch_size: int | None = None  # images per batch before TTA (V views -> V x this per forward pass); default data.batch_size
     seed: int = 0  # seed of tta_mode=augment (same seed, same predictions)
 

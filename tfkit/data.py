@@ -89,25 +89,39 @@ def _manifest(records: str, manifest: Mapping | None) -> Manifest:
 
 
 def encode_targets(labels: tf.Tensor, task: str, num_classes: int) -> tf.Tensor:
-    """Class indices -> float32 targets of the contract's shape.
+    """Labels as stored -> float32 targets of the contract's shape.
 
     Args:
-        labels: int tensor of class indices, shape ``[...]`` (-1 = unknown gives an all-zero row).
+        labels: an int class index (-1 = unknown gives an all-zero row), or a
+            float vector as multi-label and regression records store it
+            (multi-hot ``[C]``, targets ``[T]``).
         task: one of :data:`TASKS`.
         num_classes: number of classes.
 
     Returns:
-        float32 ``[..., C]`` (one-hot) for multiclass/multilabel, ``[..., 1]`` for binary/regression.
+        float32 ``[..., C]`` (one-hot) for multiclass, the multi-hot ``[..., C]``
+        for multilabel, ``[..., 1]`` for binary and regression on grades,
+        ``[..., T]`` targets for regression (never one-hot), histograms
+        normalised to sum to 1 for distribution (so mixup mixes distributions).
 
     Example:
         >>> encode_targets(tf.constant([2, 0]), "multiclass", 3).numpy().tolist()
         [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+        >>> encode_targets(tf.constant([2.0, 6.0]), "distribution", 2).numpy().tolist()
+        [0.25, 0.75]
     """
+    if task not in TASKS:
+        raise TfkitError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")
+    if labels.dtype.is_floating:  # a stored vector: multi-hot or numeric targets
+        y = tf.cast(labels, tf.float32)
+        if task == "distribution":
+            y = y / tf.maximum(tf.reduce_sum(y, axis=-1, keepdims=True), 1e-12)
+        return y
     if task in ("multiclass", "multilabel"):
         return tf.one_hot(tf.cast(labels, tf.int32), num_classes, dtype=tf.float32)
     if task in ("binary", "regression"):
         return tf.cast(labels, tf.float32)[..., None]
-    raise TfkitError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")
+    raise TfkitError(f"task {task} needs records with a vector of targets, these store a class index")
 
 
 def metadata_dim(manifest: dict, names: Sequence[str]) -> int:
@@ -226,23 +240,38 @@ def _examples(files: list[str], parse: Callable, train: bool, seed: int, determi
 
 def _decoder(manifest: Manifest, image_size: int) -> Callable[[dict], dict]:
     size = manifest.image_size
+    channels = manifest.n_channels
+    decode_image = _records.make_image_decoder(manifest)
 
     def decode(ex: dict) -> dict:
         ex = dict(ex)
-        image = tf.io.decode_jpeg(ex["image"], channels=3)
+        image = decode_image(ex["image"])
+        if image.dtype == tf.uint16:
+            # 16-bit channels keep their precision as float32 in [0, 1] (the pipeline takes uint8 or float32).
+            image = tf.cast(image, tf.float32) / 65535.0
         if size:
             # A static shape from the manifest; a shard that disagrees fails loudly here.
-            image = tf.ensure_shape(image, [int(size[0]), int(size[1]), 3])
+            image = tf.ensure_shape(image, [int(size[0]), int(size[1]), channels])
         else:
             # Sizes vary: one resize per example so examples can be batched; kept
             # uint8 so shuffle buffers and caches stay 4x smaller than float.
-            image = tf.image.resize(image, [image_size, image_size], antialias=True)
-            image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-            image = tf.ensure_shape(image, [image_size, image_size, 3])
+            resized = tf.image.resize(image, [image_size, image_size], antialias=True)
+            if image.dtype == tf.uint8:
+                resized = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+            image = tf.ensure_shape(resized, [image_size, image_size, channels])
         ex["image"] = image
         return ex
 
     return decode
+
+
+def _stored_shape(image: tf.Tensor) -> tf.Tensor:
+    """``[height, width]`` of a stored image from its header, without decoding:
+    a JPEG's SOF, or for multi-channel records the first channel PNG's IHDR."""
+    if image.shape.rank == 0:
+        return tf.io.extract_jpeg_shape(image)[:2]
+    wh = tf.io.decode_raw(tf.strings.substr(image[0], 16, 8), tf.int32, little_endian=False)
+    return tf.stack([wh[1], wh[0]])
 
 
 def _balanced(ds: tf.data.Dataset, labels: np.ndarray, num_classes: int, seed: int, buffer: int) -> tf.data.Dataset:
@@ -278,6 +307,9 @@ def read_index(
 
     Returns:
         DataFrame with columns id, label, fold, group (+ extras), one row per example.
+        Records with a label vector add one ``y_<name>`` column per class
+        (multi-label, 0/1) or target (regression); ``label`` then holds the
+        space-separated tags or the first target.
 
     Example::
 
@@ -293,7 +325,7 @@ def read_index(
     def slim(ex: dict) -> dict:
         out = {"id": ex["id"], "label": ex["label"], "fold": ex["fold"], "group": ex["group"]}
         if extra:
-            shape = tf.io.extract_jpeg_shape(ex["image"])
+            shape = _stored_shape(ex["image"])
             out["height"], out["width"] = shape[0], shape[1]
             for c in meta_cols:
                 out[f"meta/{c}"] = ex["meta"][c]
@@ -310,10 +342,14 @@ def read_index(
     data = {k: np.concatenate(v) for k, v in cols.items()}
     frame = pd.DataFrame({
         "id": [b.decode("utf-8") for b in data["id"]],
-        "label": data["label"].astype(np.int64),
+        "label": _label_column(data["label"], manifest),
         "fold": data["fold"].astype(np.int64),
         "group": [b.decode("utf-8") for b in data["group"]],
     })
+    if data["label"].ndim == 2:
+        names = _vector_names(manifest)
+        for j, name in enumerate(names):
+            frame[f"y_{name}"] = data["label"][:, j].astype(np.float64)
     if extra:
         frame["height"] = data["height"].astype(np.int64)
         frame["width"] = data["width"].astype(np.int64)
@@ -326,6 +362,23 @@ def read_index(
                 vocab = spec["vocab"]
                 frame[c] = [vocab[i] if 0 <= i < len(vocab) else None for i in v.astype(np.int64)]
     return frame
+
+
+def _vector_names(manifest: dict) -> list[str]:
+    """Names of the label vector's entries: the classes of multi-label records, the target columns of regression ones."""
+    manifest = Manifest.from_dict(manifest)
+    return manifest.classes if manifest.kind == "multilabel" else manifest.targets
+
+
+def _label_column(labels: np.ndarray, manifest: dict) -> Any:
+    """``label`` of the index: the class index, or for vector labels the tags
+    (multi-label, space-separated) or the first target (regression)."""
+    if labels.ndim == 1:
+        return labels.astype(np.int64)
+    if Manifest.from_dict(manifest).kind == "multilabel":
+        names = _vector_names(manifest)
+        return [" ".join(n for n, v in zip(names, row) if v > 0.5) for row in labels]
+    return labels[:, 0].astype(np.float64)
 
 
 def load_examples(
@@ -344,7 +397,8 @@ def load_examples(
             resized per example, as the training pipeline does).
 
     Returns:
-        ``{"image": uint8 [n, H, W, 3], "label": int64 [n], "id": str [n]}`` in the order of ``ids``.
+        ``{"image": uint8 [n, H, W, C], "label": int64 [n] (float [n, K] for vector labels), "id": str [n]}``
+        in the order of ``ids``.
 
     Raises:
         TfkitError: an id is not in the records.
@@ -366,13 +420,13 @@ def load_examples(
     ds = ds.map(_decoder(manifest, image_size), num_parallel_calls=DECODE_CALLS, deterministic=True)
     found: dict[str, tuple[np.ndarray, int]] = {}
     for ex in ds.map(lambda ex: {"image": ex["image"], "label": ex["label"], "id": ex["id"]}).as_numpy_iterator():
-        found.setdefault(ex["id"].decode("utf-8"), (ex["image"], int(ex["label"])))
+        found.setdefault(ex["id"].decode("utf-8"), (ex["image"], ex["label"]))
     missing = [i for i in wanted if i not in found]
     if missing:
         raise TfkitError(f"{records}: id(s) not found in the records: {missing[:5]}")
     return {
         "image": np.stack([found[i][0] for i in wanted]),
-        "label": np.array([found[i][1] for i in wanted], dtype=np.int64),
+        "label": np.stack([np.asarray(found[i][1]) for i in wanted]),
         "id": np.array(wanted),
     }
 
@@ -491,6 +545,8 @@ def build_dataset(
         decoded = True
     if train:
         if dcfg.oversample:
+            if manifest.kind != "single":
+                raise TfkitError(f"data.oversample balances single-label classes; these records are {manifest.kind}")
             labels = read_index(records, folds, manifest)["label"].to_numpy()
             if targets is not None:
                 labels = np.concatenate([labels, targets.pseudo_labels])

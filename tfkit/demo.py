@@ -1,10 +1,20 @@
-"""``tfkit demo``: the whole workflow, offline, on the embedded digits dataset.
+"""``tfkit demo``: the whole workflow, offline, on the embedded digits datasets.
 
-Export the 1,797 scikit-learn digit scans as PNGs -> build train and held-out
-test records -> train 5 folds with the tuned digits config -> recompute the
-out-of-fold score with TTA -> predict the held-out test set with every fold and
-TTA -> write the evaluation report -> print the CV score, the held-out score
-and where every output is.
+Export the digit scans as PNGs -> build train and held-out test records ->
+train the folds -> recompute the out-of-fold score with TTA -> predict the
+held-out test set with every fold and TTA -> write the evaluation report ->
+print the CV score, the held-out score and where every output is.
+
+``task`` picks the dataset (:data:`DEMO_TASKS`):
+
+* ``classification``: the 1,797 digit scans, 10 classes (the tuned digits config).
+* ``multilabel``: 2x2 mosaics of scans tagged with the digits they show
+  (``digits-multilabel``, Planet style): sigmoid head, asymmetric loss, mean
+  F2 over images with per-class thresholds fitted on the out-of-fold
+  predictions; the submission is space-separated tags.
+* ``regression``: each scan's digit as a number (``digits-regression``, APTOS
+  style: an ordinal grade trained as regression): a bounded output, RMSE and
+  QWK after cut points fitted on the out-of-fold predictions.
 
 Example::
 
@@ -15,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -22,7 +33,7 @@ from typing import Any
 
 import pandas as pd
 
-from tfkit.utils import prepare_out_dir, write_csv
+from tfkit.utils import TfkitError, prepare_out_dir, write_csv
 
 DIGITS_CONFIG = Path(__file__).parent / "configs" / "digits.yaml"
 # Digits have an "up" (a 6 is not a 9): no dihedral or flip views. TTA instead
@@ -34,15 +45,55 @@ QUICK = [
 ]
 
 
-def _subset(csv: Path, n: int, out: Path) -> Path:
-    """The first ``n`` rows per the CSV's order, stratified by taking each class in turn."""
+@dataclasses.dataclass(frozen=True)
+class DemoTask:
+    """One demo: which embedded dataset, how its labels are read, what changes in the digits config.
+
+    Attributes:
+        dataset: a :data:`tfkit.datasets.DATASETS` name.
+        labels: :func:`tfkit.records.build_records` keyword arguments naming the label columns.
+        overrides: ``--set`` overrides on top of ``configs/digits.yaml``.
+        stratify: CSV column the quick subset takes in turn (None: the first rows).
+    """
+
+    dataset: str
+    labels: dict
+    overrides: tuple[str, ...] = ()
+    stratify: str | None = "label"
+
+
+DEMO_TASKS = {
+    "classification": DemoTask("digits", {"label_col": "label"}),
+    "multilabel": DemoTask(
+        "digits-multilabel", {"label_col": "tags", "label_sep": " "},
+        # the mosaics are 16x16 (four 8x8 scans): 32 px gives each digit the 16 px of the digits demo
+        ("data.image_size=32", "train.loss=asl", "train.label_smoothing=0",
+         "train.metrics=[f2_samples_tuned,f1_samples_tuned,map,auc,f2_samples]",
+         "predict.output=label", "predict.label_columns=[tags]"),
+        stratify=None,
+    ),
+    "regression": DemoTask(
+        "digits-regression", {"label_col": None, "target_cols": ["value"]},
+        ("model.task=regression", "model.output_range=[0,9]", "train.loss=huber", "train.label_smoothing=0",
+         "train.metrics=[rmse,qwk_tuned,qwk,mae,pearson,spearman]", "train.monitor=val_loss"),
+        stratify="value",
+    ),
+}
+
+
+def _subset(csv: Path, n: int, out: Path, by: str | None = "label") -> Path:
+    """The first ``n`` rows per the CSV's order, stratified by taking each value of ``by`` in turn."""
     frame = pd.read_csv(csv, dtype={"id": str})
-    per_class = max(1, n // frame["label"].nunique())
-    write_csv(out, frame.groupby("label", group_keys=False).head(per_class).sort_values("id"))
+    if by is None:
+        write_csv(out, frame.head(n))
+        return out
+    per_class = max(1, n // frame[by].nunique())
+    write_csv(out, frame.groupby(by, group_keys=False).head(per_class).sort_values("id"))
     return out
 
 
-def demo(out: str | os.PathLike = "demo", overwrite: bool = False, quick: bool = False) -> dict[str, Any]:
+def demo(out: str | os.PathLike = "demo", overwrite: bool = False, quick: bool = False,
+         task: str = "classification") -> dict[str, Any]:
     """Run export -> records -> 5-fold training -> TTA predictions -> report on the digits.
 
     Args:
@@ -50,6 +101,7 @@ def demo(out: str | os.PathLike = "demo", overwrite: bool = False, quick: bool =
         overwrite: replace the contents of a non-empty ``out``.
         quick: tiny setting for smoke tests (a subset of the images, 2 folds,
             1 epoch of a 4-channel CNN): seconds, not a meaningful score.
+        task: ``classification``, ``multilabel`` or ``regression`` (:data:`DEMO_TASKS`).
 
     Returns:
         ``{"cv": cv dict, "cv_tta": oof TTA dict, "test_metrics": {...}, "seconds": float,
@@ -66,26 +118,29 @@ def demo(out: str | os.PathLike = "demo", overwrite: bool = False, quick: bool =
     from tfkit.report import report
     from tfkit.train import train
 
+    if task not in DEMO_TASKS:
+        raise TfkitError(f"demo --task: expected one of {', '.join(DEMO_TASKS)}, got {task!r}")
+    spec = DEMO_TASKS[task]
     t0 = time.time()
     out = prepare_out_dir(out, overwrite, what="demo folder")
-    overrides = DEMO_PREDICT + (QUICK if quick else [])
+    overrides = DEMO_PREDICT + list(spec.overrides) + (QUICK if quick else [])
     cfg = load_config(DIGITS_CONFIG, overrides)
     size = int(cfg.data.image_size)
     n_folds = 2 if quick else 5
 
-    print(f"[1/6] exporting the digits dataset -> {out / 'data'}")
-    data = export_dataset("digits", out / "data", test_size=0.2, seed=42)
+    print(f"[1/6] exporting the {spec.dataset} dataset -> {out / 'data'}")
+    data = export_dataset(spec.dataset, out / "data", test_size=0.2, seed=42)
     train_csv, test_csv = Path(data["train_csv"]), Path(data["test_csv"])
     if quick:
-        train_csv = _subset(train_csv, 120, out / "train_quick.csv")
-        test_csv = _subset(test_csv, 40, out / "test_quick.csv")
+        train_csv = _subset(train_csv, 120, out / "train_quick.csv", spec.stratify)
+        test_csv = _subset(test_csv, 40, out / "test_quick.csv", spec.stratify)
 
     print(f"[2/6] building records ({size} px, {n_folds} folds) -> {out / 'records'}")
     records, test_records = out / "records" / "train", out / "records" / "test"
     build_records(csv=train_csv, images=data["images"], out=records, size=size, n_folds=n_folds, seed=42,
-                  progress=not quick)
+                  progress=not quick, **spec.labels)
     build_records(csv=test_csv, images=data["images"], out=test_records, size=size, split="test",
-                  classes_from=records / "manifest.json", progress=not quick)
+                  classes_from=records / "manifest.json", progress=not quick, **spec.labels)
 
     print(f"[3/6] training {n_folds} folds ({cfg.model.name}, {cfg.train.epochs} epochs) -> {out / 'run'}")
     run = out / "run"

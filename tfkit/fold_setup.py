@@ -33,6 +33,7 @@ from tfkit.metadata import fit_encoding
 from tfkit.metrics import keras_metrics
 from tfkit.models import model_from_config
 from tfkit.strategy import JaxStrategy, get_strategy, gradient_replicas, set_mixed_precision
+from tfkit.targets import head_size, output_names
 from tfkit.train_step import TrainingModel
 from tfkit.utils import TfkitError
 
@@ -96,7 +97,7 @@ class FoldSetup:
             metadata = fit_encoding(rows, cfg.data.metadata, manifest)
         targets = targets or prepare_targets(cfg, records, manifest, folds=[fold])
         return cls(cfg=cfg, records=Path(records), manifest=manifest, fold=fold, train_folds=train_folds, task=task,
-                   classes=manifest.classes, strategy=strategy,
+                   classes=output_names(manifest, task), strategy=strategy,
                    global_batch=cfg.data.batch_size * strategy.num_replicas_in_sync, metadata=metadata,
                    targets=targets.for_fold(fold) if targets is not None else None)
 
@@ -117,7 +118,9 @@ class FoldSetup:
 
     def build_model(self, size: int) -> keras.Model:
         """The config's model at ``size`` pixels (call inside ``strategy.scope()``)."""
-        return model_from_config(self.cfg.model, self.num_classes, size, self.task, metadata=self.metadata)
+        num_classes, n_targets = head_size(self.manifest, self.task)
+        return model_from_config(self.cfg.model, num_classes, size, self.task, metadata=self.metadata,
+                                 channels=self.manifest.n_channels, n_targets=n_targets)
 
     def freeze_backbone(self, model: keras.Model) -> None:
         """Make the layer named ``backbone`` non-trainable (``train.freeze_epochs``)."""

@@ -31,9 +31,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from tfkit.utils import TfkitError, read_json
 
-__all__ = ["TASKS", "Manifest", "resolve_task"]
+__all__ = ["TASKS", "TASKS_OF_KIND", "Manifest", "resolve_task"]
 
-TASKS = ("binary", "multiclass", "multilabel", "regression")
+TASKS = ("binary", "multiclass", "multilabel", "regression", "distribution")
 
 
 class Manifest(Mapping[str, Any]):
@@ -115,9 +115,36 @@ class Manifest(Mapping[str, Any]):
         return bool(self._data.get("ordinal", False))
 
     @property
+    def kind(self) -> str:
+        """What the labels are: ``single`` (one class index per image), ``multilabel``
+        (a multi-hot vector over :attr:`classes`) or ``regression`` (float :attr:`targets`)."""
+        task = self._data.get("task")
+        return task if task in ("multilabel", "regression") else "single"
+
+    @property
+    def targets(self) -> list[str]:
+        """Regression target columns (empty for class labels)."""
+        return [str(t) for t in self._data.get("targets") or []]
+
+    @property
+    def channel_names(self) -> list[str]:
+        """Channel names of multi-channel records (``r, g, b`` for RGB JPEG records)."""
+        image = self._data.get("image") or {}
+        names = image.get("channel_names")
+        if names:
+            return [str(c) for c in names]
+        n = int(image.get("channels") or 3)
+        return ["r", "g", "b"] if n == 3 else [f"c{k}" for k in range(n)]
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
     def has_labels(self) -> bool:
-        """Whether the records carry labels (``columns.label`` was given)."""
-        return (self._data.get("columns") or {"label": True}).get("label") is not None
+        """Whether the records carry labels (``columns.label``, ``label_cols`` or ``target_cols`` was given)."""
+        columns = self._data.get("columns") or {"label": True}
+        return any(columns.get(k) for k in ("label", "label_cols", "target_cols"))
 
     @property
     def folds(self) -> dict:
@@ -210,16 +237,30 @@ class Manifest(Mapping[str, Any]):
         return self.get("folds") == other.get("folds") and shards(self) == shards(other)
 
 
+# Which model tasks each kind of records can feed (Manifest.kind); "auto" takes the
+# first (single-label records: binary for 2 classes, else multiclass).
+TASKS_OF_KIND = {
+    "single": ("multiclass", "binary", "regression"),
+    "multilabel": ("multilabel",),
+    "regression": ("regression", "distribution"),
+}
+
+
 def resolve_task(task: str = "auto", num_classes: int | None = None, manifest: Mapping[str, Any] | None = None) -> str:
-    """The task a model trains for: ``auto`` resolved, and checked against the classes.
+    """The task a model trains for: ``auto`` resolved, and checked against the records.
 
     ``auto`` is the records' task when a manifest is given (multiclass if it has
-    none), else binary for 2 classes and multiclass otherwise.
+    none), else binary for 2 classes and multiclass otherwise. With a manifest,
+    a softmax over labels that are not exclusive is refused before any
+    training (multi-label records train ``multilabel``, one sigmoid per label),
+    and ``distribution`` (a softmax over ordered bins) needs regression records
+    with a column per bin (:data:`TASKS_OF_KIND`).
 
     Args:
         task: ``cfg.model.task``: ``auto`` or one of :data:`TASKS`.
-        num_classes: number of classes (labels for multilabel; ignored for regression).
-        manifest: the records' manifest; its classes are checked against the task.
+        num_classes: number of classes (labels for multilabel, bins for
+            distribution; ignored for regression).
+        manifest: the records' manifest; its labels are checked against the task.
 
     Returns:
         One of :data:`TASKS`.
@@ -240,20 +281,34 @@ def resolve_task(task: str = "auto", num_classes: int | None = None, manifest: M
     if resolved not in TASKS:
         raise TfkitError(f"model.task: unknown task {task!r} (expected auto or one of: {', '.join(TASKS)})")
     if manifest is not None:
-        _check_task_classes(resolved, Manifest.from_dict(manifest).classes)
-    elif resolved in ("multiclass", "multilabel") and num_classes is not None and num_classes < 2:
-        raise TfkitError(f"model.task={resolved} needs at least 2 classes, got {num_classes}")
+        _check_task_records(resolved, Manifest.from_dict(manifest))
+    elif resolved in ("multiclass", "multilabel", "distribution") and num_classes is not None and num_classes < 2:
+        raise TfkitError(f"model.task={resolved} needs at least 2 {'bins' if resolved == 'distribution' else 'classes'}, "
+                         f"got {num_classes}")
     return resolved
 
 
-def _check_task_classes(task: str, classes: list[str]) -> None:
+def _check_task_records(task: str, manifest: Manifest) -> None:
+    kind, classes = manifest.kind, manifest.classes
+    if task not in TASKS_OF_KIND[kind]:
+        raise TfkitError(_task_mismatch(task, kind))
     if task == "binary" and len(classes) not in (0, 2):
         raise TfkitError(f"model.task=binary needs 2 classes, the records have {len(classes)}: {classes}")
-    if task == "multilabel" and classes:
-        raise TfkitError("model.task=multilabel needs several labels per image; tfkit records store one class "
-                         "index per image (use multiclass, or records with a multi-hot target)")
-    if task == "regression" and classes and classes != [str(i) for i in range(len(classes))]:
+    if task == "regression" and kind == "single" and classes and classes != [str(i) for i in range(len(classes))]:
         # Records store the index of the label in the class list: it equals the
         # value only for ordinal grades 0..K-1, so anything else would train on ranks.
         raise TfkitError(f"model.task=regression needs ordinal integer labels 0..K-1 (e.g. grades), the records "
                          f"have classes {classes[:8]}{'...' if len(classes) > 8 else ''}")
+    if task == "distribution" and len(manifest.targets) < 2:
+        raise TfkitError("model.task=distribution needs regression records with one column per bin "
+                         f"(--target-cols with 2 or more columns), the records have {manifest.targets}")
+
+
+def _task_mismatch(task: str, kind: str) -> str:
+    if kind == "multilabel" and task in ("multiclass", "binary"):
+        return (f"model.task={task} puts a softmax over labels that are not exclusive (the records are multi-label: "
+                "several labels per image); use multilabel (one sigmoid per label)")
+    if kind == "single" and task == "multilabel":
+        return ("model.task=multilabel needs several labels per image; tfkit records store one class index per "
+                "image (use multiclass, or build the records with --label-sep or --label-cols)")
+    return f"model.task={task} does not fit {kind} records (they train {', '.join(TASKS_OF_KIND[kind])})"

@@ -21,6 +21,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfkit import metrics_multilabel as mlm
+from tfkit import metrics_regression as mrm
 from tfkit.utils import TfkitError
 
 # Metric names where a smaller value is better; the one list that monitors,
@@ -39,6 +41,12 @@ def lower_is_better(name: str) -> bool:
 
 
 METRICS = ("accuracy", "auc", "f1", "log_loss", "qwk", "rmse", "mae")
+# Multi-label, regression and distribution metrics (tfkit.metrics_multilabel,
+# tfkit.metrics_regression): F-beta for beta 1 and 2 with three averages, at 0.5
+# and at per-class thresholds fitted on the other folds ("_tuned").
+F_SCORES = tuple(f"f{b}{avg}" for b in (1, 2) for avg in ("", "_micro", "_samples"))
+TARGET_METRICS = (*F_SCORES[1:], *(f + "_tuned" for f in F_SCORES), "map", "pearson", "spearman", "qwk_tuned", "emd")
+METRICS = METRICS + TARGET_METRICS
 # Clip probabilities before the log like scikit-learn, so a confident wrong
 # prediction costs a large but finite amount.
 _EPS = 1e-15
@@ -128,7 +136,8 @@ def _as_2d(proba: np.ndarray) -> np.ndarray:
 
 
 def compute_metrics(
-    labels: Any, proba: Any, task: str, names: Sequence[str] | None = None, num_classes: int | None = None
+    labels: Any, proba: Any, task: str, names: Sequence[str] | None = None, num_classes: int | None = None,
+    thresholds: Any = None,
 ) -> dict[str, float]:
     """Metrics of predictions against labels, in numpy.
 
@@ -142,16 +151,18 @@ def compute_metrics(
         task: ``binary | multiclass | multilabel | regression``.
         names: metrics to return (default: all that apply to the task).
         num_classes: ratings for QWK (default from the data).
+        thresholds: multilabel: per-class thresholds ``[C]`` or ``[N, C]`` for
+            the ``*_tuned`` F scores; regression: ordinal cut points ``[K-1]``
+            or ``[N, K-1]`` for ``qwk_tuned`` (see :mod:`tfkit.thresholds`).
 
     Returns:
         ``{name: float}``. binary: accuracy (threshold 0.5), auc, f1 (positive
         class), log_loss, qwk. multiclass: accuracy (argmax), auc (macro
         one-vs-rest over classes with positives and negatives), f1 (macro over
         classes in labels or predictions, like scikit-learn), log_loss, qwk of
-        the argmax. multilabel: accuracy (per label, threshold 0.5), auc and
-        f1 (macro over labels), log_loss (mean binary cross-entropy).
-        regression: rmse, mae, qwk (predictions rounded and clipped to the
-        label range).
+        the argmax. multilabel, regression, distribution: see
+        :func:`multilabel_metrics`, :func:`regression_metrics`,
+        :func:`distribution_metrics`.
 
     Raises:
         TfkitError: shape mismatch, unknown task or metric name.
@@ -210,36 +221,135 @@ def compute_metrics(
                 "qwk": quadratic_weighted_kappa(y, pred, num_classes or c),
             }
     elif task == "multilabel":
-        p = _as_2d(proba)
-        y = y.astype(np.int64).reshape(p.shape)
-        pred = (p >= 0.5).astype(np.int64)
-        pc = np.clip(p, _EPS, 1 - _EPS)
-        tp = ((pred == 1) & (y == 1)).sum(0)
-        fp = ((pred == 1) & (y == 0)).sum(0)
-        fn = ((pred == 0) & (y == 1)).sum(0)
-        aucs = [a for a in (binary_auc(y[:, k], p[:, k]) for k in range(p.shape[1])) if not np.isnan(a)]
-        out = {
-            "accuracy": float(np.mean(pred == y)),
-            "auc": float(np.mean(aucs)) if aucs else float("nan"),
-            "f1": float(_f1(tp, fp, fn).mean()),
-            "log_loss": float(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))),
-        }
+        out = multilabel_metrics(y, proba, thresholds)
     elif task == "regression":
-        t = y.astype(np.float64).reshape(-1)
-        p = np.asarray(proba, dtype=np.float64).reshape(-1)
-        if p.size != t.size:
-            raise TfkitError(f"compute_metrics: {t.size} labels but {p.size} predictions")
-        err = p - t
-        out = {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
-        if np.all(np.mod(t, 1) == 0) and t.min() >= 0:
-            lo, hi = int(t.min()), int(t.max())
-            rounded = np.clip(np.rint(p), lo, hi).astype(np.int64)
-            out["qwk"] = quadratic_weighted_kappa(t.astype(np.int64), rounded, num_classes)
+        out = regression_metrics(y, proba, num_classes, thresholds)
+    elif task == "distribution":
+        out = distribution_metrics(y, proba)
     else:
         raise TfkitError(f"compute_metrics: unknown task {task!r}")
     if names is not None:
         out = {n: out[n] for n in names if n in out}
     return out
+
+
+# --------------------------------------------------------------------------- numpy: multi-label, regression, distribution
+
+
+def _fscore_parts(name: str) -> tuple[float, str]:
+    """``"f2_micro"`` -> ``(2.0, "micro")``; plain ``"f1"`` is macro."""
+    head, _, avg = name.partition("_")
+    return float(head[1:]), avg or "macro"
+
+
+def multilabel_metrics(labels: Any, proba: Any, thresholds: dict[str, Any] | None = None) -> dict[str, float]:
+    """Multi-label metrics of sigmoid probabilities against multi-hot labels.
+
+    Args:
+        labels: multi-hot ``[N, C]``.
+        proba: ``[N, C]``.
+        thresholds: ``{"f1": t, "f2": t}`` with ``t`` per-class thresholds ``[C]``
+            or ``[N, C]`` (:mod:`tfkit.thresholds`); each adds the ``*_tuned``
+            scores of that beta.
+
+    Returns:
+        accuracy (per label, threshold 0.5), auc (mean column-wise ROC AUC over
+        labels with positives and negatives), map (mean average precision over
+        labels with positives), log_loss (mean binary cross-entropy), and
+        :data:`F_SCORES` at 0.5: f1 / f2 (macro), f1_micro, f1_samples, ...
+
+    Example:
+        >>> m = multilabel_metrics([[1, 0], [0, 1]], [[0.9, 0.4], [0.3, 0.6]], {"f1": [0.5, 0.5]})
+        >>> m["f1"], m["f1_tuned"], m["map"]
+        (1.0, 1.0, 1.0)
+    """
+    p = _as_2d(proba)
+    y = mlm.as_multi_hot(labels, p.shape[1])
+    if y.shape[0] != p.shape[0]:
+        raise TfkitError(f"compute_metrics: {y.shape[0]} labels but {p.shape[0]} predictions")
+    pred = mlm.binarise(p, 0.5)
+    pc = np.clip(p, _EPS, 1 - _EPS)
+    out = {
+        "accuracy": float(np.mean(pred == y)),
+        "auc": mlm.column_means(y, p, binary_auc),
+        "map": mlm.column_means(y, p, mlm.average_precision),
+        "log_loss": float(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))),
+    }
+    for name in F_SCORES:
+        beta, avg = _fscore_parts(name)
+        out[name] = mlm.fbeta(y, pred, beta, avg)
+        key = name.partition("_")[0]
+        if thresholds and key in thresholds:
+            out[name + "_tuned"] = mlm.fbeta(y, mlm.binarise(p, thresholds[key]), beta, avg)
+    return out
+
+
+def regression_metrics(targets: Any, preds: Any, num_classes: int | None = None,
+                       thresholds: dict[str, Any] | None = None) -> dict[str, float]:
+    """Regression metrics, pooled (errors) or averaged (correlations) over target columns.
+
+    Args:
+        targets: ``[N]`` or ``[N, T]``.
+        preds: same shape.
+        num_classes: grades for QWK (default from the labels).
+        thresholds: ``{"qwk": cuts}``, ordinal cut points ``[K-1]`` or ``[N, K-1]``.
+
+    Returns:
+        rmse, mae, pearson, spearman; for one target of non-negative integers
+        (ordinal grades) also qwk (predictions rounded, clipped to the label
+        range) and, with cut points, qwk_tuned.
+
+    Example:
+        >>> m = regression_metrics([0, 1, 2], [0.2, 0.9, 2.4])
+        >>> round(m["rmse"], 4), m["qwk"]
+        (0.2646, 1.0)
+    """
+    t, p = _pair_targets(targets, preds)
+    out = {"rmse": mrm.rmse(t, p), "mae": mrm.mae(t, p), "pearson": mrm.pearson(t, p), "spearman": mrm.spearman(t, p)}
+    if t.shape[1] == 1 and np.all(np.mod(t, 1) == 0) and t.min() >= 0:
+        grades = t[:, 0].astype(np.int64)
+        lo, hi = int(grades.min()), int(grades.max())
+        k = max(int(num_classes or 0), hi + 1)
+        out["qwk"] = quadratic_weighted_kappa(grades, np.clip(np.rint(p[:, 0]), lo, hi).astype(np.int64), k)
+        if thresholds and "qwk" in thresholds:
+            from tfkit.thresholds import apply_cut_points  # thresholds builds on this module
+
+            out["qwk_tuned"] = quadratic_weighted_kappa(grades, np.minimum(apply_cut_points(p[:, 0], thresholds["qwk"]), k - 1), k)
+    return out
+
+
+def _pair_targets(targets: Any, preds: Any) -> tuple[np.ndarray, np.ndarray]:
+    t = np.asarray(targets, dtype=np.float64)
+    p = np.asarray(preds, dtype=np.float64)
+    t = t.reshape(-1, 1) if t.ndim < 2 else t
+    p = p.reshape(len(p), -1) if p.ndim else p.reshape(1, 1)
+    if p.shape != t.shape:
+        raise TfkitError(f"compute_metrics: {t.shape[0]} labels but {p.shape[0]} predictions"
+                         if p.shape[0] != t.shape[0] else f"compute_metrics: targets {t.shape} but predictions {p.shape}")
+    return t, p
+
+
+def distribution_metrics(histograms: Any, proba: Any) -> dict[str, float]:
+    """Metrics of predicted distributions over ordered bins against target histograms.
+
+    Args:
+        histograms: ``[N, K]`` counts (votes) or probabilities.
+        proba: ``[N, K]`` predicted distributions.
+
+    Returns:
+        emd (NIMA's r=2 earth mover's distance), and rmse, mae, pearson,
+        spearman of the mean scores (expected bin index).
+
+    Example:
+        >>> distribution_metrics([[0, 2, 2]], [[0, 0.5, 0.5]])["emd"]
+        0.0
+    """
+    t, p = mrm.normalise_histograms(histograms), mrm.normalise_histograms(proba, name="predictions")
+    if t.shape != p.shape:
+        raise TfkitError(f"compute_metrics: targets {t.shape} but predictions {p.shape}")
+    ts, ps = mrm.mean_score(t), mrm.mean_score(p)
+    return {"emd": mrm.emd(t, p), "rmse": mrm.rmse(ts, ps), "mae": mrm.mae(ts, ps),
+            "pearson": mrm.pearson(ts, ps), "spearman": mrm.spearman(ts, ps)}
 
 
 # --------------------------------------------------------------------------- keras
@@ -504,5 +614,64 @@ def keras_metrics(names: Sequence[str], task: str, num_classes: int) -> list[ker
             m = (keras.metrics.CategoricalCrossentropy if task == "multiclass" else keras.metrics.BinaryCrossentropy)(name="log_loss")
         else:
             m = QuadraticWeightedKappa(num_classes, task=task)
-        out.append(m)
+        if m is None:
+            m = _target_keras_metric(name, task, num_classes)
+        if m is not None:
+            out.append(m)
     return out
+
+
+@keras.saving.register_keras_serializable(package="tfkit")
+class PearsonR(keras.metrics.Metric):
+    """Streaming Pearson correlation, exact over all batches (running sums of
+    ``t``, ``p``, ``t^2``, ``p^2``, ``tp``); with several target columns every
+    cell is pooled (the numpy ``pearson`` averages per column: equal for one
+    target). ``keras.metrics.PearsonCorrelation`` instead averages per-batch correlations.
+
+    Example:
+        >>> m = PearsonR()
+        >>> m.update_state([[1.0], [2.0]], [[2.0], [4.0]]); m.update_state([[3.0]], [[7.0]])
+        >>> round(float(m.result()), 4)
+        0.9934
+    """
+
+    def __init__(self, name: str = "pearson", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.sums = self.add_variable(shape=(6,), initializer="zeros", name="sums", dtype="float32")
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        t = ops.reshape(ops.cast(y_true, "float32"), (-1,))
+        p = ops.reshape(ops.cast(y_pred, "float32"), (-1,))
+        w = ops.ones_like(t) if sample_weight is None else ops.reshape(
+            ops.broadcast_to(ops.reshape(ops.cast(sample_weight, "float32"), (-1, 1)),
+                             ops.shape(ops.reshape(y_pred, (ops.shape(y_pred)[0], -1)))), (-1,))
+        self.sums.assign_add(ops.stack([ops.sum(w), ops.sum(w * t), ops.sum(w * p), ops.sum(w * t * t),
+                                        ops.sum(w * p * p), ops.sum(w * t * p)]))
+
+    def result(self) -> Any:
+        n, st, sp, stt, spp, stp = (self.sums[i] for i in range(6))
+        n = ops.maximum(n, 1.0)
+        cov = stp - st * sp / n
+        den = ops.sqrt(ops.maximum((stt - st * st / n) * (spp - sp * sp / n), 0.0))
+        return ops.where(den > 0, cov / ops.where(den > 0, den, 1.0), 0.0)
+
+    def reset_state(self) -> None:
+        self.sums.assign(ops.zeros((6,), dtype="float32"))
+
+
+def _target_keras_metric(name: str, task: str, num_classes: int) -> keras.metrics.Metric | None:
+    """Streaming versions of the multi-label, regression and distribution metrics
+    that have one (per-sample F scores, Spearman and the ``_tuned`` scores are numpy only)."""
+    if task == "multilabel":
+        if name in ("f1_micro", "f2", "f2_micro"):
+            beta, avg = _fscore_parts(name)
+            return keras.metrics.FBetaScore(average=avg, beta=beta, threshold=0.5, name=name)
+        if name == "map":  # area under the PR curve per label, averaged: mAP on 200 thresholds
+            return keras.metrics.AUC(curve="PR", multi_label=True, num_labels=num_classes, name="map")
+    if task == "regression" and name == "pearson":
+        return PearsonR(name="pearson")
+    if task == "distribution" and name == "emd":
+        from tfkit.losses import EarthMoverDistance
+
+        return keras.metrics.MeanMetricWrapper(EarthMoverDistance(reduction=None), name="emd")
+    return None

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from tfkit.heads import arcface_output, check_head
@@ -31,10 +32,24 @@ from tfkit.manifest import resolve_task
 from tfkit.metadata import MetadataEncoder
 from tfkit.utils import TfkitError
 
+# Output activation per task. Softmax only where the classes exclude each other
+# (multiclass) or the outputs are one distribution over ordered bins.
+HEAD_ACTIVATIONS = {"binary": "sigmoid", "multiclass": "softmax", "multilabel": "sigmoid",
+                    "regression": "linear", "distribution": "softmax"}
 POOLINGS = ("avg", "max", "gem")
 
 # Caffe-style ImageNet channel means, in BGR order (keras.applications.resnet50).
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+# ImageNet RGB mean and std on the [0, 1] scale: the statistics pretrained stems expect.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _per_channel(rgb: Sequence[float], channels: int) -> list[float]:
+    """Three RGB statistics stretched to ``channels``: the first three kept (RGB
+    order), extra channels get their mean (a 4th stain is "some colour")."""
+    rgb = [float(v) for v in rgb]
+    return (rgb + [sum(rgb) / 3.0] * max(0, channels - 3))[:channels]
 
 
 # --------------------------------------------------------------------------- layers
@@ -42,7 +57,7 @@ _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 @keras.saving.register_keras_serializable(package="tfkit")
 class Preprocess(layers.Layer):
-    """Map [0, 1] RGB images to the input range a backbone was trained on.
+    """Map [0, 1] images to the input range a backbone was trained on.
 
     Modes:
         ``"identity"``: leave [0, 1] (small_cnn: batch norm follows).
@@ -51,8 +66,17 @@ class Preprocess(layers.Layer):
         ``"caffe"``: RGB -> BGR, [0, 255] minus the ImageNet mean (ResNet50).
         ``"tf"``: [-1, 1] (ResNet50V2).
 
+    Images with C != 3 channels: the first three are taken as RGB (caffe flips
+    only them); a channel beyond the third gets the mean of the RGB
+    statistics. With ``mean`` and ``std`` (one per channel, on the [0, 1]
+    scale, e.g. a dim microscopy stain) each channel is first standardised and
+    given ImageNet's mean and std for that channel, so a pretrained stem sees
+    the contrast it was trained on.
+
     Args:
         mode: one of the modes above.
+        mean: per-channel mean of the data on [0, 1], or None.
+        std: per-channel std of the data on [0, 1], or None (with ``mean``).
 
     Example:
         >>> Preprocess("tf")(keras.ops.ones((1, 2, 2, 3)))[0, 0, 0].numpy().tolist()
@@ -61,27 +85,80 @@ class Preprocess(layers.Layer):
 
     MODES = ("identity", "scale255", "caffe", "tf")
 
-    def __init__(self, mode: str = "identity", **kwargs: Any) -> None:
+    def __init__(self, mode: str = "identity", mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if mode not in self.MODES:
             raise TfkitError(f"Preprocess: unknown mode {mode!r} (expected one of: {', '.join(self.MODES)})")
+        if (mean is None) != (std is None) or (mean is not None and len(mean) != len(std)):
+            raise TfkitError("model.channel_mean / channel_std: give both, one value per channel")
+        if std is not None and min(std) <= 0:
+            raise TfkitError(f"model.channel_std: expected values > 0, got {list(std)}")
         self.mode = mode
+        self.mean = None if mean is None else [float(v) for v in mean]
+        self.std = None if std is None else [float(v) for v in std]
+
+    def build(self, input_shape: Any) -> None:
+        c = int(input_shape[-1])
+        if self.mean is not None and len(self.mean) != c:
+            raise TfkitError(f"model.channel_mean: {len(self.mean)} values for {c}-channel images")
 
     def call(self, x: Any) -> Any:
+        c = int(x.shape[-1])
+        if self.mean is not None:
+            scale = [_per_channel(_IMAGENET_STD, c)[i] / self.std[i] for i in range(c)]
+            shift = [_per_channel(_IMAGENET_MEAN, c)[i] - self.mean[i] * scale[i] for i in range(c)]
+            x = x * ops.cast(scale, x.dtype) + ops.cast(shift, x.dtype)
         if self.mode == "identity":
             return x
         if self.mode == "scale255":
             return x * 255.0
         if self.mode == "tf":
             return x * 2.0 - 1.0
-        bgr = ops.flip(x, axis=-1) * 255.0
-        return bgr - ops.cast(ops.convert_to_tensor(_CAFFE_MEAN_BGR), bgr.dtype)
+        if c >= 3:
+            x = ops.concatenate([ops.flip(x[..., :3], axis=-1), x[..., 3:]], axis=-1)
+        mean = _per_channel(_CAFFE_MEAN_BGR, c)
+        return x * 255.0 - ops.cast(ops.convert_to_tensor(mean), x.dtype)
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "mode": self.mode}
+        return {**super().get_config(), "mode": self.mode, "mean": self.mean, "std": self.std}
+
+
+@keras.saving.register_keras_serializable(package="tfkit")
+class OutputRange(layers.Layer):
+    """A bounded regression output: ``low + (high - low) * sigmoid(x)``.
+
+    For targets with known limits (Pawpularity 1-100): predictions can never
+    leave the range, and the unbounded linear head's early wild outputs (and
+    their huge squared errors) are avoided. Computed in float32.
+
+    Args:
+        low: smallest value.
+        high: largest value.
+
+    Example:
+        >>> OutputRange(1.0, 100.0)(keras.ops.zeros((1, 1))).numpy().tolist()
+        [[50.5]]
+    """
+
+    def __init__(self, low: float, high: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not float(high) > float(low):
+            raise TfkitError(f"model.output_range: expected [low, high] with low < high, got [{low}, {high}]")
+        self.low, self.high = float(low), float(high)
+
+    def call(self, x: Any) -> Any:
+        y = self.low + (self.high - self.low) * ops.sigmoid(ops.cast(x, "float32"))
+        return ops.clip(y, self.low, self.high)  # float32 rounding could step past a bound
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "low": self.low, "high": self.high}
 
 
 @keras.saving.register_keras_serializable(package="tfkit")
@@ -170,9 +247,14 @@ def small_cnn(
     return keras.Model(inputs, x, name=name)
 
 
-def _app(cls_name: str, **extra: Any) -> Callable[..., keras.Model]:
+def _app(cls_name: str, rename: bool = False, **extra: Any) -> Callable[..., keras.Model]:
     def build(input_shape: Sequence[int], weights: str | None, name: str) -> keras.Model:
         cls = getattr(keras.applications, cls_name)
+        if rename:
+            # Keras 3.15's EfficientNetV2 looks its block table up by the model's
+            # name (KeyError for any other name): build it under its own, then wrap.
+            app = cls(include_top=False, weights=weights, input_shape=tuple(input_shape), **extra)
+            return keras.Model(app.inputs, app.outputs, name=name)
         return cls(include_top=False, weights=weights, input_shape=tuple(input_shape), name=name, **extra)
 
     build.__name__ = cls_name
@@ -186,7 +268,7 @@ def _registry() -> dict[str, _Spec]:
     for b in range(8):
         reg[f"efficientnet_b{b}"] = _Spec(_app(f"EfficientNetB{b}"), "scale255")
     for v in ("b0", "b1", "b2", "b3", "s", "m", "l"):
-        reg[f"efficientnetv2_{v}"] = _Spec(_app(f"EfficientNetV2{v.upper()}", include_preprocessing=True), "scale255")
+        reg[f"efficientnetv2_{v}"] = _Spec(_app(f"EfficientNetV2{v.upper()}", rename=True, include_preprocessing=True), "scale255")
     reg["resnet50"] = _Spec(_app("ResNet50"), "caffe")
     reg["resnet50v2"] = _Spec(_app("ResNet50V2"), "tf")
     for size in ("tiny", "small", "base", "large", "xlarge"):
@@ -239,9 +321,11 @@ def check_model_config(name: str, pooling: str = "avg", dropout: float = 0.0, im
         raise TfkitError(f"data.image_size: expected at least 8 pixels, got {image_size}")
 
 
-def output_units(task: str, num_classes: int) -> int:
-    """Width of the output layer: 1 for binary and regression, else ``num_classes``."""
-    return 1 if task in ("binary", "regression") else int(num_classes)
+def output_units(task: str, num_classes: int, n_targets: int = 1) -> int:
+    """Width of the output layer: 1 for binary, ``n_targets`` for regression, else ``num_classes``."""
+    if task == "regression":
+        return int(n_targets)
+    return 1 if task == "binary" else int(num_classes)
 
 
 def _load_backbone_weights(backbone: keras.Model, path: str) -> None:
@@ -275,20 +359,10 @@ def _load_backbone_weights(backbone: keras.Model, path: str) -> None:
         raise TfkitError(f"model.weights: cannot load {p} into {backbone.name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 
 
-def build_backbone(name: str, image_size: int, weights: str | None = None, width: int = 32) -> keras.Model:
-    """The headless backbone alone, named ``"backbone"``, taking preprocessed input.
-
-    Args:
-        name: see :func:`list_models`.
-        image_size: side of the square input.
-        weights: ``None``, ``"imagenet"`` or a local weights file.
-        width: small_cnn base width.
-
-    Returns:
-        A ``keras.Model`` mapping ``[B, S, S, 3]`` to a feature map.
-    """
+def _build_plain(name: str, image_size: int, weights: str | None, width: int, channels: int) -> keras.Model:
+    """The backbone for ``channels``-channel input with ``weights`` loaded as they are."""
     spec = _spec(name)
-    shape = (int(image_size), int(image_size), 3)
+    shape = (int(image_size), int(image_size), int(channels))
     if weights == "imagenet":
         if not spec.imagenet:
             raise TfkitError(f"model.weights: {name} has no ImageNet weights (use weights: null)")
@@ -307,6 +381,142 @@ def build_backbone(name: str, image_size: int, weights: str | None = None, width
     return backbone
 
 
+def widen_channels(w: Any, channels: int, axis: int) -> Any:
+    """A weight array built for 3 input channels, resized to ``channels`` along ``axis``.
+
+    More than 3: the RGB slices are kept and each extra channel is initialised
+    with their mean (the usual recipe for RGBY / 6-stain models). Fewer than 3
+    (grey): for a convolution kernel (rank 4) each channel gets the sum of the
+    RGB kernels divided by ``channels``, so a grey image gives the activations
+    the RGB image of the same grey gave; for statistics (a normalisation mean or
+    variance) the mean.
+
+    Args:
+        w: numpy array with size 3 on ``axis``.
+        channels: the new size.
+        axis: the input-channel axis.
+
+    Returns:
+        The widened (or narrowed) array.
+
+    Example:
+        >>> widen_channels(np.array([1.0, 2.0, 6.0]), 4, 0).tolist()
+        [1.0, 2.0, 6.0, 3.0]
+    """
+    w = np.asarray(w)
+    mean = w.mean(axis=axis, keepdims=True)
+    if channels >= 3:
+        return np.concatenate([w] + [mean] * (channels - 3), axis=axis)
+    per = w.sum(axis=axis, keepdims=True) / channels if w.ndim == 4 else mean
+    return np.concatenate([per] * channels, axis=axis)
+
+
+def widen_input_weights(src: keras.Model, dst: keras.Model) -> int:
+    """Copy a 3-channel backbone's weights into the same architecture built for C channels.
+
+    Arrays of equal shape are copied; an array that differs in one axis, where
+    the source has 3, is widened by :func:`widen_channels` (the first
+    convolution's kernel, and an input normalisation's mean and variance).
+
+    Args:
+        src: the 3-channel backbone, weights loaded.
+        dst: the C-channel backbone.
+
+    Returns:
+        The number of arrays widened.
+
+    Raises:
+        TfkitError: the two are not the same architecture.
+    """
+    src_w, dst_w = src.get_weights(), dst.get_weights()
+    if len(src_w) != len(dst_w):
+        raise TfkitError(f"model.weights: cannot widen {src.name}: {len(src_w)} arrays vs {len(dst_w)}")
+    out, widened = [], 0
+    for a, b in zip(src_w, dst_w):
+        if a.shape == b.shape:
+            out.append(a)
+            continue
+        axes = [i for i, (x, y) in enumerate(zip(a.shape, b.shape)) if x != y] if a.ndim == b.ndim else []
+        if len(axes) != 1 or a.shape[axes[0]] != 3:
+            raise TfkitError(f"model.weights: array of shape {a.shape} does not fit {b.shape}: not a channel widening")
+        out.append(widen_channels(a, b.shape[axes[0]], axes[0]))
+        widened += 1
+    dst.set_weights(out)
+    return widened
+
+
+def _fold_imagenet_rescaling(name: str, weights: str | None, dst: keras.Model) -> None:
+    """EfficientNet (v1) with ImageNet weights divides by sqrt(ImageNet std) after its
+    input normalisation, in a layer keras adds only for 3-channel ImageNet builds;
+    a C-channel build lacks it, so fold it into the normalisation's variance."""
+    if weights != "imagenet" or not name.startswith("efficientnet_b"):
+        return
+    norm = next(layer for layer in dst.layers if isinstance(layer, layers.Normalization))
+    mean, variance, count = norm.get_weights()
+    std = _per_channel(_IMAGENET_STD, variance.shape[-1])
+    # x / sqrt(var) / sqrt(std) == x / sqrt(var * std)
+    norm.set_weights([mean, variance * np.asarray(std, dtype=variance.dtype), count])
+
+
+def build_backbone(name: str, image_size: int, weights: str | None = None, width: int = 32,
+                   channels: int = 3) -> keras.Model:
+    """The headless backbone alone, named ``"backbone"``, taking preprocessed input.
+
+    Args:
+        name: see :func:`list_models`.
+        image_size: side of the square input.
+        weights: ``None``, ``"imagenet"`` or a local weights file.
+        width: small_cnn base width.
+        channels: input channels C. With pretrained 3-channel weights and C != 3
+            the weights are loaded into a 3-channel build, then copied with the
+            first convolution widened (:func:`widen_input_weights`). A weights
+            file already holding a C-channel backbone (a tfkit checkpoint of the
+            same shape) is loaded as it is.
+
+    Returns:
+        A ``keras.Model`` mapping ``[B, S, S, C]`` to a feature map.
+    """
+    if int(channels) < 1:
+        raise TfkitError(f"channels: expected >= 1, got {channels}")
+    if int(channels) == 3 or weights in (None, ""):
+        return _build_plain(name, image_size, weights, width, channels)
+    dst = _build_plain(name, image_size, None, width, channels)
+    try:
+        src = _build_plain(name, image_size, weights, width, 3)
+    except TfkitError:
+        if weights == "imagenet":
+            raise
+        # Perhaps the file already holds a C-channel backbone.
+        _load_backbone_weights(dst, str(weights))
+        return dst
+    widen_input_weights(src, dst)
+    _fold_imagenet_rescaling(name, weights, dst)
+    return dst
+
+
+def _head(x: Any, task: str, units: int, dropout: float, head_units: Sequence[int],
+          output_range: Sequence[float] | None, hidden_only: bool = False) -> Any:
+    """Dropout + hidden dense layers + the output layer of ``task`` (not with ``hidden_only``:
+    an ArcFace head brings its own output layer)."""
+    for i, n in enumerate(head_units):
+        if dropout > 0:
+            x = layers.Dropout(dropout, name=f"head_dropout{i}")(x)
+        x = layers.Dense(int(n), activation="swish", name=f"head_dense{i}")(x)
+    if dropout > 0:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    if hidden_only:
+        return x
+    if output_range:
+        if task != "regression":
+            raise TfkitError(f"model.output_range bounds regression outputs; the task is {task}")
+        if len(output_range) != 2:
+            raise TfkitError(f"model.output_range: expected [low, high], got {list(output_range)}")
+        x = layers.Dense(units, dtype="float32", name="output_logit")(x)
+        return OutputRange(*output_range, dtype="float32", name="output")(x)
+    # float32 output: softmax/sigmoid in float16 lose precision and the loss sees rounded 0/1.
+    return layers.Dense(units, activation=HEAD_ACTIVATIONS[task], dtype="float32", name="output")(x)
+
+
 def create_model(
     name: str,
     num_classes: int,
@@ -323,16 +533,22 @@ def create_model(
     arcface_scale: float = 30.0,
     arcface_margin: float = 0.5,
     metadata: Mapping[str, Any] | None = None,
+    channels: int = 3,
+    n_targets: int = 1,
+    output_range: Sequence[float] | None = None,
+    channel_mean: Sequence[float] | None = None,
+    channel_std: Sequence[float] | None = None,
 ) -> keras.Model:
-    """Build a classifier: preprocessing -> backbone -> pooling -> head, plus
+    """Build a network: preprocessing -> backbone -> pooling -> head, plus
     an optional metadata branch concatenated with the pooled image features.
 
     Args:
         name: backbone name (see :func:`list_models`).
-        num_classes: number of classes (labels for multilabel).
+        num_classes: number of classes (labels for multilabel, bins for distribution).
         image_size: side of the square input images.
         task: ``binary`` (1 sigmoid) | ``multiclass`` (softmax) | ``multilabel``
-            (C sigmoids) | ``regression`` (1 linear) | ``auto``.
+            (C sigmoids) | ``regression`` (``n_targets`` linear) |
+            ``distribution`` (softmax over ordered bins) | ``auto``.
         weights: ``None`` (random), ``"imagenet"`` (keras download) or a local
             ``.h5`` / ``.weights.h5`` / ``.keras`` file for the backbone.
         meta_dim: width of an already-encoded ``"meta"`` input; 0 for images only
@@ -349,6 +565,12 @@ def create_model(
             (:func:`tfkit.metadata.fit_encoding`): the ``"meta"`` input then takes one
             raw value per column and a :class:`~tfkit.metadata.MetadataEncoder` layer,
             saved with the model, encodes it.
+        channels: input channels (3-channel pretrained weights are widened,
+            see :func:`build_backbone`).
+        n_targets: regression outputs.
+        output_range: ``[low, high]`` bounds a regression output (:class:`OutputRange`).
+        channel_mean: per-channel mean of the images on [0, 1] (:class:`Preprocess`).
+        channel_std: per-channel std, with ``channel_mean``.
 
     Returns:
         An uncompiled ``keras.Model`` with input ``"image"`` (and ``"meta"``)
@@ -367,17 +589,15 @@ def create_model(
     if meta_dim < 0:
         raise TfkitError(f"meta_dim: expected >= 0, got {meta_dim}")
     check_head(head, task, arcface_scale, arcface_margin)
+    if int(n_targets) < 1:
+        raise TfkitError(f"n_targets: expected >= 1, got {n_targets}")
 
-    image = keras.Input((int(image_size), int(image_size), 3), name="image", dtype="float32")
-    x = Preprocess(preprocess_mode(name), name="preprocess")(image)
-    backbone = build_backbone(name, image_size, weights=weights, width=width)
+    image = keras.Input((int(image_size), int(image_size), int(channels)), name="image", dtype="float32")
+    x = Preprocess(preprocess_mode(name), mean=channel_mean, std=channel_std, name="preprocess")(image)
+    backbone = build_backbone(name, image_size, weights=weights, width=width, channels=channels)
     x = backbone(x)
-    if pooling == "avg":
-        x = layers.GlobalAveragePooling2D(name="pool")(x)
-    elif pooling == "max":
-        x = layers.GlobalMaxPooling2D(name="pool")(x)
-    else:
-        x = GeMPooling2D(name="pool")(x)
+    pool = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D, "gem": GeMPooling2D}[pooling]
+    x = pool(name="pool")(x)
 
     inputs = [image]
     if metadata is not None:
@@ -390,34 +610,31 @@ def create_model(
             m = layers.Dense(int(units), activation="relu", name=f"meta_dense{i}")(m)
         x = layers.Concatenate(name="concat")([x, m])
 
-    for i, units in enumerate(head_units):
-        if dropout > 0:
-            x = layers.Dropout(dropout, name=f"head_dropout{i}")(x)
-        x = layers.Dense(int(units), activation="swish", name=f"head_dense{i}")(x)
-    if dropout > 0:
-        x = layers.Dropout(dropout, name="dropout")(x)
-    activation = {"binary": "sigmoid", "multiclass": "softmax", "multilabel": "sigmoid", "regression": "linear"}[task]
-    # float32 output: softmax/sigmoid in float16 lose precision and the loss sees rounded 0/1.
     if head == "arcface":
+        x = _head(x, task, 0, float(dropout), head_units, None, hidden_only=True)
         out = arcface_output(x, num_classes, arcface_scale, arcface_margin)
     else:
-        out = layers.Dense(output_units(task, num_classes), activation=activation, dtype="float32", name="output")(x)
+        out = _head(x, task, output_units(task, num_classes, n_targets), float(dropout), head_units, output_range)
     return keras.Model(inputs if len(inputs) > 1 else image, out, name=f"tfkit_{name}")
 
 
 def model_from_config(
     model_cfg: Any, num_classes: int, image_size: int, task: str | None = None, meta_dim: int = 0,
     metadata: Mapping[str, Any] | None = None,
+    channels: int = 3, n_targets: int = 1,
 ) -> keras.Model:
     """:func:`create_model` from a :class:`tfkit.config.ModelConfig`.
 
     Args:
         model_cfg: the ``model`` section of the config.
-        num_classes: number of classes.
+        num_classes: number of classes (labels, bins).
         image_size: input side (``cfg.data.image_size``).
         task: overrides ``model_cfg.task`` when given (``auto`` is resolved).
         meta_dim: width of an already-encoded metadata vector.
         metadata: the fold's fitted metadata encoding (see :func:`create_model`).
+        meta_dim: width of the metadata vector (``tfkit.data.metadata_dim``).
+        channels: image channels of the records.
+        n_targets: regression target columns of the records.
 
     Returns:
         The model.
@@ -434,6 +651,9 @@ def model_from_config(
         dropout=model_cfg.dropout, head_units=tuple(model_cfg.head_units),
         meta_units=tuple(model_cfg.meta_units), width=model_cfg.width, metadata=metadata,
         head=model_cfg.head, arcface_scale=model_cfg.arcface_scale, arcface_margin=model_cfg.arcface_margin,
+        channels=channels,
+        n_targets=n_targets, output_range=model_cfg.output_range or None,
+        channel_mean=model_cfg.channel_mean or None, channel_std=model_cfg.channel_std or None,
     )
 
 

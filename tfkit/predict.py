@@ -31,6 +31,7 @@ from tfkit.manifest import Manifest, resolve_task
 from tfkit.metrics import lower_is_better
 from tfkit.records import IMAGE_EXTENSIONS, load_manifest
 from tfkit.run import RunFolder, oof_frame, oof_metrics, primary_metric, recompute_cv_frame
+from tfkit.targets import output_names
 from tfkit.utils import TfkitError, write_csv
 
 # Image formats the builder reads (Pillow) but tf.io.decode_image cannot: predict them from records.
@@ -251,7 +252,8 @@ def _tta_body(x, seed, call, n_models: int, n_views: int, mode: str, average: st
     for i in range(n_models):
         out = ops.cast(call(i, inputs), "float32")
         out = ops.reshape(out, (n_views, -1, out.shape[-1]))
-        multiclass = task == "multiclass" and out.shape[-1] != 1
+        # softmax outputs renormalise over the classes; sigmoids and regression per output
+        multiclass = task in ("multiclass", "distribution") and out.shape[-1] != 1
         tta.append(_average_views(out, average, multiclass))
         plain.append(out[0])
     return ops.stack(tta), ops.stack(plain)
@@ -590,6 +592,8 @@ def records_dataset(records: str | os.PathLike, cfg: Config, manifest: Manifest,
     records = str(records)
     own = Manifest.from_dict(load_manifest(records))
     manifest = Manifest.from_dict(manifest)
+    if own.targets and own.targets != manifest.targets:
+        raise TfkitError(f"{records}: targets {own.targets} differ from the run's {manifest.targets}")
     if own.classes and own.classes != manifest.classes:
         raise TfkitError(
             f"{records}: classes {own['classes']} differ from the run's {manifest['classes']} "
@@ -623,21 +627,29 @@ def full_proba(out: np.ndarray, task: str) -> np.ndarray:
     return out
 
 
-def submission_frame(ids: Sequence[str], out: np.ndarray, classes: Sequence[str], task: str, pcfg: PredictConfig) -> pd.DataFrame:
-    """The competition CSV as a DataFrame: the id column plus probabilities or labels.
+def submission_frame(ids: Sequence[str], out: np.ndarray, classes: Sequence[str], task: str, pcfg: PredictConfig,
+                     thresholds: dict | None = None, primary: str | None = None) -> pd.DataFrame:
+    """The competition CSV as a DataFrame: the id column plus probabilities, values or labels.
 
     Args:
         ids: image ids, aligned with ``out``.
-        out: ``[N, C]`` model outputs (binary: ``[N, 1]`` probability of ``classes[1]``).
-        classes: class names from the manifest.
+        out: ``[N, K]`` model outputs (binary: ``[N, 1]`` probability of ``classes[1]``).
+        classes: the run's output names (:func:`tfkit.targets.output_names`).
         task: the run's task.
-        pcfg: ``predict`` config: ``id_column``, ``label_columns``, ``output``.
+        pcfg: ``predict`` config: ``id_column``, ``label_columns``, ``output``, ``threshold``.
+        thresholds: the run's ``thresholds.json`` (multi-label tags, grades).
+        primary: the run's primary metric (which thresholds ``threshold=auto`` picks).
 
     Returns:
-        DataFrame. ``output="proba"``: one column per class named by ``label_columns``
-        (default the class names; a binary task writes the positive class only unless
-        two names are given). ``output="label"``: one column (default ``label``) with the
-        predicted class name.
+        DataFrame. ``output="proba"``: one column per output named by
+        ``label_columns`` (default the class / target / bin names; a binary task
+        writes the positive class only unless two names are given; regression on
+        grades writes ``target``). ``output="label"``: one column: the predicted
+        class (default ``label``); for multilabel the space-separated tags at or
+        above the OOF thresholds (default ``labels``); for regression on grades
+        the grade (OOF cut points when fitted, else rounding); for a
+        distribution its mean score (``score``); numeric regression targets are
+        written as values either way.
 
     Example:
         >>> submission_frame(["a"], np.array([[0.2, 0.8]]), ["cat", "dog"], "multiclass", PredictConfig())
@@ -650,24 +662,20 @@ def submission_frame(ids: Sequence[str], out: np.ndarray, classes: Sequence[str]
         raise TfkitError(f"predict: {len(ids)} ids but {len(out)} predictions")
     names = list(pcfg.label_columns) if pcfg.label_columns else None
     frame = pd.DataFrame({pcfg.id_column: ids})
-    if pcfg.output == "label":
-        if task == "regression":
-            values = out[:, 0]
-        elif task == "multilabel":
-            raise TfkitError("predict.output=label is ambiguous for multilabel tasks (use proba)")
-        else:
-            values = np.asarray(classes, dtype=object)[full_proba(out, task).argmax(axis=1)]
-        col = names[0] if names else "label"
+    if pcfg.output not in ("proba", "label"):
+        raise TfkitError(f"predict.output: expected 'proba' or 'label', got {pcfg.output!r}")
+    on_values = task == "regression" and len(classes) == out.reshape(len(out), -1).shape[1]
+    if pcfg.output == "label" and not on_values:
+        values, default = _labels(out, classes, task, pcfg, thresholds or {}, primary)
         if names and len(names) != 1:
             raise TfkitError(f"predict.label_columns: output=label takes one name, got {names}")
-        frame[col] = values
+        frame[names[0] if names else default] = values
         return frame
-    if pcfg.output != "proba":
-        raise TfkitError(f"predict.output: expected 'proba' or 'label', got {pcfg.output!r}")
     if task == "binary" and out.shape[1] == 1 and (names is None or len(names) == 1):
         values, default = out, [str(classes[-1])]
     elif task == "regression":
-        values, default = out, ["target"]
+        values = out.reshape(len(out), -1)
+        default = [str(c) for c in classes] if on_values else ["target"]
     else:
         values = full_proba(out, task)
         default = [str(c) for c in classes]
@@ -681,16 +689,37 @@ def submission_frame(ids: Sequence[str], out: np.ndarray, classes: Sequence[str]
     return frame
 
 
+def _labels(out: np.ndarray, classes: Sequence[str], task: str, pcfg: PredictConfig, saved: dict,
+            primary: str | None) -> tuple[Any, str]:
+    """``(values, default column name)`` of ``output=label``."""
+    from tfkit import targets
+
+    if task == "multilabel":
+        t = targets.decision_thresholds(saved, pcfg.threshold, len(classes), primary)
+        return targets.tags(out, [str(c) for c in classes], t), "labels"
+    if task == "regression":  # on grades: the classes are the grades 0..K-1
+        return np.asarray(classes, dtype=object)[targets.grades(out, len(classes), saved)], "label"
+    if task == "distribution":
+        p = np.asarray(out, dtype=np.float64)
+        return (p / p.sum(1, keepdims=True)) @ targets.bin_values(classes), "score"
+    return np.asarray(classes, dtype=object)[full_proba(out, task).argmax(axis=1)], "label"
+
+
 def _oof_layout(index: pd.DataFrame, out: np.ndarray, classes: Sequence[str], task: str) -> pd.DataFrame:
     """Predictions in ``oof.csv`` layout (id, fold, label, ``p_<class>``... or ``pred``)."""
     return oof_frame(index, np.asarray(out, dtype=np.float64), [str(c) for c in classes], task)
 
 
-def _known_labels(index: pd.DataFrame) -> np.ndarray | None:
-    if "label" not in index or len(index) == 0:
-        return None
-    labels = index["label"].to_numpy()
-    return labels if np.all(labels >= 0) else None
+def _known_labels(index: pd.DataFrame) -> bool:
+    """Whether every row of a records index carries a label (a class index >= 0, or ``y_`` columns)."""
+    if len(index) == 0:
+        return False
+    y_cols = [c for c in index.columns if c.startswith("y_")]
+    if y_cols:
+        return bool(np.all(np.isfinite(index[y_cols].to_numpy(dtype=np.float64))))
+    if "label" not in index:
+        return False
+    return bool(np.all(index["label"].to_numpy() >= 0))
 
 
 # --------------------------------------------------------------------------- commands
@@ -765,11 +794,13 @@ def predict(
     )
     if len(proba) != len(ids):
         raise TfkitError(f"predict: {len(proba)} predictions for {len(ids)} ids (records index and data disagree)")
-    frame = submission_frame(ids, proba, manifest.classes, task, pcfg)
-    labels = _known_labels(index) if records is not None else None
-    if labels is not None:
-        held = _oof_layout(index.assign(fold=-1), proba, manifest.classes, task)
-        frame.attrs["metrics"] = oof_metrics(held, manifest.classes, task, names=cfg.train.metrics)
+    names = output_names(manifest, task)
+    folder = RunFolder(run)
+    saved = folder.read_thresholds()
+    frame = submission_frame(ids, proba, names, task, pcfg, thresholds=saved, primary=folder.read_cv().get("primary"))
+    if records is not None and _known_labels(index):
+        held = _oof_layout(index.assign(fold=-1), proba, names, task)
+        frame.attrs["metrics"] = oof_metrics(held, names, task, names=cfg.train.metrics, thresholds=saved)
     if out is not None:
         write_csv(out, frame)
     msg = f"predicted {len(frame)} images with {len(folds)} folds x {pcfg.tta} {pcfg.tta_mode} views ({pcfg.average})"
@@ -812,14 +843,14 @@ def oof_tta(
     cfg, manifest = load_run(run, overrides)
     cfg, task = _resolve(cfg, manifest, tta)
     pcfg = cfg.predict
-    classes = manifest.classes
+    classes = output_names(manifest, task)
     folds = run_folds(run)
     _image_size(run, folds, cfg)
     _check_same_records(records, manifest)
     with_tta, without = [], []
     for k, model in zip(folds, load_models(run, folds)):
         ds, index = records_dataset(records, cfg, manifest, folds=[k])
-        if _known_labels(index) is None:
+        if not _known_labels(index):
             raise TfkitError(f"{records}: fold {k} has examples without labels; OOF needs labelled training records")
         _, tta_out, plain_out = predict_proba(
             [model], ds, pcfg.tta, pcfg.tta_mode, pcfg.average, task=task, augment_cfg=cfg.augment,

@@ -13,6 +13,11 @@ the fold model that never saw it) the report writes, into one folder:
 * ``calibration.png`` (reliability diagram with expected calibration error),
 * ``report.html`` (or ``report.md``) showing all of it, referencing the PNGs beside it.
 
+Multi-label, regression and distribution runs get their own sections instead
+(:mod:`tfkit.report_targets`: per-class PR curves with the OOF thresholds,
+predicted-vs-true and residual plots); records with other than three
+channels add ``channels.png`` (the worst images channel by channel).
+
 Example::
 
     from tfkit.report import report
@@ -29,8 +34,11 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from tfkit.manifest import resolve_task
+from tfkit.manifest import Manifest, resolve_task
+from tfkit.report_targets import target_sections
 from tfkit.run import RunFolder, oof_probabilities
+from tfkit.show import to_rgb
+from tfkit.targets import output_names
 from tfkit.utils import TfkitError, atomic_write, pyplot, save_figure, write_csv
 
 N_BINS = 10
@@ -298,7 +306,7 @@ def plot_top_losses(images: np.ndarray, rows: pd.DataFrame, path: Path) -> Path:
     for ax in axes.ravel():
         ax.axis("off")
     for ax, img, (_, row) in zip(axes.ravel(), images, rows.iterrows()):
-        ax.imshow(img)
+        ax.imshow(to_rgb(img))
         ax.set_title(f"{row['id']}\n{row['label']} -> {row['pred']} ({row['p_pred']:.2f})", fontsize=7)
     fig.suptitle("Most confidently wrong (OOF): label-noise candidates", fontsize=10)
     return save_figure(fig, path)
@@ -312,6 +320,7 @@ def plot_gradcam(images: np.ndarray, cams: list[np.ndarray], titles: list[list[s
     fig, axes = plt.subplots(len(images), 3, figsize=(6.3, 2.2 * len(images)), squeeze=False)
     for i, img in enumerate(images):
         h, w = img.shape[:2]
+        img = to_rgb(img)
         axes[i, 0].imshow(img)
         axes[i, 0].set_title(titles[i][0], fontsize=7)
         for j, cam in enumerate(cams[i], start=1):
@@ -409,7 +418,7 @@ def report(
         Path of ``report.html`` / ``report.md``.
 
     Raises:
-        TfkitError: the run has no ``oof.csv``, the task is not binary/multiclass, an id is unknown.
+        TfkitError: the run has no ``oof.csv``, an id is unknown.
 
     Example::
 
@@ -421,29 +430,23 @@ def report(
     cfg, manifest = folder.load()
     oof = folder.read_oof()
     task = resolve_task(cfg.model.task, manifest=manifest)
-    if task not in ("binary", "multiclass"):
-        raise TfkitError(f"report: task {task!r} is not supported (binary and multiclass only)")
-    classes = manifest.classes
+    classes = output_names(manifest, task)
     out = Path(out) if out is not None else folder.report_dir
     out.mkdir(parents=True, exist_ok=True)
+    sections = [_summary_section(folder, oof, task)]
+    if task not in ("binary", "multiclass"):
+        sections += target_sections(oof, classes, task, out, folder.read_thresholds(), n_worst)
+        worst_rows = pd.read_csv(out / "top_losses.csv", dtype={"id": str})
+        sections += _channel_section(records, manifest, cfg, worst_rows, n_worst, out)
+        path = _write_page(out, fmt, f"tfkit report: {folder.path.name}", sections)
+        print(f"report -> {path}")
+        return path
 
     proba = oof_probabilities(oof, classes, task)
     if task == "binary":
         proba = np.stack([1.0 - proba, proba], axis=1)
     labels = oof["label"].to_numpy().astype(int)
     pred = proba.argmax(1)
-    cv = folder.read_cv()
-    sections: list[tuple[str, str | None, pd.DataFrame | None, str]] = []
-
-    summary = pd.DataFrame([{"metric": k, "value": v} for k, v in (cv.get("metrics") or {}).items()])
-    tta = folder.read_cv_tta()
-    if tta is not None:
-        summary["with TTA"] = [tta["tta"].get(k, float("nan")) for k in summary["metric"]]
-        note_tta = f" 'with TTA': {tta['n_views']} {tta['mode']} views ({tta['average']}), cv_tta.json."
-    else:
-        note_tta = ""
-    sections.append(("Cross-validation", None, summary,
-                     f"{len(oof)} out-of-fold images, {oof['fold'].nunique()} folds, task {task}.{note_tta}"))
 
     plot_confusion(labels, pred, classes, out / "confusion_matrix.png")
     sections.append(("Confusion matrix", "confusion_matrix.png", None, ""))
@@ -483,9 +486,42 @@ def report(
         sections.append(("Grad-CAM", "gradcam.png", None,
                          "Where each fold model looks: heatmaps of the last convolutional feature map for the "
                          "true class and the predicted class (out-of-fold models)."))
+    sections += _channel_section(records, manifest, cfg, worst, n_worst, out)
     path = _write_page(out, fmt, f"tfkit report: {folder.path.name}", sections)
     print(f"report -> {path}")
     return path
+
+
+def _summary_section(folder: RunFolder, oof: pd.DataFrame, task: str) -> tuple[str, None, pd.DataFrame, str]:
+    """The CV table (beside the TTA scores of ``cv_tta.json`` when present)."""
+    cv = folder.read_cv()
+    summary = pd.DataFrame([{"metric": k, "value": v} for k, v in (cv.get("metrics") or {}).items()])
+    note_tta = ""
+    tta = folder.read_cv_tta()
+    if tta is not None:
+        summary["with TTA"] = [tta["tta"].get(k, float("nan")) for k in summary["metric"]]
+        note_tta = f" 'with TTA': {tta['n_views']} {tta['mode']} views ({tta['average']}), cv_tta.json."
+    tuned = " *_tuned: thresholds fitted on the other folds (cross-fitted)." if any(
+        str(k).endswith("_tuned") for k in summary.get("metric", [])) else ""
+    return ("Cross-validation", None, summary,
+            f"{len(oof)} out-of-fold images, {oof['fold'].nunique()} folds, task {task}.{note_tta}{tuned}")
+
+
+def _channel_section(records: Any, manifest: dict, cfg: Any, worst: pd.DataFrame, n: int, out: Path) -> list:
+    """Channel-by-channel views of the worst images, for records with other than 3 channels."""
+    from tfkit.show import plot_channels
+
+    channels = Manifest.from_dict(manifest).channel_names
+    if records is None or len(channels) == 3 or worst.empty:
+        return []
+    from tfkit.data import load_examples
+
+    shown = worst.head(max(1, min(int(n), 8)))
+    ex = load_examples(str(records), shown["id"].tolist(), image_size=cfg.data.image_size)
+    captions = shown["label"].astype(str).tolist() if "label" in shown else None
+    plot_channels(ex["image"], shown["id"].tolist(), channels, out / "channels.png", captions=captions)
+    return [("Channels of the worst images", "channels.png", None,
+             f"{len(channels)} channels ({', '.join(channels)}): the first three as RGB, then each one.")]
 
 
 def _gradcam_section(folder: RunFolder, cfg: Any, records: Any, oof: pd.DataFrame, proba: np.ndarray,

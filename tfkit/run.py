@@ -5,8 +5,10 @@
 
     RUN/config.yaml      the resolved config (``tfkit train --config`` takes it back)
     RUN/manifest.json    a copy of the training records' manifest
-    RUN/oof.csv          out-of-fold predictions of every finished fold: id, fold, label, p_<class>... (or pred)
+    RUN/oof.csv          out-of-fold predictions of every finished fold: id, fold, label, p_<class>... (or pred;
+                         y_<name> label columns for multi-label, regression, distribution: tfkit.targets)
     RUN/cv.json          metrics recomputed from oof.csv alone, per fold and overall
+    RUN/thresholds.json  decision thresholds fitted on oof.csv (multi-label F-beta, ordinal cut points), when asked
     RUN/curves.png       training curves of every fold
     RUN/oof_tta.csv      RUN/cv_tta.json    written by ``tfkit predict --oof`` (OOF with TTA)
     RUN/report/          written by ``tfkit report``
@@ -75,6 +77,7 @@ class RunFolder:
         self.manifest_path = self.path / "manifest.json"
         self.oof_path = self.path / "oof.csv"
         self.cv_path = self.path / "cv.json"
+        self.thresholds_path = self.path / "thresholds.json"
         self.curves_path = self.path / "curves.png"
         self.oof_tta_path = self.path / "oof_tta.csv"
         self.cv_tta_path = self.path / "cv_tta.json"
@@ -169,6 +172,13 @@ class RunFolder:
     def write_cv(self, cv: dict) -> None:
         write_json(self.cv_path, cv)
 
+    def read_thresholds(self) -> dict:
+        """``thresholds.json`` (``{}`` when the run fitted none)."""
+        return read_json(self.thresholds_path) if self.thresholds_path.is_file() else {}
+
+    def write_thresholds(self, thresholds: dict) -> None:
+        write_json(self.thresholds_path, thresholds)
+
     def read_cv_tta(self) -> dict | None:
         """``cv_tta.json`` of ``tfkit predict --oof``, or ``None``."""
         return read_json(self.cv_tta_path) if self.cv_tta_path.is_file() else None
@@ -191,33 +201,26 @@ def primary_metric(names: Sequence[str], metrics: dict) -> str | None:
 
 
 def oof_frame(index: pd.DataFrame, proba: np.ndarray, classes: list[str], task: str) -> pd.DataFrame:
-    """Predictions in the ``oof.csv`` layout: ``id, fold, label, p_<class>...``.
+    """Predictions in the ``oof.csv`` layout (:func:`tfkit.targets.oof_frame`): ``id, fold, label,
+    p_<class>...``; ``y_<name>`` label columns for multi-label, regression and distribution targets.
 
     Args:
-        index: rows in prediction order (``tfkit.data.read_index``), with id, fold, label.
-        proba: model outputs ``[N, C]`` (binary may be ``[N, 1]``; regression ``[N, 1]``).
-        classes: class names, in the manifest's order.
+        index: rows in prediction order (``tfkit.data.read_index``), with id, fold, label (or ``y_<name>``).
+        proba: model outputs ``[N, C]`` (binary may be ``[N, 1]``; regression ``[N, T]``).
+        classes: output names (:func:`tfkit.targets.output_names`), in the manifest's order.
         task: the run's task.
 
     Returns:
-        The frame (regression: a ``pred`` column instead of ``p_<class>``).
+        The frame (regression: ``pred`` / ``pred_<target>`` columns instead of ``p_<class>``).
 
     Example:
         >>> oof_frame(pd.DataFrame({"id": ["a"], "fold": [0], "label": [1]}), np.array([[0.2, 0.8]]), ["x", "y"], "multiclass")
           id  fold  label  p_x  p_y
         0  a     0      1  0.2  0.8
     """
-    frame = index[["id", "fold", "label"]].reset_index(drop=True).copy()
-    if task == "regression":
-        frame["pred"] = proba.reshape(len(frame), -1)[:, 0]
-        return frame
-    if task == "binary" and proba.ndim == 2 and proba.shape[1] == 1:
-        proba = np.concatenate([1.0 - proba, proba], axis=1)
-    if proba.ndim != 2 or proba.shape[1] != len(classes):
-        raise TfkitError(f"model outputs shape {proba.shape}, expected [N, {len(classes)}] for classes {classes}")
-    for j, c in enumerate(classes):
-        frame[f"p_{c}"] = proba[:, j]
-    return frame
+    from tfkit import targets  # here: tfkit.metrics imports Keras, readers of a run need not
+
+    return targets.oof_frame(index, proba, classes, task)
 
 
 def oof_probabilities(frame: pd.DataFrame, classes: list[str], task: str) -> np.ndarray:
@@ -225,57 +228,64 @@ def oof_probabilities(frame: pd.DataFrame, classes: list[str], task: str) -> np.
 
     Args:
         frame: ``oof.csv`` as a DataFrame.
-        classes: class names (manifest order).
-        task: binary | multiclass | multilabel | regression.
+        classes: output names (manifest order).
+        task: binary | multiclass | multilabel | regression | distribution.
 
     Returns:
-        ``[N]`` positive-class probability (binary) or prediction (regression),
-        else ``[N, C]`` probabilities.
+        ``[N]`` positive-class probability (binary) or prediction (one regression
+        target), else ``[N, C]``.
 
     Example:
-        >>> frame = pd.DataFrame({"p_x": [0.9, 0.2], "p_y": [0.1, 0.8]})
+        >>> frame = pd.DataFrame({"p_x": [0.9, 0.2], "p_y": [0.1, 0.8], "label": [0, 1]})
         >>> oof_probabilities(frame, ["x", "y"], "binary").tolist()
         [0.1, 0.8]
     """
-    if task == "regression":
-        return frame["pred"].to_numpy(dtype=np.float64)
-    p = frame[[f"p_{c}" for c in classes]].to_numpy(dtype=np.float64)
-    return p[:, 1] if task == "binary" else p
+    from tfkit import targets
+
+    return targets.oof_arrays(frame, classes, task)[1]
 
 
 def recompute_cv_frame(oof: pd.DataFrame, classes: list[str], task: str,
                        names: Sequence[str] | None = None) -> dict:
-    """Overall and per-fold metrics of an OOF frame (``oof.csv`` layout).
+    """Overall and per-fold metrics of an OOF frame (``oof.csv`` layout); ``*_tuned``
+    scores use thresholds cross-fitted over the folds (:func:`tfkit.targets.cv_metrics`).
 
     Args:
-        oof: DataFrame with id, fold, label and ``p_<class>`` (or ``pred``) columns.
-        classes: class names in manifest order.
+        oof: DataFrame with id, fold, labels and predictions (:func:`oof_frame`).
+        classes: output names in manifest order.
         task: the task name.
         names: metric names (``cfg.train.metrics``); ``None`` for every applicable one.
 
     Returns:
         ``{"metrics": {...}, "folds": {"k": {...}}}`` (see the module example).
     """
-    return {"metrics": oof_metrics(oof, classes, task, names),
-            "folds": {str(int(k)): oof_metrics(p, classes, task, names) for k, p in oof.groupby("fold", sort=True)}}
+    from tfkit import targets
+
+    return targets.cv_metrics(oof, classes, task, metric_names=names)
 
 
-def oof_metrics(frame: pd.DataFrame, classes: list[str], task: str, names: Sequence[str] | None = None) -> dict:
-    """Metrics of the rows of an OOF frame (``oof.csv`` layout) against their labels.
+def oof_metrics(frame: pd.DataFrame, classes: list[str], task: str, names: Sequence[str] | None = None,
+                thresholds: dict | None = None) -> dict:
+    """Metrics of the rows of a prediction frame (``oof.csv`` layout) against their labels.
 
     Args:
-        frame: id, label and ``p_<class>`` (or ``pred``) columns.
-        classes: class names in manifest order.
+        frame: id, labels and predictions (:func:`oof_frame`).
+        classes: output names in manifest order.
         task: the task name.
         names: metric names; ``None`` for every applicable one.
+        thresholds: ``thresholds.json`` of the run: the ``*_tuned`` scores of
+            held-out predictions use them (fitted on the OOF rows, never on these).
 
     Returns:
         ``{name: value}`` with scalars as floats.
     """
-    from tfkit.metrics import compute_metrics  # here: tfkit.metrics imports Keras, readers of a run need not
+    from tfkit import targets
+    from tfkit.metrics import compute_metrics
 
-    return clean_metrics(compute_metrics(frame["label"].to_numpy(), oof_probabilities(frame, classes, task), task,
-                                         names=names, num_classes=len(classes)))
+    labels, preds = targets.oof_arrays(frame, classes, task)
+    n = None if any(str(c).startswith("y_") for c in frame.columns) else len(classes)
+    saved = {k: v for k, v in (thresholds or {}).items() if k in ("f1", "f2", "qwk")}
+    return clean_metrics(compute_metrics(labels, preds, task, names=names, num_classes=n, thresholds=saved or None))
 
 
 def recompute_cv(run: str | os.PathLike) -> dict:
@@ -294,4 +304,6 @@ def recompute_cv(run: str | os.PathLike) -> dict:
     folder = RunFolder(run)
     cfg, manifest = folder.load()
     task = folder.read_cv().get("task") or manifest.get("task", "multiclass")
-    return recompute_cv_frame(folder.read_oof(), manifest.classes, task, names=cfg.train.metrics)
+    from tfkit.targets import output_names
+
+    return recompute_cv_frame(folder.read_oof(), output_names(manifest, task), task, names=cfg.train.metrics)

@@ -40,7 +40,8 @@ def class_counts(index: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     """Examples per class and fold.
 
     Args:
-        index: :func:`tfkit.data.read_index` output (columns label, fold).
+        index: :func:`tfkit.data.read_index` output (columns label, fold; multi-label
+            records also ``y_<class>``, and each image then counts once per label it has).
         classes: class names; label ``i`` is ``classes[i]`` (-1 is counted as "(unlabelled)").
 
     Returns:
@@ -52,11 +53,18 @@ def class_counts(index: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
         >>> class_counts(idx, ["a", "b"])["total"].tolist()
         [1, 2]
     """
+    fold_name = index["fold"].map(lambda f: f"fold{f}" if f >= 0 else "test")
+    if all(f"y_{c}" in index for c in classes):  # multi-label: positives per label
+        table = index[[f"y_{c}" for c in classes]].gt(0.5).groupby(fold_name.to_numpy()).sum().T.astype(np.int64)
+        table.index = list(classes)
+        return _finish_counts(table)
     names = list(classes) + (["(unlabelled)"] if (index["label"] < 0).any() else [])
     label_name = index["label"].map(lambda i: classes[i] if 0 <= i < len(classes) else "(unlabelled)")
-    fold_name = index["fold"].map(lambda f: f"fold{f}" if f >= 0 else "test")
     table = pd.crosstab(pd.Categorical(label_name, categories=names), fold_name, dropna=False)
-    table = table.reindex(index=names, fill_value=0)
+    return _finish_counts(table.reindex(index=names, fill_value=0))
+
+
+def _finish_counts(table: pd.DataFrame) -> pd.DataFrame:
     table = table[sorted(table.columns, key=lambda c: (c == "test", int(c[4:]) if c != "test" else 0))]
     table.index.name = "class"
     table.columns.name = None
@@ -66,7 +74,12 @@ def class_counts(index: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
 
 def _caption(y: np.ndarray, classes: list[str], task: str) -> str:
     if task == "regression":
-        return f"{float(y[0]):.2f}"
+        return " ".join(f"{float(v):.3g}" for v in y[:3])
+    if task == "distribution":
+        return f"mean bin {float(np.dot(y, np.arange(len(y)))):.2f}"
+    if task == "multilabel":  # mixed shares are shown when not 0/1
+        on = [(classes[i], float(v)) for i, v in enumerate(y) if v > 0.01]
+        return " ".join(n if v > 0.999 else f"{n} {v:.2f}" for n, v in on)[:40] or "(none)"
     if y.shape[-1] == 1:  # binary: P(class 1)
         p = float(y[0])
         name = classes[int(p >= 0.5)] if len(classes) == 2 else str(int(p >= 0.5))
@@ -119,7 +132,9 @@ def plot_augment_grid(records: str, cfg: Config, index: pd.DataFrame, manifest: 
     manifest = Manifest.from_dict(manifest)
     task = resolve_task(cfg.model.task, manifest=manifest)
     classes = manifest.classes
-    y = data.encode_targets(tf.constant(np.maximum(ex["label"], 0)), task, len(classes))
+    labels = ex["label"] if ex["label"].dtype.kind == "f" else np.maximum(ex["label"], 0)
+    y = data.encode_targets(tf.constant(labels), task, len(classes))
+    classes = classes or manifest.targets
     size = int(cfg.data.image_size)
     columns = [(augment.resize_batch(tf.constant(ex["image"]), size).numpy(), y.numpy(), "original")]
     for d in range(n_draws):
@@ -133,7 +148,7 @@ def plot_augment_grid(records: str, cfg: Config, index: pd.DataFrame, manifest: 
     for r in range(rows):
         for c, (imgs, labs, title) in enumerate(columns):
             ax = axes[r][c]
-            ax.imshow(np.clip(imgs[r], 0.0, 1.0), interpolation="nearest")
+            ax.imshow(np.clip(to_rgb(imgs[r]), 0.0, 1.0), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(_caption(labs[r], classes, task), fontsize=7)
@@ -143,6 +158,67 @@ def plot_augment_grid(records: str, cfg: Config, index: pd.DataFrame, manifest: 
             if c == 0:
                 ax.set_ylabel(str(ex["id"][r])[:18], fontsize=7)
     fig.suptitle(f"augment preset={cfg.augment.preset!r}, size {size}px: original, then {n_draws} draws", fontsize=9)
+    return save_figure(fig, path)
+
+
+def to_rgb(images: np.ndarray) -> np.ndarray:
+    """Images of any channel count as RGB for display: the first three channels
+    as red, green, blue (RGBY: the yellow stain is left out), grey repeated,
+    two channels as red and green.
+
+    Example:
+        >>> to_rgb(np.ones((2, 2, 4))).shape, to_rgb(np.ones((2, 2, 1))).shape
+        ((2, 2, 3), (2, 2, 3))
+    """
+    x = np.asarray(images)
+    c = x.shape[-1]
+    if c == 3:
+        return x
+    if c == 1:
+        return np.repeat(x, 3, axis=-1)
+    if c == 2:
+        return np.concatenate([x, np.zeros_like(x[..., :1])], axis=-1)
+    return x[..., :3]
+
+
+def _stretch(tile: np.ndarray) -> np.ndarray:
+    """A grey tile stretched to its own 1st-99th percentiles (dim stains become visible)."""
+    lo, hi = np.percentile(tile, [1, 99])
+    return np.clip((tile - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(tile, dtype=np.float64)
+
+
+def plot_channels(images: np.ndarray, ids: Any, channels: list[str], path: Path, captions: Any = None) -> Path:
+    """One row per image: the first three channels as RGB, then every channel as a grey tile.
+
+    Args:
+        images: ``[N, H, W, C]`` uint8 or float in [0, 1].
+        ids: N ids (row labels).
+        channels: C channel names (column titles).
+        path: PNG to write.
+        captions: optional N strings (e.g. labels) shown over the RGB view.
+
+    Returns:
+        ``path``.
+    """
+    x = np.asarray(images, dtype=np.float64)
+    x = x / 255.0 if np.asarray(images).dtype == np.uint8 else x
+    n, c = x.shape[0], x.shape[-1]
+    plt = pyplot()
+    fig, axes = plt.subplots(n, c + 1, figsize=(1.7 * (c + 1), 1.8 * n), squeeze=False, layout="constrained")
+    for r in range(n):
+        axes[r][0].imshow(np.clip(to_rgb(x[r]), 0, 1), interpolation="nearest")
+        axes[r][0].set_ylabel(str(ids[r])[:16], fontsize=7)
+        if captions is not None:
+            axes[r][0].set_title(str(captions[r])[:30], fontsize=7)
+        for k in range(c):
+            axes[r][k + 1].imshow(_stretch(x[r, ..., k]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            if r == 0:
+                axes[r][k + 1].set_title(str(channels[k])[:12], fontsize=8)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    rgb = "/".join(channels[:3]) if c >= 3 else "grey" if c == 1 else "/".join(channels) + "/0"
+    fig.suptitle(f"first column: {rgb} as RGB; then each channel (stretched to its 1-99th percentiles)", fontsize=8)
     return save_figure(fig, path)
 
 
@@ -202,9 +278,13 @@ def eda_summary(index: pd.DataFrame, manifest: Mapping, source: pd.DataFrame | N
         "n_examples": int(len(index)),
         "image_sizes": _size_counts(index),
         "source_sizes": _size_counts(source) if source is not None else None,
-        "class_counts": {name: int((index["label"] == i).sum()) for i, name in enumerate(classes)},
+        "class_counts": {name: int(class_counts(index, classes).loc[name, "total"]) for name in classes},
         "metadata": {},
     }
+    targets = [t for t in manifest.targets if f"y_{t}" in index]
+    if targets:
+        summary["targets"] = {t: {"min": float(index[f"y_{t}"].min()), "mean": float(index[f"y_{t}"].mean()),
+                                  "max": float(index[f"y_{t}"].max())} for t in targets}
     for col, spec in manifest.metadata.items():
         v = index[col]
         entry: dict[str, Any] = {"kind": spec["kind"], "missing": int(v.isna().sum())}
@@ -280,10 +360,17 @@ def plot_eda(index: pd.DataFrame, manifest: Mapping, summary: dict, path: Path,
 
     ax = flat[1]
     cc = summary["class_counts"]
+    if not cc and summary.get("targets"):  # regression: the targets' distributions
+        for t in list(summary["targets"])[:4]:
+            ax.hist(index[f"y_{t}"].to_numpy(), bins=30, alpha=0.6, label=t[:14])
+        ax.legend(fontsize=7)
+        ax.set_title(f"targets ({summary['n_examples']} examples)")
+        cc = {}
     ax.bar(range(len(cc)), list(cc.values()))
     ax.set_xticks(range(len(cc)))
     ax.set_xticklabels([str(k)[:12] for k in cc], rotation=45 if len(cc) > 8 else 0, fontsize=8)
-    ax.set_title(f"examples per class ({summary['n_examples']} total)")
+    if cc:
+        ax.set_title(f"examples per class ({summary['n_examples']} total)")
 
     for ax, (col, spec) in zip(flat[2:], meta):
         entry = summary["metadata"][col]
@@ -313,7 +400,8 @@ def show(records: str, cfg: Config, out: str | os.PathLike, n_images: int = 8, n
         n_draws: augmentation draws (columns after the original) per image.
 
     Returns:
-        Paths written: ``augment_grid.png``, ``class_counts.png``, ``class_counts.csv``,
+        Paths written: ``augment_grid.png``, ``channels.png`` (images with other than 3
+        channels), ``class_counts.png`` and ``class_counts.csv`` (records with classes),
         ``eda.png``, ``eda.json``.
 
     Raises:
@@ -336,10 +424,16 @@ def show(records: str, cfg: Config, out: str | os.PathLike, n_images: int = 8, n
     classes = manifest.classes
 
     paths = [plot_augment_grid(records, cfg, index, manifest, out / "augment_grid.png", n_images, n_draws)]
-    counts = class_counts(index, classes)
-    paths.append(plot_class_counts(counts, out / "class_counts.png"))
-    write_csv(out / "class_counts.csv", counts.reset_index())
-    paths.append(out / "class_counts.csv")
+    channels = manifest.channel_names
+    if len(channels) != 3:
+        ids = _pick_ids(index, n_images)
+        ex = data.load_examples(records, ids, manifest=manifest, image_size=cfg.data.image_size)
+        paths.append(plot_channels(ex["image"], ids, channels, out / "channels.png"))
+    if classes:
+        counts = class_counts(index, classes)
+        paths.append(plot_class_counts(counts, out / "class_counts.png"))
+        write_csv(out / "class_counts.csv", counts.reset_index())
+        paths.append(out / "class_counts.csv")
     try:
         source = records_mod.source_sizes(records)
     except TfkitError:  # records built before the original sizes were recorded

@@ -76,6 +76,7 @@ from tfkit.checks import resolve_run_config, validate
 from tfkit.scheduler import create_schedule, phases, schedule_callbacks
 from tfkit.strategy import gradient_replicas, get_strategy, runtime_info
 from tfkit.swa import SWA_BN_BATCHES, SwaAverage, bn_update, swa_start
+from tfkit.targets import fit_thresholds, output_names
 from tfkit.train_step import TrainingModel
 from tfkit.utils import TfkitError, pyplot, save_figure, seed_everything, write_json
 
@@ -128,6 +129,9 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
     if cfg.train.class_weight:
         if cfg.train.class_weight != "balanced":
             raise TfkitError(f"train.class_weight: expected null or balanced, got {cfg.train.class_weight!r}")
+        if setup.task not in ("binary", "multiclass"):
+            raise TfkitError(f"train.class_weight=balanced weighs single-label classes; the task is {setup.task} "
+                             "(for multi-label imbalance use train.loss=asl or focal)")
         labels = tfdata.read_index(records, folds=setup.train_folds, manifest=setup.manifest)["label"].to_numpy()
         cw = class_weights(labels, setup.num_classes)
     if setup.metadata is not None:
@@ -333,7 +337,12 @@ def _write_cv(cfg: Config, run: RunFolder, manifest: Manifest) -> dict:
         raise TfkitError(f"{run.path}: id {oof['id'][oof['id'].duplicated()].iloc[0]!r} is predicted by two folds")
     run.write_oof(oof)
     task = resolve_task(cfg.model.task, manifest=manifest)
-    cv = recompute_cv_frame(oof, manifest.classes, task, names=cfg.train.metrics)
+    names = output_names(manifest, task)
+    cv = recompute_cv_frame(oof, names, task, names=cfg.train.metrics)
+    chosen = fit_thresholds(oof, names, task, cfg.train.metrics)
+    if chosen:
+        # Fitted on every fold's OOF rows: what predict applies to the test set.
+        run.write_thresholds(dict(task=task, outputs=names, **chosen))
     for k in done:
         info = run.done(k)
         cv["folds"][str(k)].update(best_epoch=info["best_epoch"], epochs_run=info["epochs_run"],
