@@ -69,7 +69,7 @@ def test_bad_value_is_one_line_naming_the_key(overrides, key, expected, manifest
 def test_good_config_and_replicas(manifest):
     validate(load_config(None, TINY), manifest)
     validate(load_config(None, [*TINY, "train.sam_rho=0.05"]), manifest, replicas=1)
-    with pytest.raises(TfkitError, match=r"^train.sam_rho > 0 runs on one replica only"):
+    with pytest.raises(TfkitError, match=r"^train.sam_rho > 0 runs on one TensorFlow replica only"):
         validate(load_config(None, [*TINY, "train.sam_rho=0.05"]), manifest, replicas=2)
 
 
