@@ -386,6 +386,9 @@ def test_rows_without_labels_count_as_images():
     folds = multilabel_folds(rows, 5, seed=0)
     assert np.bincount(folds).tolist() == [10] * 5
     assert fold_label_counts(rows, folds, 5)[:, 0].tolist() == [2] * 5
+    # no labels at all, in groups: images and groups are still balanced
+    folds = multilabel_folds([[]] * 12, 2, groups=np.repeat(["a", "b", "c", "d", "e"], [2, 2, 2, 3, 3]), seed=0)
+    assert sorted(np.bincount(folds).tolist()) == [6, 6]
 
 
 @pytest.mark.parametrize(

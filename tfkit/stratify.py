@@ -475,6 +475,7 @@ class _State:
     def of(cls, gc: GroupCounts, assign: np.ndarray, n_folds: int) -> "_State":
         owner = np.repeat(assign, np.diff(gc.indptr))
         F = np.bincount(owner * gc.n_classes + gc.classes, weights=gc.counts, minlength=n_folds * gc.n_classes)
+        F = F.astype(np.float64, copy=False)  # bincount of nothing is int64
         E = np.column_stack([np.bincount(assign, weights=gc.images, minlength=n_folds),
                              np.bincount(assign, minlength=n_folds).astype(np.float64)])
         size = np.bincount(assign, minlength=n_folds)
