@@ -28,7 +28,7 @@ from tfkit.models import create_model
 
 TINY = ["data.image_size=16", "data.batch_size=16", "model.width=4", "train.epochs=1", "train.verbose=0",
         "train.mixed_precision=\"off\"", "train.warmup_epochs=0"]
-TTA = ["predict.tta=1", "predict.tta_mode=flips"]  # TODO 4 views once augment is backend-neutral
+TTA = ["predict.tta=4", "predict.tta_mode=flips"]
 
 
 def run_jax(env: dict, script: str, *args: str, timeout: int = 1500) -> dict:
@@ -50,6 +50,9 @@ STEP_VARIANTS = {
                 policy="float32"),
     # float16 with dynamic loss scaling (Keras wraps the optimizer in a LossScaleOptimizer)
     "float16": dict(train=["train.optimizer=sgd", "train.lr=0.1"], policy="mixed_float16"),
+    # on-device augmentation (data.augment_on=device): the same seed gives the same batch on both backends
+    "device_augment": dict(train=["train.optimizer=sgd", "train.lr=0.1", "augment.preset=digits",
+                                  "augment.hflip_p=0.5", "augment.cutmix_p=0.3"], policy="float32"),
 }
 
 
@@ -67,12 +70,14 @@ def one_step(variant: str, init_weights: str) -> list[np.ndarray]:
     from tfkit.train_step import TrainingModel
 
     spec = STEP_VARIANTS[variant]
-    t = load_config(None, spec["train"]).train
+    cfg = load_config(None, spec["train"])
+    t = cfg.train
     keras.mixed_precision.set_global_policy(spec["policy"])
     try:
         net = create_model("small_cnn", 3, 16, width=4, pooling="gem", dropout=0.0)
         net.load_weights(init_weights)
-        wrapper = TrainingModel(net, sam_rho=t.sam_rho)
+        augment = cfg.augment if variant == "device_augment" else None
+        wrapper = TrainingModel(net, sam_rho=t.sam_rho, augment_cfg=augment, image_size=16, seed=5)
         wrapper.compile(optimizer=create_optimizer(t, t.lr, layer_multipliers(net, t.layer_lr_decay, t.layer_lr_groups)),
                         loss=create_loss(t, "multiclass", 3))
         x, y, sw = step_data()
@@ -181,7 +186,7 @@ def test_model_saved_on_jax_predicts_the_same_on_tensorflow(jax_side):
 # float32 steps agree to ~1e-5 (SAM's second gradient and Adam's first step amplify rounding to ~2e-3);
 # float16 convolutions accumulate differently on XLA and oneDNN (~5%), while a loss scale left in
 # the gradients would be off by a factor of 2**15.
-STEP_RTOL = {"plain": 1e-3, "sam": 1e-2, "float16": 0.1}
+STEP_RTOL = {"plain": 1e-3, "sam": 1e-2, "float16": 0.1, "device_augment": 1e-3}
 
 
 @pytest.mark.parametrize("variant", list(STEP_VARIANTS))
