@@ -619,9 +619,12 @@ def folds_from_csv(
     Example:
         >>> folds_from_csv("train.csv", "folds.csv", label_col="target", group_col="patient_id")  # doctest: +SKIP
     """
+    from tfkit.preflight import check_out_file
+
     csv = Path(csv)
     if not csv.is_file():
         raise TfkitError(f"CSV {csv} not found")
+    check_out_file(out, "--out")  # before the folds are computed
     try:
         # Ids and groups stay text: "007" and "7" are different ids.
         keep_text = {c: str for c in (id_col, group_col) if c}

@@ -415,6 +415,7 @@ def report(
         raise TfkitError(f"report: task {task!r} is not supported (binary and multiclass only)")
     classes = manifest.classes
     out = Path(out) if out is not None else folder.report_dir
+    _check_inputs(out, manifest, oof, records, gradcam_ids, n_worst)
     out.mkdir(parents=True, exist_ok=True)
 
     proba = oof_probabilities(oof, classes, task)
@@ -476,6 +477,22 @@ def report(
     path = _write_page(out, fmt, f"tfkit report: {folder.path.name}", sections)
     print(f"report -> {path}")
     return path
+
+
+def _check_inputs(out: Path, manifest: Any, oof: pd.DataFrame, records: Any, gradcam_ids: Sequence[str] | None,
+                  n_worst: int) -> None:
+    """Everything the report needs, checked before its folder is written."""
+    from tfkit.preflight import check_out_dir, check_records
+
+    if int(n_worst) < 0:
+        raise TfkitError(f"--worst: expected a number of images >= 0, got {n_worst}")
+    check_out_dir(out, "--out")
+    if records is not None and not manifest.same_source(check_records(records)):
+        raise TfkitError(f"--records {records}: not the records this run was trained on (folds or shard checksums "
+                         "differ from RUN/manifest.json)")
+    missing = [i for i in (gradcam_ids or []) if i not in set(oof["id"])]
+    if missing:
+        raise TfkitError(f"--gradcam: id(s) not among the run's out-of-fold rows: {', '.join(missing[:5])}")
 
 
 def _gradcam_section(folder: RunFolder, cfg: Any, records: Any, oof: pd.DataFrame, proba: np.ndarray,
