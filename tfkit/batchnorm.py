@@ -35,11 +35,37 @@ import keras
 
 from tfkit.utils import TfkitError
 
-__all__ = ["PreciseBN", "TrainModeForward", "recompute_statistics", "trainable_batchnorms", "precise_bn_batches", "PRECISE_BN_SAMPLES"]
+__all__ = ["PreciseBN", "TrainModeForward", "recompute_statistics", "trainable_batchnorms", "precise_bn_batches",
+           "precise_bn_enabled", "PRECISE_BN_MODES", "PRECISE_BN_SAMPLES", "STALE_SHARE"]
 
+PRECISE_BN_MODES = ("auto", "on", "off")
 # Wu & Johnson (2021, fig. 4): population statistics estimated from ~10^4
 # samples are as good as from the whole set; more only costs time.
 PRECISE_BN_SAMPLES = 8192
+# "auto" turns precise BN on when more than this share of the moving statistics at an
+# epoch's end still comes from earlier epochs (older weights, or the initial 0/1).
+STALE_SHARE = 0.01
+
+
+def precise_bn_enabled(mode: str, steps_per_epoch: int, momentum: float) -> bool:
+    """Whether the precise-BN pass runs (``train.precise_bn``).
+
+    ``auto``: on when ``momentum ** steps_per_epoch > STALE_SHARE``, i.e. when more than
+    1% of the moving statistics validated at an epoch's end would come from
+    before that epoch: fewer than 459 steps an epoch at Keras's momentum 0.99.
+    Above that the moving averages are fresh and the pass would only cost time.
+
+    Example:
+        >>> precise_bn_enabled("auto", 11, 0.99), precise_bn_enabled("auto", 1000, 0.99)
+        (True, False)
+        >>> precise_bn_enabled("on", 1000, 0.99), precise_bn_enabled("off", 11, 0.99)
+        (True, False)
+    """
+    if mode not in PRECISE_BN_MODES:
+        raise TfkitError(f"train.precise_bn: expected one of {', '.join(PRECISE_BN_MODES)}, got {mode!r}")
+    if mode != "auto":
+        return mode == "on"
+    return float(momentum) ** int(steps_per_epoch) > STALE_SHARE
 
 
 def trainable_batchnorms(model: Any) -> list:

@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 from tfkit.augment import check_augment_config
 from tfkit.backend import BACKENDS
+from tfkit.batchnorm import PRECISE_BN_MODES
 from tfkit.config import Config, DataConfig, PredictConfig, TrainConfig
 from tfkit.heads import check_head
 from tfkit.losses import check_loss
@@ -128,6 +129,8 @@ def _check_train(t: TrainConfig, task: str | None, num_classes: int, replicas: i
     if t.monitor not in allowed and t.monitor != "auto":
         raise TfkitError(f"train.monitor: {t.monitor!r} is not a metric of this run (expected one of: {', '.join(allowed)})")
     swa_start(t)
+    if t.precise_bn not in PRECISE_BN_MODES:
+        raise TfkitError(f"train.precise_bn: expected one of {', '.join(PRECISE_BN_MODES)}, got {t.precise_bn!r}")
     if t.mixed_precision not in PRECISION_MODES:
         raise TfkitError(f"train.mixed_precision: unknown mode {t.mixed_precision!r} "
                          f"(expected one of: {', '.join(PRECISION_MODES)})")

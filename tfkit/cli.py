@@ -385,9 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="tuning folder")
     p.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="random", help="search algorithm (default random)")
     p.add_argument("--trials", type=int, default=10, help="max trials in all (re-run with more to extend a search)")
-    p.add_argument("--objective", default="val_accuracy",
+    p.add_argument("--objective", default=None,
                    help="metric to optimise, e.g. val_auc or val_log_loss; *loss* is minimised, "
-                   "else maximised, or say so: val_qwk:max")
+                   "else maximised, or say so: val_qwk:max (default: the run's monitor, which fits the task)")
     p.add_argument("--fold", type=int, default=0, help="the fold scored when --cv is off")
     p.add_argument("--cv", action="store_true", help="score each trial by the mean over all folds (train.folds)")
     p.add_argument("--overwrite", action="store_true", help="discard the search in --out and start afresh")

@@ -228,6 +228,9 @@ class TrainConfig:
     # "auto": the metric that fits the task (tfkit.metrics.resolve_metrics): val_auc
     # (binary, multilabel), val_log_loss (multiclass), val_qwk (ordinal), val_rmse (regression)
     monitor: str = "auto"
+    # BatchNorm statistics of the current weights before every validation (tfkit.batchnorm):
+    # auto = on when Keras's moving averages would still hold >1% of earlier epochs (< 459 steps/epoch)
+    precise_bn: str = "auto"  # auto | on | off
     early_stopping: int = 0  # patience in epochs; 0 turns it off
     # None: by task (binary: auc, log_loss, accuracy, f1; multiclass: accuracy, log_loss,
     # f1, auc; + qwk when the classes are ordinal). The first one is the CV headline.

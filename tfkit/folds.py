@@ -645,6 +645,8 @@ def folds_from_csv(
     Example:
         >>> folds_from_csv("train.csv", "folds.csv", label_col="target", group_col="patient_id")  # doctest: +SKIP
     """
+    from tfkit.preflight import check_out_file
+
     csv = Path(csv)
     if sum(x is not None for x in (label_sep, label_cols, target_cols)) > 1:
         raise TfkitError("give one of --label-sep, --label-cols and --target-cols")
@@ -685,6 +687,7 @@ def _read_rows(csv: Path, id_col: str, target: list[str], group_col: str | None)
     """The CSV with ids checked (present, unique) and no missing target or group; errors name the line."""
     if not csv.is_file():
         raise TfkitError(f"CSV {csv} not found")
+    check_out_file(out, "--out")  # before the folds are computed
     try:
         # Ids and groups stay text: "007" and "7" are different ids.
         keep_text = {c: str for c in (id_col, group_col) if c}

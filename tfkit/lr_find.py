@@ -23,6 +23,7 @@ from tfkit.backend import select_backend
 from tfkit.config import Config
 from tfkit.optim import create_optimizer
 from tfkit.fold_setup import FoldSetup
+from tfkit.preflight import check_out_dir, check_records
 from tfkit.utils import TfkitError, pyplot, save_figure, seed_everything, write_csv
 
 __all__ = ["lr_find", "ExponentialSweep", "smooth"]
@@ -97,7 +98,9 @@ def lr_find(cfg: Config, records: str | os.PathLike, out: str | os.PathLike, min
     if steps < 10:
         raise TfkitError(f"lr-find: --steps must be at least 10, got {steps}")
     select_backend(cfg.train.backend)
-    setup = FoldSetup.create(cfg, records, fold)  # validates the whole config before anything is written
+    check_out_dir(out, "--out")
+    manifest = check_records(records)
+    setup = FoldSetup.create(cfg, records, fold, manifest)  # validates the whole config before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.train.seed)

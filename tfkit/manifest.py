@@ -69,7 +69,13 @@ class Manifest(Mapping[str, Any]):
             path = path / "manifest.json"
         if not path.is_file():
             raise TfkitError(f"manifest {path} not found (is {path.parent} a folder written by tfkit build-records?)")
-        return cls(read_json(path))
+        try:
+            data = read_json(path)
+        except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+            raise TfkitError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise TfkitError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        return cls(data)
 
     def to_dict(self) -> dict:
         """A copy of the dict, as ``manifest.json`` holds it."""

@@ -29,7 +29,8 @@ from tfkit.checks import AVERAGES, MAX_VIEWS, TTA_MODES, check_tta, validate  # 
 from tfkit.config import Config, PredictConfig
 from tfkit.manifest import Manifest, resolve_task
 from tfkit.metrics import lower_is_better
-from tfkit.records import IMAGE_EXTENSIONS, load_manifest
+from tfkit.preflight import check_out_dir, check_out_file, check_records
+from tfkit.records import IMAGE_EXTENSIONS
 from tfkit.run import RunFolder, oof_frame, oof_metrics, primary_metric, recompute_cv_frame
 from tfkit.targets import output_names
 from tfkit.utils import TfkitError, write_csv
@@ -60,6 +61,12 @@ def load_run(run: str | os.PathLike, overrides: Iterable[str] = ()) -> tuple[Con
 
         cfg, manifest = load_run("runs/digits", ["predict.average=gmean"])
     """
+    overrides = list(overrides)
+    for text in overrides:
+        key = text.split("=", 1)[0].strip()
+        if not key.startswith("predict."):
+            raise TfkitError(f"--set {text}: predict reads only predict.* keys; {key} is fixed by the run's training "
+                             "(RUN/config.yaml) and would be ignored")
     return RunFolder(run).load(overrides)
 
 
@@ -500,12 +507,27 @@ def list_images(folder: str | os.PathLike, csv: str | os.PathLike | None = None,
     return _decodable(pd.DataFrame({"id": frame[id_column].tolist(), "path": paths}))
 
 
+_SIGNATURES = {".png": (b"\x89PNG\r\n\x1a\n",), ".jpg": (b"\xff\xd8\xff",), ".jpeg": (b"\xff\xd8\xff",),
+               ".bmp": (b"BM",), ".gif": (b"GIF87a", b"GIF89a")}
+
+
 def _decodable(images: pd.DataFrame) -> pd.DataFrame:
-    """``images`` unchanged, or a one-line error naming the first file TensorFlow cannot decode."""
+    """``images`` unchanged, or a one-line error naming the first file TensorFlow cannot decode:
+    an unsupported format, an empty file, or one whose first bytes are not its format's signature
+    (checked before anything is predicted, so no error surfaces mid-way without a file name)."""
     for path in images["path"]:
-        if Path(path).suffix.lower() in _TF_CANNOT_DECODE:
-            raise TfkitError(f"--images: {Path(path).name}: TensorFlow cannot decode {Path(path).suffix} files; "
+        p = Path(path)
+        ext = p.suffix.lower()
+        if ext in _TF_CANNOT_DECODE:
+            raise TfkitError(f"--images: {p.name}: TensorFlow cannot decode {p.suffix} files; "
                              "build test records from the folder instead (tfkit build-records --split test)")
+        with open(p, "rb") as f:
+            head = f.read(8)
+        if not head:
+            raise TfkitError(f"--images: {p}: empty file (0 bytes)")
+        if ext in _SIGNATURES and not head.startswith(_SIGNATURES[ext]):
+            raise TfkitError(f"--images: {p}: not a {ext[1:].upper()} image (its first bytes are not a "
+                             f"{ext[1:].upper()} signature; corrupted or misnamed)")
     return images
 
 
@@ -565,7 +587,7 @@ def _batch_size(cfg: Config) -> int:
 def _check_same_records(records: str | os.PathLike, manifest: Manifest) -> None:
     """Out-of-fold predictions are only out of fold on the records the run was
     trained on: other folds (another seed or K) would score images a model saw."""
-    if not manifest.same_source(load_manifest(str(records))):
+    if not manifest.same_source(check_records(records)):
         raise TfkitError(f"{records}: these are not the records the run was trained on (folds or shard checksums "
                          "differ from RUN/manifest.json); OOF scores on them would leak")
 
@@ -590,10 +612,16 @@ def records_dataset(records: str | os.PathLike, cfg: Config, manifest: Manifest,
     from tfkit import data
 
     records = str(records)
-    own = Manifest.from_dict(load_manifest(records))
+    own = Manifest.from_dict(check_records(records))  # shards as listed, sha256 included
     manifest = Manifest.from_dict(manifest)
     if own.targets and own.targets != manifest.targets:
         raise TfkitError(f"{records}: targets {own.targets} differ from the run's {manifest.targets}")
+    for what, mine, theirs in (("image size", own.image_size, manifest.image_size),
+                               ("channels", (own.get("image") or {}).get("channels"),
+                                (manifest.get("image") or {}).get("channels"))):
+        if mine is not None and theirs is not None and mine != theirs:
+            raise TfkitError(f"{records}: {what} {mine} differs from the run's training records ({theirs}); "
+                             "build the test records with the same --size/--channels")
     if own.classes and own.classes != manifest.classes:
         raise TfkitError(
             f"{records}: classes {own['classes']} differ from the run's {manifest['classes']} "
@@ -770,12 +798,15 @@ def predict(
         raise TfkitError("predict: give exactly one of --records or --images")
     if csv is not None and images is None:
         raise TfkitError("predict: --csv is used with --images only")
+    if out is not None:
+        check_out_file(out, "--out")  # before anything is predicted
     cfg, manifest = load_run(run, overrides)
     cfg, task = _resolve(cfg, manifest, tta)
     pcfg = cfg.predict
     folds = run_folds(run)
     weights = fold_weights(run, folds, pcfg.fold_weights)
     _image_size(run, folds, cfg)
+    models = load_models(run, folds)  # a missing or damaged model fails before any data is read
     if records is not None:
         ds, index = records_dataset(records, cfg, manifest)
         ids = index["id"].tolist()
@@ -787,7 +818,6 @@ def predict(
         index = list_images(images, csv, id_column=pcfg.id_column)
         ids = index["id"].tolist()
         ds = image_folder_dataset(index["path"].tolist(), cfg.data.image_size, _batch_size(cfg))
-    models = load_models(run, folds)
     proba = predict_proba(
         models, ds, pcfg.tta, pcfg.tta_mode, pcfg.average, weights=weights, task=task,
         augment_cfg=cfg.augment, seed=pcfg.seed, progress=progress,
@@ -846,9 +876,11 @@ def oof_tta(
     classes = output_names(manifest, task)
     folds = run_folds(run)
     _image_size(run, folds, cfg)
+    check_out_dir(run, "--run")  # RUN/oof_tta.csv and RUN/cv_tta.json are written at the end
     _check_same_records(records, manifest)
+    models = load_models(run, folds)
     with_tta, without = [], []
-    for k, model in zip(folds, load_models(run, folds)):
+    for k, model in zip(folds, models):
         ds, index = records_dataset(records, cfg, manifest, folds=[k])
         if not _known_labels(index):
             raise TfkitError(f"{records}: fold {k} has examples without labels; OOF needs labelled training records")

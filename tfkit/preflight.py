@@ -36,15 +36,15 @@ from typing import Any, Mapping, Sequence
 
 from tfkit.utils import TfkitError
 
-__all__ = ["check_records", "check_labels", "check_out_file", "check_out_dir", "check_run_out",
-           "is_run_folder", "same_records", "sha256_file"]
+__all__ = ["check_records", "check_labels", "check_image_size", "check_out_file", "check_out_dir", "check_run_out",
+           "is_run_folder", "sha256_file"]
 
 _HEX = set("0123456789abcdef")
 _CHUNK = 1 << 20
 
 
 def _is_remote(path: str | os.PathLike) -> bool:
-    return "://" in str(path)
+    return "://" in str(path)  # gs://, s3://: checked through the manifest only
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -181,17 +181,53 @@ def check_labels(labels: Sequence[int], manifest: Mapping[str, Any], records: st
                              "rebuild the records")
 
 
+def check_image_size(records: str | os.PathLike, manifest: Mapping[str, Any]) -> None:
+    """The first stored JPEG of each shard against the manifest's ``image.size`` (an edited manifest).
+
+    Reads one example per shard (its JPEG header only), so a manifest whose size
+    was changed fails here, naming the shard, instead of as a shape error mid-training.
+
+    Raises:
+        TfkitError: a stored image whose size differs from the manifest's.
+    """
+    size = (manifest.get("image") or {}).get("size")
+    if not size or (manifest.get("image") or {}).get("format", "jpeg") != "jpeg" or _is_remote(records):
+        return
+    import tensorflow as tf
+
+    from tfkit.records import make_parser
+
+    parse = make_parser(manifest)
+    want = [int(size[0]), int(size[1])]
+    for name, _, _ in _shard_entries(Path(records), manifest):
+        path = str(Path(records) / name)
+        for raw in tf.data.TFRecordDataset(path).take(1):
+            got = tf.io.extract_jpeg_shape(parse(raw)["image"]).numpy()[:2].tolist()
+            if got != want:
+                raise TfkitError(f"{path}: stored images are {got[0]}x{got[1]} but manifest.json says "
+                                 f"{want[0]}x{want[1]}: the manifest was edited; rebuild the records")
+
+
+def _probe_writable(folder: Path, option: str, path: Path) -> None:
+    """Create and remove a temporary file in ``folder``: the one check that holds for root,
+    read-only mounts and ACLs alike (``os.access`` says yes to root everywhere)."""
+    import tempfile
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tfkit-probe-", dir=folder)
+    except OSError as e:
+        raise TfkitError(f"{option} {path}: cannot write in {folder} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def _writable_ancestor(path: Path, option: str) -> None:
-    parent = path.parent if str(path.parent) else Path(".")
-    probe = parent
-    while not probe.exists():
-        if probe.parent == probe:
-            break
+    probe = path.parent if str(path.parent) else Path(".")
+    while not probe.exists() and probe.parent != probe:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise TfkitError(f"{option} {path}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise TfkitError(f"{option} {path}: cannot write in {probe} (permission denied)")
+    _probe_writable(probe, option, path)
 
 
 def check_out_file(path: str | os.PathLike, option: str = "--out") -> Path:
@@ -217,8 +253,7 @@ def check_out_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     if p.exists() and not p.is_dir():
         raise TfkitError(f"{option} {p} is a file, not a folder")
     if p.is_dir():
-        if not os.access(p, os.W_OK | os.X_OK):
-            raise TfkitError(f"{option} {p}: cannot write in it (permission denied)")
+        _probe_writable(p, option, p)
     else:
         _writable_ancestor(p, option)
     return p
@@ -230,14 +265,6 @@ def is_run_folder(path: str | os.PathLike) -> bool:
     if not (p / "config.yaml").is_file():
         return False
     return not any(n.endswith((".tfrec", ".tfrecord")) for n in os.listdir(p))
-
-
-def same_records(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Whether two manifests describe the same training records: same folds and shard checksums."""
-    def shards(m: Mapping[str, Any]) -> list:
-        return sorted((s.get("file"), s.get("sha256")) for s in m.get("shards") or [])
-
-    return a.get("folds") == b.get("folds") and shards(a) == shards(b)
 
 
 def check_run_out(out: str | os.PathLike, manifest: Mapping[str, Any], records: str | os.PathLike) -> Path:
@@ -265,7 +292,9 @@ def check_run_out(out: str | os.PathLike, manifest: Mapping[str, Any], records: 
             old = json.loads(own.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise TfkitError(f"{own}: not valid JSON; the run folder is damaged: choose a new --out") from None
-        if not same_records(old, manifest):
+        from tfkit.manifest import Manifest
+
+        if not Manifest.from_dict(manifest).same_source(old):
             raise TfkitError(f"--out {p} was trained on other records than {records} (folds or shard checksums differ); "
                              "resuming would mix folds and leak: choose a new --out")
     return p

@@ -432,6 +432,7 @@ def report(
     task = resolve_task(cfg.model.task, manifest=manifest)
     classes = output_names(manifest, task)
     out = Path(out) if out is not None else folder.report_dir
+    _check_inputs(out, manifest, oof, records, gradcam_ids, n_worst)
     out.mkdir(parents=True, exist_ok=True)
     sections = [_summary_section(folder, oof, task)]
     if task not in ("binary", "multiclass"):
@@ -522,6 +523,22 @@ def _channel_section(records: Any, manifest: dict, cfg: Any, worst: pd.DataFrame
     plot_channels(ex["image"], shown["id"].tolist(), channels, out / "channels.png", captions=captions)
     return [("Channels of the worst images", "channels.png", None,
              f"{len(channels)} channels ({', '.join(channels)}): the first three as RGB, then each one.")]
+
+
+def _check_inputs(out: Path, manifest: Any, oof: pd.DataFrame, records: Any, gradcam_ids: Sequence[str] | None,
+                  n_worst: int) -> None:
+    """Everything the report needs, checked before its folder is written."""
+    from tfkit.preflight import check_out_dir, check_records
+
+    if int(n_worst) < 0:
+        raise TfkitError(f"--worst: expected a number of images >= 0, got {n_worst}")
+    check_out_dir(out, "--out")
+    if records is not None and not manifest.same_source(check_records(records)):
+        raise TfkitError(f"--records {records}: not the records this run was trained on (folds or shard checksums "
+                         "differ from RUN/manifest.json)")
+    missing = [i for i in (gradcam_ids or []) if i not in set(oof["id"])]
+    if missing:
+        raise TfkitError(f"--gradcam: id(s) not among the run's out-of-fold rows: {', '.join(missing[:5])}")
 
 
 def _gradcam_section(folder: RunFolder, cfg: Any, records: Any, oof: pd.DataFrame, proba: np.ndarray,

@@ -127,6 +127,10 @@ class RunFolder:
 
     def finished_folds(self) -> list[int]:
         """:meth:`trained_folds` with models; a one-line error when none has finished."""
+        for k in self.trained_folds(with_models=False):
+            if not self.fold(k).model.is_file():  # finished, yet its model is gone: never ensemble without it
+                raise TfkitError(f"{self.fold(k).model}: model not found although fold {k} finished (done.json); "
+                                 f"restore it, or delete {self.fold(k).dir} and train that fold again")
         folds = self.trained_folds()
         if not folds:
             raise TfkitError(f"{self.path}: no finished fold (expected fold<k>/model.keras and fold<k>/done.json)")

@@ -299,6 +299,14 @@ def plot_schedule(train_cfg: Any, steps_per_epoch: int, path: str | os.PathLike,
 
         plot_schedule(TrainConfig(schedule="rampup"), 100, "lr.png")   # PosixPath('lr.png')
     """
+    from tfkit.preflight import check_out_file
+
+    if int(steps_per_epoch) < 1:
+        raise TfkitError(f"--steps-per-epoch: expected at least 1, got {steps_per_epoch}")
+    if int(epochs if epochs is not None else train_cfg.epochs) < 1:
+        raise TfkitError(f"train.epochs: expected >= 1, got {epochs if epochs is not None else train_cfg.epochs}")
+    check_schedule(train_cfg)
+    check_out_file(path, "--out")
     plt = pyplot()
     vals = schedule_values(train_cfg, steps_per_epoch, epochs)
     x = np.arange(len(vals)) / steps_per_epoch

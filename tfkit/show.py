@@ -29,8 +29,10 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from tfkit.checks import validate
 from tfkit.config import Config
 from tfkit.manifest import Manifest, resolve_task
+from tfkit.preflight import check_out_dir, check_records
 from tfkit.utils import TfkitError, pyplot, save_figure, write_csv, write_json
 
 MAX_SIZE_BARS = 12  # more distinct stored sizes than this: histograms instead of bars
@@ -414,10 +416,11 @@ def show(records: str, cfg: Config, out: str | os.PathLike, n_images: int = 8, n
     from tfkit import data, records as records_mod
 
     if n_images < 1 or n_draws < 0:
-        raise TfkitError(f"show: expected n_images >= 1 and n_draws >= 0, got {n_images} and {n_draws}")
-    out = Path(out)
+        raise TfkitError(f"show: expected --n >= 1 and --draws >= 0, got {n_images} and {n_draws}")
+    out = check_out_dir(out, "--out")
+    manifest = Manifest.from_dict(check_records(records))
+    validate(cfg, manifest)  # the augmentation it draws, and the rest of the config, before any file is written
     out.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest.from_dict(records_mod.load_manifest(records))
     index = data.read_index(records, manifest=manifest, extra=True)
     if index.empty:
         raise TfkitError(f"{records}: the records hold no examples")

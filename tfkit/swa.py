@@ -33,6 +33,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tfkit.batchnorm import recompute_statistics, trainable_batchnorms
 from tfkit.config import TrainConfig
 from tfkit.utils import TfkitError
 
@@ -131,13 +132,14 @@ def bn_update(model: Any, dataset: Any, max_batches: int = SWA_BN_BATCHES) -> in
     """Recompute BatchNorm moving statistics with one pass in training mode (SWA's ``bn_update``).
 
     Each trainable BatchNormalization layer's moving mean/variance become the
-    exact mean over the batches of the batch statistics (momentum ``1 - 1/n`` at
-    batch ``n``). No other variable changes: a forward pass computes no gradient.
-    Frozen (non-trainable) BatchNorm layers keep their statistics.
+    mean over the batches of the batch statistics
+    (:func:`tfkit.batchnorm.recompute_statistics`, compiled). No other variable
+    changes: a forward pass computes no gradient. Frozen (non-trainable)
+    BatchNorm layers keep their statistics.
 
     Args:
-        model: a Keras model (called eagerly with ``training=True``).
-        dataset: a ``tf.data.Dataset`` yielding ``(x, y)`` or ``x`` batches the model accepts.
+        model: a Keras model.
+        dataset: yields ``(x, y)`` or ``x`` batches the model accepts (a ``tf.data.Dataset`` or any iterable).
         max_batches: at most this many batches are used.
 
     Returns:
@@ -153,22 +155,9 @@ def bn_update(model: Any, dataset: Any, max_batches: int = SWA_BN_BATCHES) -> in
         >>> keras.ops.convert_to_numpy(model.layers[1].moving_mean).tolist()
         [2.0, 4.0]
     """
-    bns = [layer for layer in model._flatten_layers(include_self=False)  # noqa: SLF001
-           if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
-    if not bns:
+    if not trainable_batchnorms(model):
         return 0
-    momenta = [layer.momentum for layer in bns]
-    n = 0
-    try:
-        for batch in dataset.take(int(max_batches)):
-            x = batch[0] if isinstance(batch, tuple) else batch
-            n += 1
-            for layer in bns:
-                layer.momentum = 1.0 - 1.0 / n  # cumulative mean; n=1 overwrites the old statistics
-            model(x, training=True)
-    finally:
-        for layer, m in zip(bns, momenta):
-            layer.momentum = m
+    n = recompute_statistics(model, dataset, max_batches)
     if n == 0:
         raise TfkitError("SWA: the training folds yielded no batch for the BatchNorm statistics pass")
     return n

@@ -60,6 +60,7 @@ import yaml
 from tfkit import data as tfdata
 from tfkit import records as tfrec
 from tfkit.backend import select_backend
+from tfkit.batchnorm import PreciseBN, precise_bn_batches, precise_bn_enabled, trainable_batchnorms
 from tfkit.callbacks import BestCheckpoint, ResumeCheckpoint, ResumeCommit, ResumeFolder, SwaCheckpoint, write_keras_model
 from tfkit.config import Config, config_to_dict
 from tfkit.distill import TrainTargets, prepare_targets
@@ -70,6 +71,7 @@ from tfkit.manifest import Manifest, resolve_task
 from tfkit.metadata import describe as describe_metadata
 from tfkit.models import load_model, predict_array
 from tfkit.optim import create_optimizer, layer_multipliers, offset_schedule
+from tfkit.preflight import check_image_size, check_labels, check_records, check_run_out
 from tfkit.run import (FoldFiles, RunFolder, oof_frame, oof_metrics, oof_probabilities, primary_metric, recompute_cv,
                        recompute_cv_frame)
 from tfkit.checks import resolve_run_config, validate
@@ -155,6 +157,7 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
                     class_weight=cw, verbose=cfg.train.verbose, shuffle=False)  # tf.data shuffles; Keras would only warn
     plan = phases(cfg)
     inner = None
+    bn_log: dict = {"batches": 0, "seconds": []}  # precise-BN passes of this run of the fold
     for phase in plan:
         if phase["end"] <= state["epoch"] or state.get("stopped"):
             continue
@@ -162,10 +165,14 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
         # The validation set is repeated with exactly validation_steps batches per pass: Keras keeps one
         # validation iterator across epochs, so a finite one would run dry (and a fresh one per epoch
         # pays the iterator-destroy stall).
+        precise = _precise_bn(setup, inner, phase["size"], steps)
         wrapper.fit(setup.dataset(phase["size"], "train", deterministic=cfg.train.deterministic),
                     validation_data=setup.dataset(phase["size"], "eval", folds=[fold]).repeat(),
                     epochs=phase["end"], initial_epoch=state["epoch"],
-                    callbacks=[*_fold_callbacks(setup, files, resume, inner, state, phase, swa), *callbacks], **fit_args)
+                    callbacks=[*_fold_callbacks(setup, files, resume, inner, state, phase, swa, precise), *callbacks],
+                    **fit_args)
+        if precise is not None:
+            bn_log.update(batches=precise.max_batches, seconds=bn_log["seconds"] + precise.seconds)
         if state.get("stopped"):
             break
 
@@ -181,6 +188,9 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
     run.write_oof(frame, fold)
     summary = dict(fold=fold, metrics=metrics, best_epoch=state["best_epoch"], best=state["best"],
                    monitor=cfg.train.monitor, epochs_run=state["epoch"], image_size=size, swa=swa_info,
+                   precise_bn=dict(batches=bn_log["batches"], passes=len(bn_log["seconds"]),
+                                   seconds_per_pass=round(float(np.median(bn_log["seconds"])), 4)
+                                   if bn_log["seconds"] else None),
                    n_train=setup.count(setup.train_folds), n_val=int(len(index)),
                    n_pseudo=setup.targets.n_pseudo if setup.targets is not None else 0,
                    replicas=setup.strategy.num_replicas_in_sync, runtime=runtime_info(setup.strategy),
@@ -213,18 +223,29 @@ def _build_phase(setup: FoldSetup, phase: dict, previous: keras.Model | None, st
 
 
 def _fold_callbacks(setup: FoldSetup, files: FoldFiles, resume: ResumeFolder, inner: keras.Model, state: dict,
-                    phase: dict, swa: SwaAverage | None) -> list:
+                    phase: dict, swa: SwaAverage | None, precise: PreciseBN | None) -> list:
     """tfkit's callbacks of one phase, in the order :mod:`tfkit.callbacks` describes."""
     t = setup.cfg.train
     cbs: list = [ResumeCheckpoint(resume, files.history, inner, state, phase)]
     if t.ema > 0:
         cbs.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    if precise is not None:  # after the EMA swap: its on_test_begin sees the weights that get validated
+        cbs.append(precise)
     cbs.append(BestCheckpoint(files.model, inner, state, t.monitor, t.early_stopping, phase["size"]))
     if swa is not None:
         cbs.append(SwaCheckpoint(swa, resume, inner, state))
     return [*cbs, ResumeCommit(resume, state),
             keras.callbacks.TensorBoard(str(files.logs), write_graph=False, profile_batch=0),
             *schedule_callbacks(t)]
+
+
+def _precise_bn(setup: FoldSetup, inner: keras.Model, size: int, steps: int) -> PreciseBN | None:
+    """The phase's precise-BN callback (``train.precise_bn``), or None (off, or no trainable BatchNorm)."""
+    bns = trainable_batchnorms(inner)
+    if not bns or not precise_bn_enabled(setup.cfg.train.precise_bn, steps, max(b.momentum for b in bns)):
+        return None
+    batches = precise_bn_batches(setup.count(setup.train_folds), setup.global_batch)
+    return PreciseBN(setup.dataset(size, "eval").repeat(), batches)
 
 
 def _evaluate(setup: FoldSetup, path: Path, size: int, index: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
@@ -309,13 +330,19 @@ def train(cfg: Config, records: str | os.PathLike, out: str | os.PathLike,
     """
     select_backend(cfg.train.backend)  # Keras is imported: this checks it runs on the backend asked for
     run = RunFolder(out)
-    manifest = Manifest.from_dict(tfrec.load_manifest(records))
+    manifest = Manifest.from_dict(check_records(records))  # shards as the manifest lists them, sha256 included
     if folds is None:
         folds = cfg.train.folds if cfg.train.folds is not None else range(manifest.require_folds())
     chosen = manifest.check_folds(folds)
+    if not chosen:
+        raise TfkitError("--folds: no fold given (expected e.g. 0,2; default every fold)")
     strategy = get_strategy()
     cfg = resolve_run_config(cfg, manifest)  # metrics and monitor by task: the run folder keeps concrete names
     validate(cfg, manifest, replicas=gradient_replicas(strategy))  # before the run folder exists
+    check_run_out(out, manifest, records)  # never into a folder that is not a run, nor a run of other records
+    check_image_size(records, manifest)
+    if manifest.kind == "single":  # tag and target records have no class index per row to check
+        check_labels(tfdata.read_index(records, manifest=manifest)["label"], manifest, records)
     targets = prepare_targets(cfg, records, manifest, chosen, out=out)  # teacher / pseudo checked before any work
     run.path.mkdir(parents=True, exist_ok=True)
     _check_resume_config(cfg, run)

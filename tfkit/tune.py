@@ -58,6 +58,7 @@ from typing import Any, Callable, Mapping
 import keras_tuner
 from keras_tuner.engine.base_tuner import BaseTuner
 
+from tfkit.checks import resolve_run_config, validate
 from tfkit.config import (
     Config,
     ConfigError,
@@ -66,8 +67,8 @@ from tfkit.config import (
     read_yaml,
     save_config,
 )
-from tfkit.checks import validate
 from tfkit.manifest import Manifest
+from tfkit.preflight import check_out_dir, check_records
 from tfkit.run import RunFolder
 from tfkit.utils import TfkitError, prepare_out_dir, read_json, write_csv, write_json
 
@@ -151,6 +152,25 @@ class SearchSpace:
     def values_from(self, hp_values: Mapping[str, Any]) -> dict[str, Any]:
         """Config values (decoded) of the tuned keys present in ``hp_values``."""
         return {p.key: p.decode(hp_values[p.key]) for p in self.params if p.key in hp_values}
+
+    def check(self, base: Config, manifest: Any) -> None:
+        """Every value a trial can draw gives a valid config (each choice, both ends of each range).
+
+        Checked one key at a time on top of ``base`` and the fixed keys, before
+        the tuning folder exists: a bad choice such as ``data.batch_size: {choice: [0, 8]}``
+        fails here in one line instead of as a failed trial.
+
+        Raises:
+            TfkitError: naming the key, the value and what is wrong with it.
+        """
+        validate(self.config_for(base, {}), manifest)
+        for p in self.params:
+            candidates = {"choice": list(p.values), "boolean": [False, True]}.get(p.kind, [p.min, p.max])
+            for value in candidates:
+                try:
+                    validate(self.config_for(base, {p.key: value}), manifest)
+                except TfkitError as e:
+                    raise TfkitError(f"{self.source}: {p.key}={value!r} would give an invalid trial ({e})") from None
 
     def config_for(self, base: Config, values: Mapping[str, Any]) -> Config:
         """The full config of one trial: ``base``, then the fixed keys, then ``values``.
@@ -386,6 +406,21 @@ def parse_objective(objective: str) -> Any:
     if direction not in ("min", "max"):
         raise TfkitError(f"--objective {objective!r}: direction must be min or max, got {direction!r}")
     return keras_tuner.Objective(name, direction)
+
+
+def check_objective(name: str, metrics: list[str], monitor: str) -> None:
+    """The objective must be a score every trial reports: a validation metric of the run, or its monitor.
+
+    Example:
+        >>> check_objective("val_auc", ["accuracy", "auc"], "val_loss")
+        >>> check_objective("val_foo", ["accuracy"], "val_loss")
+        Traceback (most recent call last):
+        ...
+        tfkit.utils.TfkitError: --objective 'val_foo': the trials report val_accuracy, val_loss
+    """
+    reported = [f"val_{m}" for m in metrics] + ([monitor] if monitor not in (f"val_{m}" for m in metrics) else [])
+    if name not in reported and name.removeprefix("val_") not in metrics:
+        raise TfkitError(f"--objective {name!r}: the trials report {', '.join(reported)}")
 
 
 def build_oracle(name: str, objective: Any, max_trials: int, seed: int = 42, max_epochs: int = 10) -> Any:
@@ -797,7 +832,7 @@ def tune(
     out: str | os.PathLike,
     tuner: str | Any = "random",
     max_trials: int = 10,
-    objective: str = "val_accuracy",
+    objective: str | None = None,
     fold: int = 0,
     cv: bool = False,
     overwrite: bool = False,
@@ -817,7 +852,8 @@ def tune(
             ``keras_tuner.Oracle`` instance.
         max_trials: total trial budget (over all runs of this search).
         objective: metric name, direction inferred (``*loss*`` -> min) or
-            given as ``"val_auc:max"``.
+            given as ``"val_auc:max"``; ``None``: the run's monitor (``train.monitor``,
+            by task: val_auc, val_log_loss, ...). It must be a metric the trials report.
         fold: the fold scored when ``cv`` is false.
         cv: score each trial by the mean over ``cfg.train.folds`` (default: all folds).
         overwrite: discard an existing search in ``out`` and start afresh.
@@ -841,11 +877,14 @@ def tune(
         tune(load_config("base.yaml"), "space.yaml", "records", "tune", tuner="hyperband",
              max_trials=30, objective="val_loss", cv=True)
     """
-    from tfkit.records import load_manifest
-
+    if int(max_trials) < 1:
+        raise TfkitError(f"--trials: expected at least 1 trial, got {max_trials}")
+    check_out_dir(out, "--out")
     search_space = space if isinstance(space, SearchSpace) else load_space(space)
-    obj = parse_objective(objective)
-    manifest = Manifest.from_dict(load_manifest(records))
+    manifest = Manifest.from_dict(check_records(records))
+    resolved = resolve_run_config(cfg, manifest)
+    obj = parse_objective(objective or resolved.train.monitor)
+    check_objective(obj.name, resolved.train.metrics, resolved.train.monitor)
     n_folds = manifest.require_folds()
     if cv:
         folds = list(cfg.train.folds) if cfg.train.folds is not None else list(range(n_folds))
@@ -853,6 +892,7 @@ def tune(
         folds = [fold]
     manifest.check_folds(folds, option="--fold/train.folds")
     validate(cfg, manifest)  # the base config, before the tuning folder exists (each trial's is checked again)
+    search_space.check(cfg, manifest)
 
     role = _role()
     out = Path(out)

@@ -100,10 +100,13 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False, what: str = "out
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise TfkitError(f"{what} {out} is not empty (pass --overwrite to replace its contents)")
     parent = out.absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(parent, out.name)
     tmp = parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_tmp(parent, out.name)
+        tmp.mkdir()
+    except OSError as e:  # a read-only place, a file on the way: one line, not a traceback
+        raise TfkitError(f"{what} {out}: cannot create it ({e.strerror or e})") from None
     try:
         yield tmp
         old = None
@@ -188,7 +191,10 @@ def prepare_out_dir(path: str | os.PathLike, overwrite: bool, what: str = "outpu
                 shutil.rmtree(child)
             else:
                 child.unlink()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a read-only place, a file on the way: one line, not a traceback
+        raise TfkitError(f"{what} {path}: cannot create it ({e.strerror or e})") from None
     return path
 
 
