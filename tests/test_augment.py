@@ -142,7 +142,7 @@ def _jax_augment(x, y, cfg, out, seed):
     return np.asarray(xj), None if yj is None else np.asarray(yj)
 
 
-@pytest.mark.parametrize("preset", ["digits", "lesion"])
+@pytest.mark.parametrize("preset", ["lesion"])
 def test_full_presets_host_tf_equals_device_jax(preset):
     # A whole preset plus mixing and RandAugment, float input, int64 host seed (as tf.data
     # passes it) against an int32 device seed of the same value.

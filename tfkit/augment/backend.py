@@ -195,6 +195,17 @@ class TFOps(Ops):
     def shr(self, x: Any, n: int) -> Any:
         return self.tf.bitwise.right_shift(x, self.tf.constant(n, x.dtype))
 
+    def materialize(self, x: Any) -> Any:
+        """``x`` unchanged, computed once. XLA fuses elementwise producers into every
+        consumer: without a barrier, per-image parameters (hashes, cos, sin) are
+        recomputed for every pixel (the colour transform ran 20x slower, measured).
+        TF has no optimization barrier op; XLA keeps a cumulative sum (a reduce
+        window) out of its consumers' loops, and ``cumsum([0, x])[1]`` is exactly
+        ``x``. (A reduce_max of two copies was fused anyway; a dot with an identity
+        would round through TF32 on recent GPUs.)"""
+        tf = self.tf
+        return tf.cumsum(tf.stack([tf.zeros_like(x), x], -1), axis=-1)[..., 1]
+
     def words(self, x: Any) -> tuple[Any, Any]:
         """Low and high uint32 words of integers (int32 sign-extends, as int64 would)."""
         tf = self.tf
@@ -350,6 +361,11 @@ class JaxOps(Ops):
 
     def shr(self, x: Any, n: int) -> Any:
         return self.jnp.right_shift(x, self.jnp.asarray(n, x.dtype))
+
+    def materialize(self, x: Any) -> Any:
+        """``x`` unchanged, computed once (an optimization barrier: XLA does not fuse
+        per-image parameters into per-pixel loops, see :meth:`TFOps.materialize`)."""
+        return self.jax.lax.optimization_barrier(x)
 
     def words(self, x: Any) -> tuple[Any, Any]:
         """Low and high uint32 words of integers (int32 sign-extends, as int64 would)."""

@@ -92,8 +92,8 @@ def _warp(ops: Ops, images: Any, cfg: AugmentConfig, masks: dict, rng: Rng, out:
     h, w = int(images.shape[1]), int(images.shape[2])
     m = geometry_matrix(ops, cfg, masks, rng, ops.batch(images), ra)
     if m is not None:
-        return resample(ops, images, pixel_matrix(ops, m, (h, w), out), out, cfg.interpolation, cfg.fill_mode,
-                        cfg.fill_value)
+        m = ops.materialize(pixel_matrix(ops, m, (h, w), out))  # once per image, not per pixel
+        return resample(ops, images, m, out, cfg.interpolation, cfg.fill_mode, cfg.fill_value)
     if h == out and w == out:
         return ops.cast(images, "float32")
     return resample(ops, images, None, out, cfg.interpolation, "nearest", 0.0)

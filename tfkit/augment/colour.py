@@ -128,9 +128,10 @@ def apply_colour(ops: Ops, cfg: AugmentConfig, masks: dict, rng: Rng, images: An
     channels = int(x.shape[-1])
     if channels != 3 or not any(n in masks for n in ("hue", "saturation", "contrast")) and (
             ra is None or ra.saturation is None and ra.contrast is None):
-        return x * (gain * scale)[:, None, None, None] + offset[:, None, None, None]
+        gain, offset = ops.materialize(gain * scale), ops.materialize(offset)
+        return x * gain[:, None, None, None] + offset[:, None, None, None]
     m, o = _rgb_matrix(ops, cfg, masks, rng, images, b, scale, ra)
-    m, o = m * gain[:, None, None], o * gain[:, None] + offset[:, None]
+    m, o = ops.materialize(m * gain[:, None, None]), ops.materialize(o * gain[:, None] + offset[:, None])
     # Three broadcast multiply-adds (input channel c times column c of M): XLA fuses
     # them with the gather and the clip into one loop; faster than einsum or stack.
     cm = m[:, None, None]  # [B, 1, 1, 3 out, 3 in]

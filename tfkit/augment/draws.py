@@ -76,10 +76,15 @@ class Rng:
         h = _mix(ops, _mix(ops, ops.xor(counter, k1)) + k2)
         return ops.reshape(h, list(shape))
 
-    def unit(self, op: int, shape: Sequence[Any], sub: int = 0) -> Any:
-        """Uniform in [0, 1): exact multiples of 2**-24, equal on every backend."""
+    def unit(self, op: int, shape: Sequence[Any], sub: int = 0, per_pixel: bool = False) -> Any:
+        """Uniform in [0, 1): exact multiples of 2**-24, equal on every backend.
+
+        Per-image draws are materialized (computed once, not inside every pixel's
+        loop: see :meth:`~tfkit.augment.backend.TFOps.materialize`); per-pixel
+        draws (``per_pixel``) are used once each and need not be."""
         top = self.ops.cast(self.ops.shr(self.bits(op, shape, sub), 8), "int32")
-        return self.ops.cast(top, "float32") * (1.0 / (1 << 24))
+        u = self.ops.cast(top, "float32") * (1.0 / (1 << 24))
+        return u if per_pixel else self.ops.materialize(u)
 
     def uniform(self, op: int, shape: Sequence[Any], lo: float = 0.0, hi: float = 1.0, sub: int = 0) -> Any:
         """Uniform in [lo, hi)."""
@@ -89,11 +94,11 @@ class Rng:
         """Per-image coin with probability ``p``: bool [B]."""
         return self.unit(op, [b], _COIN) < p
 
-    def normal(self, op: int, shape: Sequence[Any], sub: int = 0) -> Any:
+    def normal(self, op: int, shape: Sequence[Any], sub: int = 0, per_pixel: bool = False) -> Any:
         """Standard normal by Box-Muller from two uniform streams."""
         ops = self.ops
-        u1 = self.unit(op, shape, 1000 + 2 * sub)
-        u2 = self.unit(op, shape, 1001 + 2 * sub)
+        u1 = self.unit(op, shape, 1000 + 2 * sub, per_pixel)
+        u2 = self.unit(op, shape, 1001 + 2 * sub, per_pixel)
         return ops.sqrt(-2.0 * ops.log1p(-u1)) * ops.cos((2.0 * math.pi) * u2)
 
     def gamma(self, op: int, shape: Sequence[Any], alpha: float, sub: int = 0, tries: int = 12) -> Any:

@@ -112,7 +112,7 @@ def blur(ops: Ops, x: Any, sigma: Any, radius: int) -> Any:
 def noise(ops: Ops, x: Any, std: Any, rng: Rng) -> Any:
     """Add Gaussian noise with per-image ``std`` [B]."""
     shape = [ops.batch(x)] + [int(d) for d in x.shape[1:]]
-    return x + rng.normal(OP_IDS["noise"], shape) * std[:, None, None, None]
+    return x + rng.normal(OP_IDS["noise"], shape, per_pixel=True) * std[:, None, None, None]
 
 
 def _drawn(ops: Ops, rng: Rng, name: str, b: Any, lo: float, hi: float, on: Any, off: float) -> Any:
