@@ -251,41 +251,21 @@ def plan_layout(spec: BuildSpec, frame: Any, targets: Targets, rows: Rows, train
     ids = [v.strip() for v in sub[spec.id_col].tolist()]
     groups = [g.strip() for g in sub[spec.group_col].tolist()] if spec.group_col else list(ids)
     labels = targets.of(rows.keep)
-    folds = assign_row_folds(spec, ids, stratify_labels(targets.kind, labels, len(targets.classes)), groups)
+    folds = assign_row_folds(spec, ids, targets.kind, labels, len(targets.classes), groups)
     meta_spec = metadata_spec(sub, spec.meta_cols, (train_manifest or {}).get("metadata"))
     meta = {c: sub[c].tolist() for c in spec.meta_cols}
     encoder = ExampleEncoder(ids, groups, labels, folds, meta, meta_spec, targets.kind)
     return Layout(rows, ids, groups, folds, meta_spec, plan_shards(folds, spec.shard_size), encoder)
 
 
-def stratify_labels(kind: str, labels: Sequence[Any], n_classes: int, n_bins: int = 10) -> list[int]:
-    """One class per row for the fold assigner to balance.
+def assign_row_folds(spec: BuildSpec, ids: list[str], kind: str, labels: Sequence[Any], n_classes: int,
+                     groups: list[str]) -> Any:
+    """The fold of each row (train: stratified by its labels, groups kept together; test: -1).
 
-    Single-label rows are their class. Until ``tfkit.folds`` stratifies multi-label
-    sets and regression targets itself, those stand in: a multi-label row is its
-    rarest positive class (rows without one: class ``n_classes``), a regression row the
-    quantile bin of its first target.
-
-    Example:
-        >>> stratify_labels("multilabel", [(0, 1), (1,), (), (0, 1)], 2)
-        [0, 1, 2, 0]
-        >>> stratify_labels("regression", [(3.0,), (1.0,), (2.0,), (0.5,)], 0, n_bins=2)
-        [1, 0, 1, 0]
-    """
-    import numpy as np
-
-    if kind == "single":
-        return list(labels)
-    if kind == "multilabel":
-        counts = collections.Counter(k for row in labels for k in row)
-        return [min(row, key=lambda k: (counts[k], k)) if row else n_classes for row in labels]
-    ranks = np.empty(len(labels), np.int64)
-    ranks[np.argsort([row[0] for row in labels], kind="stable")] = np.arange(len(labels))
-    return (ranks * n_bins // max(1, len(labels))).tolist()
-
-
-def assign_row_folds(spec: BuildSpec, ids: list[str], labels: list[int], groups: list[str]) -> Any:
-    """The fold of each row (train: stratified by ``labels``, groups kept together; test: -1).
+    Single-label rows go to :func:`tfkit.folds.assign_folds` (classes, groups, group sizes),
+    multi-label rows to :func:`tfkit.folds.multilabel_folds` (iterative stratification with
+    groups isolated), regression rows to :func:`tfkit.folds.regression_folds` (quantile bins
+    of every target column).
 
     Raises:
         TfkitError: more folds than groups.
@@ -298,10 +278,17 @@ def assign_row_folds(spec: BuildSpec, ids: list[str], labels: list[int], groups:
     n_groups = len(set(groups))
     if spec.n_folds > n_groups:
         raise TfkitError(f"--folds {spec.n_folds} exceeds the number of groups ({n_groups}) in {spec.csv}")
-    fold_frame = pd.DataFrame({"id": ids, "label": labels, "group": groups})
-    # n_bins=0: class indices are categories; with > 50 classes assign_folds would
-    # otherwise read them as a numeric target and bin index ranges.
-    folds = folds_mod.assign_folds(fold_frame, spec.n_folds, "label", "group", seed=spec.seed, n_bins=0)
+    if kind == "multilabel":
+        folds = folds_mod.multilabel_folds([list(row) for row in labels], spec.n_folds, groups=groups,
+                                           seed=spec.seed, n_classes=n_classes)
+    elif kind == "regression":
+        folds = folds_mod.regression_folds(np.asarray([list(row) for row in labels], dtype=np.float64),
+                                           spec.n_folds, groups=groups, seed=spec.seed)
+    else:
+        fold_frame = pd.DataFrame({"id": ids, "label": list(labels), "group": groups})
+        # n_bins=0: class indices are categories; with > 50 classes assign_folds would
+        # otherwise read them as a numeric target and bin index ranges.
+        folds = folds_mod.assign_folds(fold_frame, spec.n_folds, "label", "group", seed=spec.seed, n_bins=0)
     return np.asarray(folds, dtype=np.int64)
 
 
@@ -403,8 +390,8 @@ def manifest_dict(spec: BuildSpec, targets: Targets, layout: Layout, written: Wr
 
 FOLD_METHODS = {
     "single": "tfkit.folds.assign_folds (triple-stratified: groups, classes, group sizes)",
-    "multilabel": "tfkit.folds.assign_folds on each row's rarest positive class (groups, classes, group sizes)",
-    "regression": "tfkit.folds.assign_folds on quantile bins of the first target (groups, bins, group sizes)",
+    "multilabel": "tfkit.folds.multilabel_folds (iterative stratification, groups isolated)",
+    "regression": "tfkit.folds.regression_folds (quantile bins of every target, groups isolated)",
 }
 
 
