@@ -63,8 +63,10 @@ def test_run_folder_and_cv_recomputable(run2, digits_records):
     classes = load_manifest(digits_records)["classes"]
     proba = oof[[f"p_{c}" for c in classes]].to_numpy()
     np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-4)
-    again = compute_metrics(oof["label"].to_numpy(), proba, "multiclass", names=cfg.train.metrics, num_classes=10)
-    assert set(again) == set(stored["metrics"]) and "accuracy" in again
+    # the run keeps its concrete metrics (train.metrics None -> the task's defaults) in config.yaml
+    names = load_config(out / "config.yaml").train.metrics
+    again = compute_metrics(oof["label"].to_numpy(), proba, "multiclass", names=names, num_classes=10)
+    assert set(again) == set(stored["metrics"]) and "accuracy" in again and "qwk" not in again
     for k, v in again.items():
         assert stored["metrics"][k] == pytest.approx(float(v), rel=1e-9, abs=1e-12)
     assert stored == cv
@@ -282,7 +284,8 @@ def test_swa_with_ema_two_folds(small_records, tmp_path):
     stored = json.loads((tmp_path / "cv.json").read_text())
     assert recompute_cv(tmp_path)["metrics"] == stored["metrics"]
     proba = oof[[f"p_{c}" for c in classes]].to_numpy()
-    again = compute_metrics(oof["label"].to_numpy(), proba, "multiclass", names=cfg.train.metrics, num_classes=10)
+    names = load_config(tmp_path / "config.yaml").train.metrics
+    again = compute_metrics(oof["label"].to_numpy(), proba, "multiclass", names=names, num_classes=10)
     for name, v in again.items():
         assert stored["metrics"][name] == pytest.approx(float(v), rel=1e-9, abs=1e-12)
 
