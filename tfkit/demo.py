@@ -9,8 +9,8 @@ print the CV score, the held-out score and where every output is.
 
 * ``classification``: the 1,797 digit scans, 10 classes (the tuned digits config).
 * ``multilabel``: 2x2 mosaics of scans tagged with the digits they show
-  (``digits-multilabel``, Planet style): sigmoid head, asymmetric loss, mean
-  F2 over images with per-class thresholds fitted on the out-of-fold
+  (``digits-multilabel``, Planet style): sigmoid head, binary cross-entropy,
+  mean F2 over images with per-class thresholds fitted on the out-of-fold
   predictions; the submission is space-separated tags.
 * ``regression``: each scan's digit as a number (``digits-regression``, APTOS
   style: an ordinal grade trained as regression): a bounded output, RMSE and
@@ -66,8 +66,12 @@ DEMO_TASKS = {
     "classification": DemoTask("digits", {"label_col": "label"}),
     "multilabel": DemoTask(
         "digits-multilabel", {"label_col": "tags", "label_sep": " "},
-        # the mosaics are 16x16 (four 8x8 scans): 32 px gives each digit the 16 px of the digits demo
-        ("data.image_size=32", "train.loss=asl", "train.label_smoothing=0",
+        # The mosaics are 16x16 (four 8x8 scans): 32 px gives each digit the 16 px of the digits
+        # demo. 359 mosaics: batches of 16 give 18 steps per epoch, enough updates for BatchNorm's
+        # moving statistics (with the digits' 64, OOF mAP fell from 0.996 to 0.71).
+        # Binary cross-entropy: the asymmetric loss (train.loss=asl) scored the same here
+        # (OOF mean F2 with tuned thresholds 0.975 vs 0.978; README).
+        ("data.image_size=32", "data.batch_size=16", "train.loss=crossentropy", "train.label_smoothing=0",
          "train.metrics=[f2_samples_tuned,f1_samples_tuned,map,auc,f2_samples]",
          "predict.output=label", "predict.label_columns=[tags]"),
         stratify=None,
