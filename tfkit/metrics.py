@@ -526,7 +526,8 @@ def resolve_metrics(names: Sequence[str] | None, monitor: str, task: str, ordina
     if names is None:
         names = (["qwk"] if ordered and task != "binary" else []) + list(DEFAULT_METRICS.get(task, ()))
     names = list(names)
-    if ("qwk" in names or monitor.removeprefix("val_") == "qwk") and not ordered:
+    # a numeric target is ordered by nature: asking QWK of it is fine; classes must be declared ordered
+    if ("qwk" in names or monitor.removeprefix("val_") == "qwk") and not (ordered or task == "regression"):
         order = (f" (in the manifest's class order: {', '.join(map(str, classes[:6]))}"
                  f"{'...' if len(classes) > 6 else ''})") if classes else ""
         raise TfkitError("train.metrics: qwk (quadratic weighted kappa) weighs errors by the distance between class "
@@ -565,8 +566,11 @@ def applicable_metrics(names: Sequence[str], task: str | None = None, num_classe
         raise TfkitError(f"train.metrics: unknown metric {unknown[0]!r} (expected some of: {', '.join(METRICS)})")
     if task is None:
         return list(names)
+    if task in ("multilabel", "distribution"):
+        return list(names)  # tfkit.targets computes each name it knows for these tasks
     if task == "regression":
-        ok = {"rmse", "mae"} | ({"qwk"} if num_classes >= 2 else set())
+        # 0: numeric targets (ratings from the values); 1 class cannot be rated
+        ok = {"rmse", "mae", "pearson", "spearman", "qwk_tuned"} | ({"qwk"} if num_classes != 1 else set())
     else:
         ok = {"accuracy", "auc", "f1", "log_loss"} | ({"qwk"} if task in ("binary", "multiclass") else set())
     return [n for n in names if n in ok]
