@@ -216,7 +216,8 @@ EVERYTHING = TINY + ["train.epochs=3", "data.metadata=[age, site]", "train.sam_r
                      "train.swa_epochs=1", "train.freeze_epochs=1",
                      "train.layer_lr_decay=0.7", "train.class_weight=balanced", "train.loss=focal",
                      "train.label_smoothing=0.1", "train.clip_norm=1.0", "augment.preset=digits",
-                     "train.deterministic=true", "train.backend=jax"] + TTA
+                     "train.deterministic=true", "train.backend=jax",
+                     "train.metrics=[accuracy, auc, f1, log_loss, qwk]", "data.ordinal=true"] + TTA
 SIMPLE = TINY + ["augment.preset=digits", "train.deterministic=true"]
 
 JAX_TRAIN = """

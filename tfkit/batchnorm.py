@@ -142,7 +142,7 @@ def recompute_statistics(model: Any, batches: Iterable[Any], max_batches: int,
             full = full or size
             if size != full:
                 continue
-            forward.predict_on_batch(x)
+            forward.predict_on_batch(keras.tree.map_structure(np.asarray, x))  # NumPy feeds either backend
             n += 1
             for s, layer in zip(sums, bns):
                 s[0] = s[0] + keras.ops.convert_to_numpy(layer.moving_mean).astype(np.float64)

@@ -722,12 +722,12 @@ def predict_array(model: keras.Model, dataset: Any) -> Any:
 
     parts, full = [], None
     for batch in dataset:
-        x = batch[0] if isinstance(batch, tuple) else batch
+        # NumPy feeds either backend (JAX's predict_on_batch refuses TensorFlow tensors)
+        x = keras.tree.map_structure(np.asarray, batch[0] if isinstance(batch, tuple) else batch)
         n = int(keras.tree.flatten(x)[0].shape[0])
         full = full or n
         if n < full:
-            x = keras.tree.map_structure(
-                lambda t: np.concatenate([np.asarray(t), np.zeros((full - n, *t.shape[1:]), np.asarray(t).dtype)]), x)
+            x = keras.tree.map_structure(lambda t: np.concatenate([t, np.zeros((full - n, *t.shape[1:]), t.dtype)]), x)
         parts.append(np.asarray(model.predict_on_batch(x), dtype=np.float64)[:n])
     if not parts:
         raise TfkitError("predict: the dataset yielded no batch")
