@@ -288,7 +288,7 @@ CASES = [
     Case("report-worst-negative", lambda c: ["report", "--run", str(c.run), "--out", str(c.tmp / "rep"), "--worst", "-1"],
          r"--worst: expected"),
     Case("report-gradcam-unknown", lambda c: ["report", "--run", str(c.run), "--out", str(c.tmp / "rep"),
-                                              "--gradcam", "nope"], r"--gradcam: id\(s\) not among"),
+                                              "--gradcam", "nope"], r"--gradcam: id\(s\) not in the run's oof.csv"),
     Case("report-other-records", lambda c: ["report", "--run", str(c.run), "--out", str(c.tmp / "rep"),
                                             "--records", str(c.w["other"])], r"not the records this run was trained on"),
     # ------------------------------------------------------------------ folds
