@@ -25,6 +25,7 @@ Runs vary with the machine's load: compare the columns of one run.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import tempfile
@@ -110,7 +111,8 @@ def run_mode(mode: str, records: Path, work: Path, overrides: list[str], seed: i
 
     n_folds = Manifest.from_dict(load_manifest(records)).n_folds
     steps = steps_per_epoch(records, list(range(1, n_folds)), cfg.data.batch_size)
-    out = work / f"run_{mode}_{seed}"
+    tag = hashlib.sha1(" ".join(overrides).encode()).hexdigest()[:8]  # one run folder per configuration
+    out = work / f"run_{mode}_{seed}_{tag}"
     t0 = time.time()
     cv = train(cfg, records, out, callbacks=[momentum_callback(steps)] if mode == "momentum" else ())
     seconds = time.time() - t0

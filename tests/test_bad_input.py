@@ -288,7 +288,7 @@ CASES = [
     Case("report-worst-negative", lambda c: ["report", "--run", str(c.run), "--out", str(c.tmp / "rep"), "--worst", "-1"],
          r"--worst: expected"),
     Case("report-gradcam-unknown", lambda c: ["report", "--run", str(c.run), "--out", str(c.tmp / "rep"),
-                                              "--gradcam", "nope"], r"--gradcam: id\(s\) not among"),
+                                              "--gradcam", "nope"], r"--gradcam: id\(s\) not in the run's oof.csv"),
     Case("report-other-records", lambda c: ["report", "--run", str(c.run), "--out", str(c.tmp / "rep"),
                                             "--records", str(c.w["other"])], r"not the records this run was trained on"),
     # ------------------------------------------------------------------ folds
@@ -390,3 +390,25 @@ def test_one_line_even_after_tensorflow_is_imported(world, tmp_path, damage, arg
     assert res.returncode == 2, res.stderr[-3000:]
     lines = res.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("tfkit: error: "), res.stderr
+
+
+def test_lambda_model_is_refused_and_never_run(tmp_path):
+    """A .keras file carrying Python code: refused in one line, and its code never runs."""
+    import keras
+
+    from tfkit.models import load_model
+    from tfkit.utils import TfkitError
+
+    marker = tmp_path / "pwned"
+
+    def payload(x):
+        marker.write_text("ran")  # what a malicious model would do when its graph is rebuilt
+        return x
+
+    inp = keras.Input((4,))
+    keras.Model(inp, keras.layers.Lambda(payload)(inp)).save(tmp_path / "evil.keras")
+    marker.unlink()  # building the model ran it once, here, on purpose
+    with pytest.raises(TfkitError, match="holds a Lambda layer") as e:
+        load_model(tmp_path / "evil.keras")
+    assert "\n" not in str(e.value)
+    assert not marker.exists()

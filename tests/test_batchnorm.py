@@ -164,3 +164,19 @@ print(json.dumps({"backend": keras.backend.backend(), "n": n,
     r = _run_py(code, KERAS_BACKEND="jax")
     assert r["backend"] == "jax" and r["n"] == 4
     np.testing.assert_allclose(r["got"], r["want"], rtol=1e-4, atol=1e-4)
+
+
+def test_precise_bn_in_jax_training(bn_records, tmp_path):
+    """On the JAX backend too, the saved model validates like a full statistics recompute."""
+    code = f"""
+import json, sys
+sys.path.insert(0, {str(ROOT / 'tests')!r})
+from pathlib import Path
+from test_batchnorm import _oof_and_recomputed
+import keras
+acc, rec, done = _oof_and_recomputed(Path({str(bn_records)!r}), Path({str(tmp_path / 'jax')!r}))
+print(json.dumps({{"backend": keras.backend.backend(), "acc": acc, "recomputed": rec, "passes": done["precise_bn"]["passes"]}}))
+"""
+    r = _run_py(code, KERAS_BACKEND="jax")
+    assert r["backend"] == "jax" and r["passes"] == 6
+    assert abs(r["acc"] - r["recomputed"]) <= 0.03, r

@@ -691,12 +691,14 @@ def load_model(path: str | os.PathLike, what: str = "model") -> keras.Model:
     if bad is not None or not {"config.json", "model.weights.h5"} <= names:
         raise TfkitError(f"{p}: {what} is not a valid .keras file (corrupted member "
                          f"{bad or 'config.json/model.weights.h5 missing'}); retrain the fold or restore the file")
+    with zipfile.ZipFile(p) as z:
+        lambdas = b'"class_name": "Lambda"' in z.read("config.json").replace(b'"class_name":"', b'"class_name": "')
+    if lambdas:  # refused from its config alone: Keras never sees the code
+        raise TfkitError(f"{p}: refused to load {what}: it holds a Lambda layer (Python code); tfkit loads "
+                         "models in Keras safe mode and never runs code from a model file")
     try:
         return keras.saving.load_model(p, compile=False, safe_mode=True)
     except ValueError as e:
-        if "Lambda" in str(e):
-            raise TfkitError(f"{p}: refused to load {what}: it holds a Lambda layer (Python code); tfkit loads "
-                             "models in Keras safe mode and never runs code from a model file") from None
         raise TfkitError(f"{p}: cannot load {what}: {str(e).splitlines()[0]}") from None
     except (TypeError, KeyError, OSError) as e:
         raise TfkitError(f"{p}: cannot load {what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None

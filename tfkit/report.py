@@ -536,9 +536,10 @@ def _check_inputs(out: Path, manifest: Any, oof: pd.DataFrame, records: Any, gra
     if records is not None and not manifest.same_source(check_records(records)):
         raise TfkitError(f"--records {records}: not the records this run was trained on (folds or shard checksums "
                          "differ from RUN/manifest.json)")
-    missing = [i for i in (gradcam_ids or []) if i not in set(oof["id"])]
+    known = set(oof["id"].astype(str))
+    missing = [i for i in (gradcam_ids or []) if i not in known]
     if missing:
-        raise TfkitError(f"--gradcam: id(s) not among the run's out-of-fold rows: {', '.join(missing[:5])}")
+        raise TfkitError(f"report --gradcam: id(s) not in the run's oof.csv: {missing[:5]}")
 
 
 def _gradcam_section(folder: RunFolder, cfg: Any, records: Any, oof: pd.DataFrame, proba: np.ndarray,
@@ -546,10 +547,7 @@ def _gradcam_section(folder: RunFolder, cfg: Any, records: Any, oof: pd.DataFram
     from tfkit.augment import resize_batch
     from tfkit.data import load_examples
 
-    pos = {i: n for n, i in enumerate(oof["id"].astype(str))}
-    unknown = [i for i in ids if i not in pos]
-    if unknown:
-        raise TfkitError(f"report --gradcam: id(s) not in the run's oof.csv: {unknown[:5]}")
+    pos = {i: n for n, i in enumerate(oof["id"].astype(str))}  # every id is in it (checked up front)
     ex = load_examples(str(records), ids, image_size=cfg.data.image_size)
     rows = [pos[i] for i in ids]
     folds = oof["fold"].to_numpy()[rows]
