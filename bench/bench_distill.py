@@ -44,6 +44,8 @@ def prepare(work: Path, n_folds: int) -> tuple[Path, Path]:
     from tfkit.records import build_records
 
     data, records, test = work / "data", work / "records", work / "test_records"
+    if (records / "manifest.json").is_file() and (test / "manifest.json").is_file():
+        return records, test  # a re-run in the same --work reuses the records (and the finished runs)
     export_dataset("digits", data, overwrite=True)
     build_records(data / "train.csv", data / "images", records, size=16, n_folds=n_folds, seed=42,
                   overwrite=True, progress=False)
@@ -75,6 +77,32 @@ def arm_overrides(arm: str, teacher: Path, submission: Path, test: Path, args: a
     return keys
 
 
+def pseudo_summary(submission: Path, test: Path, threshold: float) -> str:
+    """How many test rows pass the threshold, and how many of their pseudo labels are right."""
+    import numpy as np
+    import pandas as pd
+
+    from tfkit.data import read_index
+
+    sub = pd.read_csv(submission, dtype={"id": str}).set_index("id")
+    truth = read_index(str(test)).set_index("id")["label"]
+    proba = sub.loc[truth.index].to_numpy(dtype=np.float64)
+    keep = proba.max(axis=1) >= threshold
+    right = (proba.argmax(axis=1) == truth.to_numpy())[keep]
+    return (f"pseudo rows: {int(keep.sum())} of {len(keep)} test images have confidence >= {threshold} "
+            f"(max {proba.max():.3f}); {right.mean():.4f} of their pseudo labels are right")
+
+
+def run_name(arm: str, args: argparse.Namespace) -> str:
+    """The run folder of an arm, named by its parameters so other settings never resume it."""
+    name = arm
+    if arm in ("teacher", "both"):
+        name += f"_w{args.weight}_T{args.temperature}"
+    if arm in ("pseudo", "both"):
+        name += f"_p{args.threshold}"
+    return name
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=3, help="student seeds (medians over them)")
@@ -85,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weight", type=float, default=0.7, help="train.teacher_weight")
     p.add_argument("--temperature", type=float, default=2.0, help="train.temperature")
     p.add_argument("--threshold", type=float, default=0.9, help="train.pseudo_threshold")
-    p.add_argument("--work", default=None, help="working folder (default: a temporary one)")
+    p.add_argument("--arms", default=",".join(ARMS), help="arms to train besides the baseline, e.g. teacher,both")
+    p.add_argument("--work", default=None, help="working folder (default: a temporary one; an existing one "
+                   "reuses its records and finished runs, so another --weight/--temperature trains only those arms)")
     p.add_argument("--quick", action="store_true", help="3 folds, 2 teacher / 1 student epochs, 1 seed: a smoke test")
     args = p.parse_args(argv)
     if args.quick:
@@ -101,13 +131,15 @@ def main(argv: list[str] | None = None) -> int:
                       [f"train.epochs={args.teacher_epochs}", "model.width=32", "data.batch_size=32"])
     print(f"teacher (width 32, {args.teacher_epochs} epochs): CV accuracy {teacher['cv']:.4f}, "
           f"test accuracy {teacher['test']:.4f}, {teacher['seconds']:.0f} s", flush=True)
+    print(pseudo_summary(teacher["sub"], test, args.threshold), flush=True)
     student = [f"train.epochs={args.student_epochs}", f"model.width={args.student_width}", "data.batch_size=16"]
-    results: dict[str, list[dict]] = {a: [] for a in ARMS}
+    arms = ["baseline", *[a for a in args.arms.split(",") if a in ARMS and a != "baseline"]]
+    results: dict[str, list[dict]] = {a: [] for a in arms}
     for seed in range(args.seeds):
-        for arm in ARMS:
+        for arm in arms:
             keys = [*student, f"train.seed={seed}", f"data.seed={seed}",
                     *arm_overrides(arm, work / "teacher", teacher["sub"], test, args)]
-            r = run_one(records, test, work / f"{arm}_s{seed}", keys)
+            r = run_one(records, test, work / f"{run_name(arm, args)}_s{seed}", keys)
             results[arm].append(r)
             print(f"seed {seed} {arm:<9} CV accuracy {r['cv']:.4f}  log loss {r['log_loss']:.4f}  "
                   f"test accuracy {r['test']:.4f}  {r['seconds']:.0f} s", flush=True)
@@ -118,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.seeds} seed(s); teacher_weight {args.weight}, temperature {args.temperature}, "
           f"pseudo_threshold {args.threshold}")
     print(f"{'arm':<10} {'median CV acc':>13} {'vs baseline':>11} {'median log loss':>15} {'median test acc':>15}  per-seed CV")
-    for arm in ARMS:
+    for arm in arms:
         rs = results[arm]
         cv = statistics.median(r["cv"] for r in rs)
         print(f"{arm:<10} {cv:>13.4f} {cv - base:>+11.4f} {statistics.median(r['log_loss'] for r in rs):>15.4f} "

@@ -347,3 +347,7 @@ def test_cli_refuses_a_bad_teacher_in_one_line_before_writing(small_records, tmp
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("tfkit: error: ") and "\n" not in err and "missing" in err
     assert not out.exists()
+    rc = main(["train", "--records", str(small_records), "--out", str(out), "--set", "train.teacher_weight=2"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == "tfkit: error: train.teacher_weight: expected a number in [0, 1], got 2.0"
+    assert not out.exists()

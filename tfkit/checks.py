@@ -28,6 +28,7 @@ from tfkit.augment import check_augment_config
 from tfkit.backend import BACKENDS
 from tfkit.batchnorm import PRECISE_BN_MODES
 from tfkit.config import Config, DataConfig, PredictConfig, TrainConfig
+from tfkit.distill import check_distill_config
 from tfkit.heads import check_head
 from tfkit.losses import check_loss
 from tfkit.manifest import Manifest, resolve_task
@@ -143,6 +144,7 @@ def _check_train(t: TrainConfig, task: str | None, num_classes: int, replicas: i
                          "on several devices use train.backend=jax (one global gradient)")
     if t.backend not in BACKENDS:
         raise TfkitError(f"train.backend: unknown backend {t.backend!r} (expected one of: {', '.join(BACKENDS)})")
+    check_distill_config(t, task)
 
 
 def monitor_names(metrics: list[str], task: str | None, num_classes: int) -> list[str]:
