@@ -40,7 +40,8 @@ CONFIGS = {
 
 
 def _timer(fn, rounds: int, reps: int) -> list[float]:
-    fn()  # compile
+    for _ in range(3):  # compile, then warm up (the first calls after a compile run slow)
+        fn()
     times = []
     for _ in range(rounds):
         t = time.perf_counter()
@@ -69,6 +70,8 @@ def main() -> None:
         run_tf = lambda: tf_fn(xt, yt, seed_t)[0].numpy()  # noqa: E731
         run_jax = lambda: np.asarray(jax_fn(xj, yj, seed_j)[0])  # noqa: E731
         diff = float(np.abs(run_tf() - run_jax()).max())
+        for _ in range(3):
+            run_tf(), run_jax()
         t_tf, t_jax = [], []
         for _ in range(rounds):  # interleaved rounds: load changes hit both alike
             t_tf += _timer(run_tf, 1, reps)

@@ -80,7 +80,7 @@ class Rng:
         """Uniform in [0, 1): exact multiples of 2**-24, equal on every backend.
 
         Per-image draws are materialized (computed once, not inside every pixel's
-        loop: see :meth:`~tfkit.augment.backend.TFOps.materialize`); per-pixel
+        loop: see :meth:`~tfkit.augment.backend.Ops.materialize`); per-pixel
         draws (``per_pixel``) are used once each and need not be."""
         top = self.ops.cast(self.ops.shr(self.bits(op, shape, sub), 8), "int32")
         u = self.ops.cast(top, "float32") * (1.0 / (1 << 24))

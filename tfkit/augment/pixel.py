@@ -60,7 +60,7 @@ def equalize(ops: Ops, x: Any, on: Any) -> Any:
     step = (ops.sum(hist, -1) - h_last) // 255  # PIL: 0 when one level holds (nearly) all pixels
     cum = ops.cumsum(hist, -1, exclusive=True)
     lut = ops.minimum((step[..., None] // 2 + cum) // ops.maximum(step, 1)[..., None], 255)
-    lut = ops.where((step > 0)[..., None], lut, bins)
+    lut = ops.materialize(ops.where((step > 0)[..., None], lut, bins))  # once, not per pixel
     out = ops.cast(ops.take(ops.reshape(lut, [-1]), plane + q), "float32") * (1.0 / 255.0)
     return ops.where(on[:, None, None, None], out, x)
 
