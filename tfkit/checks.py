@@ -32,7 +32,7 @@ from tfkit.distill import check_distill_config
 from tfkit.heads import check_head
 from tfkit.losses import check_loss
 from tfkit.manifest import Manifest, resolve_task
-from tfkit.metrics import METRICS, applicable_metrics, resolve_metrics
+from tfkit.metrics import METRICS, applicable_metrics, logged_metrics, resolve_metrics
 from tfkit.models import check_model_config
 from tfkit.optim import check_optimizer
 from tfkit.scheduler import check_schedule, phases
@@ -162,7 +162,7 @@ def monitor_names(metrics: list[str], task: str | None, num_classes: int) -> lis
         >>> monitor_names(["accuracy", "rmse"], "multiclass", 3)
         ['loss', 'val_loss', 'accuracy', 'val_accuracy']
     """
-    names = applicable_metrics(metrics, task, num_classes) if task is not None else applicable_metrics(metrics)
+    names = logged_metrics(metrics, task, num_classes) if task is not None else applicable_metrics(metrics)
     return [n for m in ["loss", *names] for n in (m, f"val_{m}")]
 
 

@@ -484,12 +484,24 @@ class HistogramAUC(keras.metrics.Metric):
 DEFAULT_METRICS = {
     "binary": ("auc", "log_loss", "accuracy", "f1"),
     "multiclass": ("accuracy", "log_loss", "f1", "auc"),
-    "multilabel": ("auc", "log_loss", "f1", "accuracy"),
-    "regression": ("rmse", "mae"),
+    "multilabel": ("auc", "map", "f1_tuned", "log_loss", "f1"),
+    "regression": ("rmse", "mae", "pearson", "spearman"),
+    "distribution": ("emd", "rmse", "pearson", "spearman"),
 }
 # What train.monitor "auto" picks: a threshold-free score, or the task's own.
 DEFAULT_MONITOR = {"binary": "val_auc", "multiclass": "val_log_loss", "multilabel": "val_auc",
-                   "regression": "val_rmse"}
+                   "regression": "val_rmse", "distribution": "val_emd"}
+# The metrics each task computes (cv.json); regression adds qwk with 2+ ratings.
+TASK_METRICS = {
+    "binary": ("accuracy", "auc", "f1", "log_loss", "qwk"),
+    "multiclass": ("accuracy", "auc", "f1", "log_loss", "qwk"),
+    "multilabel": ("accuracy", "auc", "f1", "log_loss", "map", *F_SCORES[1:], *(f + "_tuned" for f in F_SCORES)),
+    "regression": ("rmse", "mae", "pearson", "spearman", "qwk_tuned"),
+    "distribution": ("emd", "rmse", "mae", "pearson", "spearman"),
+}
+# Computed from the OOF predictions only (no streaming version in the training log).
+NUMPY_ONLY = ("spearman", "qwk_tuned", *(f for f in F_SCORES if f.endswith("_samples")),
+              *(f + "_tuned" for f in F_SCORES))
 
 
 def resolve_metrics(names: Sequence[str] | None, monitor: str, task: str, ordinal: bool,
@@ -536,7 +548,7 @@ def resolve_metrics(names: Sequence[str] | None, monitor: str, task: str, ordina
     names = applicable_metrics(names, task, len(classes) if task == "regression" else 2)
     if monitor == "auto":
         monitor = "val_qwk" if ordered and "qwk" in names else DEFAULT_MONITOR.get(task, "val_loss")
-        if monitor.removeprefix("val_") not in names:
+        if monitor.removeprefix("val_") not in logged_metrics(names, task, len(classes) if task == "regression" else 2):
             monitor = "val_loss"
     return names, monitor
 
@@ -566,14 +578,24 @@ def applicable_metrics(names: Sequence[str], task: str | None = None, num_classe
         raise TfkitError(f"train.metrics: unknown metric {unknown[0]!r} (expected some of: {', '.join(METRICS)})")
     if task is None:
         return list(names)
-    if task in ("multilabel", "distribution"):
-        return list(names)  # tfkit.targets computes each name it knows for these tasks
-    if task == "regression":
-        # 0: numeric targets (ratings from the values); 1 class cannot be rated
-        ok = {"rmse", "mae", "pearson", "spearman", "qwk_tuned"} | ({"qwk"} if num_classes != 1 else set())
-    else:
-        ok = {"accuracy", "auc", "f1", "log_loss"} | ({"qwk"} if task in ("binary", "multiclass") else set())
+    ok = set(TASK_METRICS.get(task, ())) | ({"qwk"} if task == "regression" and num_classes != 1 else set())
     return [n for n in names if n in ok]
+
+
+def logged_metrics(names: Sequence[str], task: str | None = None, num_classes: int = 0) -> list[str]:
+    """The names of ``names`` that the training log streams (:func:`keras_metrics`; what a monitor can watch).
+
+    The rest of :func:`applicable_metrics` are computed on the OOF predictions
+    only (:data:`NUMPY_ONLY`; a distribution's errors of the mean score).
+
+    Example:
+        >>> logged_metrics(["auc", "f2_samples_tuned", "map"], "multilabel", 5)
+        ['auc', 'map']
+    """
+    names = applicable_metrics(names, task, num_classes)
+    if task == "distribution":
+        return [n for n in names if n == "emd"]
+    return [n for n in names if n not in NUMPY_ONLY]
 
 
 def keras_metrics(names: Sequence[str], task: str, num_classes: int) -> list[keras.metrics.Metric]:
@@ -600,7 +622,9 @@ def keras_metrics(names: Sequence[str], task: str, num_classes: int) -> list[ker
     out: list[keras.metrics.Metric] = []
     for name in applicable_metrics(names, task, num_classes):
         m: keras.metrics.Metric | None = None
-        if task == "regression":
+        if name in TARGET_METRICS or task == "distribution":
+            m = _target_keras_metric(name, task, num_classes)  # None: numpy only (cv.json)
+        elif task == "regression":
             if name == "rmse":
                 m = keras.metrics.RootMeanSquaredError(name="rmse")
             elif name == "mae":
@@ -618,8 +642,6 @@ def keras_metrics(names: Sequence[str], task: str, num_classes: int) -> list[ker
             m = (keras.metrics.CategoricalCrossentropy if task == "multiclass" else keras.metrics.BinaryCrossentropy)(name="log_loss")
         else:
             m = QuadraticWeightedKappa(num_classes, task=task)
-        if m is None:
-            m = _target_keras_metric(name, task, num_classes)
         if m is not None:
             out.append(m)
     return out
