@@ -25,7 +25,7 @@ MULTI = {"task": "multiclass", "classes": ["0", "1", "2"], "folds": {"n_folds": 
     ({"task": "binary", "classes": ["benign", "malignant"]}, ["auc", "log_loss", "accuracy", "f1"], "val_auc"),
     (MULTI, ["accuracy", "log_loss", "f1", "auc"], "val_log_loss"),
     ({**MULTI, "ordinal": True}, ["qwk", "accuracy", "log_loss", "f1", "auc"], "val_qwk"),
-    ({"task": "regression", "classes": ["0", "1", "2"]}, ["rmse", "mae"], "val_rmse"),
+    ({"task": "regression", "classes": ["0", "1", "2"]}, ["rmse", "mae", "pearson", "spearman"], "val_rmse"),
 ])
 def test_defaults_follow_the_task(manifest, metrics, monitor):
     cfg = resolve_run_config(load_config(None), manifest)
