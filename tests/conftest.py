@@ -98,6 +98,7 @@ def fake_run():
     oof.csv, fold<k>/done.json and cv.json (from the OOF, as tfkit train computes it)."""
     import pandas as pd
 
+    from tfkit.checks import resolve_run_config
     from tfkit.config import load_config, save_config
     from tfkit.run import recompute_cv_frame
     from tfkit.utils import write_csv, write_json
@@ -105,12 +106,13 @@ def fake_run():
     def make(path: Path, oof: pd.DataFrame, classes: list, overrides=(), task: str = "multiclass",
              folds_setup: dict | None = None, run_level: bool = True) -> Path:
         path = Path(path)
-        cfg = load_config(None, list(overrides))
-        save_config(cfg, path / "config.yaml")
         n_folds = int(oof["fold"].max()) + 1
-        write_json(path / "manifest.json", {
-            "classes": [str(c) for c in classes], "task": task, "split": "train",
-            "folds": {"n_folds": n_folds, "seed": 42, **(folds_setup or {})}, "columns": {"id": "id"}})
+        manifest = {"classes": [str(c) for c in classes], "task": task, "split": "train",
+                    "folds": {"n_folds": n_folds, "seed": 42, **(folds_setup or {})}, "columns": {"id": "id"}}
+        # as tfkit train saves it: metrics and monitor made concrete for the task
+        cfg = resolve_run_config(load_config(None, list(overrides)), manifest)
+        save_config(cfg, path / "config.yaml")
+        write_json(path / "manifest.json", manifest)
         for k, part in oof.groupby("fold"):
             write_json(path / f"fold{k}" / "done.json", {"fold": int(k), "seconds": 1.5, "epochs_run": 1})
             if not run_level:

@@ -651,6 +651,7 @@ def folds_from_csv(
     if sum(x is not None for x in (label_sep, label_cols, target_cols)) > 1:
         raise TfkitError("give one of --label-sep, --label-cols and --target-cols")
     target = list(label_cols or target_cols or [label_col])
+    check_out_file(out, "--out")  # before the folds are computed
     df = _read_rows(csv, id_col, target, group_col)
     n_groups = df[group_col].nunique() if group_col else len(df)
     if n_folds < 2 or n_folds > n_groups:
@@ -687,7 +688,6 @@ def _read_rows(csv: Path, id_col: str, target: list[str], group_col: str | None)
     """The CSV with ids checked (present, unique) and no missing target or group; errors name the line."""
     if not csv.is_file():
         raise TfkitError(f"CSV {csv} not found")
-    check_out_file(out, "--out")  # before the folds are computed
     try:
         # Ids and groups stay text: "007" and "7" are different ids.
         keep_text = {c: str for c in (id_col, group_col) if c}
