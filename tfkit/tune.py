@@ -584,7 +584,7 @@ class KFoldTuner(BaseTuner):
         name = self.oracle.objective.name
         start = time.time()
         try:
-            cfg = self.hypermodel.build(trial.hyperparameters)
+            cfg = resolve_run_config(self.hypermodel.build(trial.hyperparameters), self.manifest)
             run_dir = self.trial_run_dir(trial.trial_id)
             run_dir.mkdir(parents=True, exist_ok=True)
             # A trial's folder is a tfkit run: `tfkit predict --run` works on it.
@@ -801,7 +801,8 @@ def write_outputs(tuner: KFoldTuner, space: SearchSpace, base: Config, out: str 
         last = (failed[-1].message.strip().splitlines()[-1] if failed else "no trial ran")
         raise TfkitError(f"tune: no trial completed in {out} (last failure: {last})")
     best = oracle.trials[str(completed.iloc[0]["trial_id"])]
-    cfg = tuner.hypermodel.build(best.hyperparameters)
+    # as the trial's run folder saved it: metrics and monitor concrete for the records' task
+    cfg = resolve_run_config(tuner.hypermodel.build(best.hyperparameters), tuner.manifest)
     save_config(cfg, out / "best_config.yaml")
     best_values = space.values_from(best.hyperparameters.values)
     summary.update(
