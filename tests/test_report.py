@@ -55,7 +55,7 @@ def test_report_writes_every_file(tiny_run, small_records, tmp_path):
     # markdown flavour and explicit Grad-CAM ids
     md = report(tiny_run, out=tmp_path / "md", records=small_records, fmt="md", gradcam_ids=[oof["id"][0]])
     assert md.name == "report.md" and "![Grad-CAM](gradcam.png)" in md.read_text()
-    with pytest.raises(TfkitError, match="not among the run's out-of-fold rows"):
+    with pytest.raises(TfkitError, match=r"--gradcam: id\(s\) not in the run's oof.csv"):
         report(tiny_run, out=tmp_path / "bad", records=small_records, gradcam_ids=["nope"])
 
 
