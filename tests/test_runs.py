@@ -31,13 +31,14 @@ def _oof(quality: float, seed: int, n: int = 60) -> pd.DataFrame:
 @pytest.fixture()
 def runs_dir(tmp_path, fake_run):
     root = tmp_path / "runs"
-    fake_run(root / "small", _oof(0.5, 0), CLASSES, ["model.width=8", "train.epochs=3"], task="binary")
-    wide = fake_run(root / "wide", _oof(3.0, 1), CLASSES, ["model.width=16", "train.epochs=3"], task="binary")
+    acc = "train.metrics=[accuracy,log_loss]"  # a binary run's default primary is AUC
+    fake_run(root / "small", _oof(0.5, 0), CLASSES, ["model.width=8", "train.epochs=3", acc], task="binary")
+    wide = fake_run(root / "wide", _oof(3.0, 1), CLASSES, ["model.width=16", "train.epochs=3", acc], task="binary")
     write_json(wide / "cv_tta.json", {"n_views": 4, "mode": "dihedral", "average": "mean", "primary": "accuracy",
                                       "no_tta": read_json(wide / "cv.json")["metrics"],
                                       "tta": {"accuracy": 0.999, "log_loss": 0.05}})
     trial = fake_run(root / "tune" / "search" / "trial_00" / "run", _oof(1.5, 2), CLASSES,
-                     ["model.width=8", "train.epochs=3", "train.lr=0.01"], task="binary", run_level=False)
+                     ["model.width=8", "train.epochs=3", "train.lr=0.01", acc], task="binary", run_level=False)
     write_json(trial / "tfkit_trial.json", {"trial_id": "00", "score": 0.5, "seconds": 12.5, "epochs": 3})
     (root / "notes").mkdir()
     (root / ".blend.tmp-1-ab").mkdir()  # a half-written output is not listed
