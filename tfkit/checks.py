@@ -32,6 +32,7 @@ from tfkit.distill import check_distill_config
 from tfkit.heads import check_head
 from tfkit.losses import check_loss
 from tfkit.manifest import Manifest, resolve_task
+from tfkit.metadata import check_categorical
 from tfkit.metrics import METRICS, applicable_metrics, logged_metrics, resolve_metrics
 from tfkit.models import check_model_config
 from tfkit.optim import check_optimizer
@@ -77,6 +78,7 @@ def validate(cfg: Config, manifest: Mapping[str, Any] | None = None, replicas: i
     phases(cfg)  # epochs >= 1 and a well-formed progressive schedule
     task = resolve_task(cfg.model.task, manifest=manifest) if manifest is not None else None
     check_head(cfg.model.head, task, cfg.model.arcface_scale, cfg.model.arcface_margin)
+    check_categorical(cfg.model.meta_categorical)
     _check_train(cfg.train, task, len(manifest.get("classes") or []) if manifest is not None else 0, replicas)
     if predicting:
         p = cfg.predict

@@ -175,6 +175,9 @@ class ModelConfig:
     dropout: float = 0.2
     head_units: list[int] = field(default_factory=list)  # hidden dense layers of the head
     meta_units: list[int] = field(default_factory=lambda: [32])  # metadata branch
+    # Categorical metadata columns: onehot | embedding (a learned table per column,
+    # width min(50, (n+1)//2), vocabulary from the fold's training rows; tfkit.metadata).
+    meta_categorical: str = "onehot"
     task: str = "auto"  # auto | binary | multiclass | multilabel | regression | distribution
     width: int = 32  # base width of small_cnn
     # Output head (tfkit.heads): dense (softmax/sigmoid) | arcface (additive angular

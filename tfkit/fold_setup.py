@@ -94,7 +94,7 @@ class FoldSetup:
         if cfg.data.metadata:
             # Fitted on the training folds' rows only: the validation fold is not even read.
             rows = tfdata.read_index(records, folds=train_folds, manifest=manifest, extra=True)
-            metadata = fit_encoding(rows, cfg.data.metadata, manifest)
+            metadata = fit_encoding(rows, cfg.data.metadata, manifest, categorical=cfg.model.meta_categorical)
         targets = targets or prepare_targets(cfg, records, manifest, folds=[fold])
         return cls(cfg=cfg, records=Path(records), manifest=manifest, fold=fold, train_folds=train_folds, task=task,
                    classes=output_names(manifest, task), strategy=strategy,
