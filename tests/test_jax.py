@@ -208,12 +208,12 @@ def test_train_step_gives_the_same_update_on_both_backends(variant, jax_side):
     assert moved >= len(before) // 2  # the step really moved the weights (kernels, BN statistics, GeM p)
 
 
-# Every training mechanic at once, on 2 devices: metadata branch, SAM, EMA, SWA (+BN pass), freeze ->
-# unfreeze, layer-wise LR, balanced class weights, focal loss with label smoothing, clipping, QWK,
+# Every training mechanic at once, on 2 devices: metadata branch (categorical embedding), SAM, EMA,
+# SWA (+BN pass), freeze -> unfreeze, layer-wise LR, balanced class weights, focal loss with label smoothing, clipping, QWK,
 # deterministic input; killed after epoch 1 (mid-phase) and resumed. Progressive resizing is the same
 # phase code as freeze -> unfreeze (tests/test_train.py); another phase here costs another compilation.
-EVERYTHING = TINY + ["train.epochs=3", "data.metadata=[age, site]", "train.sam_rho=0.05", "train.ema=0.9",
-                     "train.swa_epochs=1", "train.freeze_epochs=1",
+EVERYTHING = TINY + ["train.epochs=3", "data.metadata=[age, site]", "model.meta_categorical=embedding",
+                     "train.sam_rho=0.05", "train.ema=0.9", "train.swa_epochs=1", "train.freeze_epochs=1",
                      "train.layer_lr_decay=0.7", "train.class_weight=balanced", "train.loss=focal",
                      "train.label_smoothing=0.1", "train.clip_norm=1.0", "augment.preset=digits",
                      "train.deterministic=true", "train.backend=jax",
