@@ -18,7 +18,7 @@ import pytest
 MODULES = [
     "utils", "config", "backend", "strategy", "manifest", "datasets", "data", "show", "models", "losses", "metrics", "scheduler",
     "optim", "swa", "train_step", "callbacks", "checks", "fold_setup", "lr_find", "run", "train", "tune",
-    "predict", "report", "demo", "cli", "heads", "exclude", "run_view", "ensemble", "clean", "runs", "distill",
+    "predict", "report", "report_page", "search_space", "demo", "cli", "heads", "exclude", "run_view", "ensemble", "clean", "runs", "distill",
 ]
 
 

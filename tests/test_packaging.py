@@ -3,6 +3,7 @@ CLI documents every option, and the version is reported."""
 
 from __future__ import annotations
 
+import inspect
 import re
 import subprocess
 import sys
@@ -97,3 +98,47 @@ def test_install_replaces_nothing_in_kaggles_tpu_image():
     image = {"keras": "3.10.0", "tensorboard": "2.20.0", "numpy": "2.0.2"}
     for name, version in image.items():
         assert reqs[name].specifier.contains(version), f"{reqs[name]} would replace {name} {version}"
+
+
+def _option(command: str, dest: str):
+    sub = dict(_subcommands(build_parser()))[command]
+    return next(a for a in sub._actions if a.dest == dest)
+
+
+def test_cli_choices_and_defaults_are_the_owning_modules_constants():
+    # The CLI copies no list by hand: each choice list is the constant of the module that owns it.
+    from tfkit.backend import BACKENDS
+    from tfkit.clean import clean
+    from tfkit.datasets import DATASETS
+    from tfkit.demo import DEMO_TASKS, demo
+    from tfkit.ensemble import DEFAULT_METHOD, GREEDY_STEPS, METHODS
+    from tfkit.folds import DEFAULT_BINS
+    from tfkit.records.images import VERIFY_MODES
+    from tfkit.records.spec import SPLITS, BuildSpec
+    from tfkit.report_page import DEFAULT_FORMAT, FORMATS
+    from tfkit.search_space import DEFAULT_TUNER, TUNERS
+
+    same = [("tune", "tuner", TUNERS, DEFAULT_TUNER), ("ensemble", "method", METHODS, DEFAULT_METHOD),
+            ("report", "format", FORMATS, DEFAULT_FORMAT), ("build-records", "split", SPLITS, BuildSpec.split),
+            ("build-records", "verify", VERIFY_MODES, BuildSpec.verify), ("train", "backend", BACKENDS, None)]
+    for command, dest, constant, default in same:
+        action = _option(command, dest)
+        assert action.choices is constant, f"tfkit {command} --{dest}"
+        assert action.default == default, f"tfkit {command} --{dest}"
+    assert _option("datasets export", "name").choices == list(DATASETS)
+    assert _option("demo", "task").choices == list(DEMO_TASKS)
+    assert _option("demo", "task").default == inspect.signature(demo).parameters["task"].default
+    assert _option("ensemble", "steps").default == GREEDY_STEPS
+    assert _option("folds", "bins").default == DEFAULT_BINS
+    assert _option("clean", "threshold").default == inspect.signature(clean).parameters["threshold"].default
+    for dest, field in [("quality", "quality"), ("shard_size", "shard_size"), ("folds", "n_folds"), ("seed", "seed")]:
+        assert _option("build-records", dest).default == getattr(BuildSpec, field), f"build-records {dest}"
+
+
+def test_tfkit_help_of_every_command_imports_no_tensorflow():
+    code = ("import sys; from tfkit.cli import main\n"
+            "for c in ['tune', 'ensemble', 'report', 'build-records', 'folds', 'clean', 'demo']:\n"
+            " try:\n  main([c, '--help'])\n except SystemExit: pass\n"
+            "print(sorted(m for m in ('tensorflow', 'keras', 'jax', 'keras_tuner') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"

@@ -11,12 +11,19 @@ printed as one line, ``tfkit: error: ...``, with exit status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from tfkit import __version__
-from tfkit.datasets import DATASETS  # a light module (no TensorFlow at import): --help stays fast
+# Choices and defaults come from the modules that own them; these import no TensorFlow, so --help stays fast.
 from tfkit.backend import BACKENDS, select_backend
+from tfkit.datasets import DATASETS
+from tfkit.records.images import VERIFY_MODES
+from tfkit.records.spec import SPLITS, BuildSpec
+from tfkit.report_page import DEFAULT_FORMAT, FORMATS
+from tfkit.search_space import DEFAULT_TUNER, TUNERS
 from tfkit.utils import TfkitError
 
 
@@ -33,6 +40,19 @@ def _int_list(text: str) -> list[int]:
 
 def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",")]
+
+
+def defaults(func: Callable[..., Any]) -> dict[str, Any]:
+    """The default of each parameter of ``func`` that has one: the CLI's defaults are the API's.
+
+    Example:
+        >>> defaults(lambda a, b=2, *, c="x": None)
+        {'b': 2, 'c': 'x'}
+    """
+    return {k: v.default for k, v in inspect.signature(func).parameters.items() if v.default is not inspect.Parameter.empty}
+
+
+BUILD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(BuildSpec)}  # tfkit build-records' defaults
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -215,29 +235,34 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def _add_after_training(add: Callable[..., argparse.ArgumentParser]) -> None:
     """Parsers of ensemble, clean and runs (one block, beside their cmd_* functions)."""
+    from tfkit.clean import clean
+    from tfkit.ensemble import DEFAULT_METHOD, GREEDY_STEPS, METHODS
+
     p = add("ensemble", cmd_ensemble, "blend runs trained on the same records from their OOF predictions "
             "(mean, rank, fitted weights, greedy selection) with an honest nested CV")
     p.add_argument("--runs", nargs="+", required=True, metavar="RUN", help="two or more run folders (same records and folds)")
     p.add_argument("--out", required=True, help="output folder: oof.csv, cv.json, weights.json, correlation.png, submission.csv")
-    p.add_argument("--method", choices=["mean", "rank", "weights", "greedy"], default="weights",
-                   help="blend written (every method is scored and printed; default weights: non-negative, "
-                        "summing to 1, fitted on the OOF log loss)")
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help="blend written (every method is scored and printed; default %(default)s; weights: "
+                        "non-negative, summing to 1, fitted on the OOF log loss)")
     p.add_argument("--metric", default=None, help="metric scored and optimised by greedy (default the first run's primary)")
     p.add_argument("--subs", nargs="+", default=None, metavar="CSV",
                    help="one tfkit predict probability CSV per run, in --runs order: blended into submission.csv")
     p.add_argument("--test-records", default=None, help="instead of --subs: test records every run predicts")
     p.add_argument("--tta", type=int, default=None, help="views per image with --test-records (default each run's predict.tta)")
-    p.add_argument("--steps", type=int, default=20, help="bag size of greedy selection (default 20)")
+    p.add_argument("--steps", type=int, default=GREEDY_STEPS, help="bag size of greedy selection (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
     p = add("clean", cmd_clean, "label-noise candidates: training images whose OOF prediction is confidently another class")
     p.add_argument("--run", required=True, help="run folder written by tfkit train")
     p.add_argument("--out", required=True, help="output folder: flagged.csv, flagged.png, <csv>_clean.csv, clean.json")
-    p.add_argument("--threshold", type=float, default=0.9,
-                   help="flag when another class is predicted with at least this probability (default 0.9)")
+    clean_defaults = defaults(clean)
+    p.add_argument("--threshold", type=float, default=clean_defaults["threshold"],
+                   help="flag when another class is predicted with at least this probability (default %(default)s)")
     p.add_argument("--csv", default=None, help="the training CSV the records were built from: written without the flagged rows")
     p.add_argument("--records", default=None, help="the run's training records: images of the contact sheet (left out without)")
-    p.add_argument("--max-images", type=int, default=64, help="most images on the contact sheet (default 64)")
+    p.add_argument("--max-images", type=int, default=clean_defaults["max_images"],
+                   help="most images on the contact sheet (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
     p = add("runs", cmd_runs, "experiment table: one row per run (CV with and without TTA, differing config keys, "
@@ -251,7 +276,9 @@ def _add_after_training(add: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tfkit.demo import DEMO_TASKS
+    from tfkit.datasets import export_dataset
+    from tfkit.demo import DEMO_TASKS, demo
+    from tfkit.folds import folds_from_csv
 
     parser = argparse.ArgumentParser(
         prog="tfkit",
@@ -275,8 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "2x2 mosaics of them tagged with the digits present; digits-regression: the scans with "
                         "numeric targets (digit value, ink fraction); digits-channels: 4 grey files per scan")
     e.add_argument("--out", required=True, help="folder to create")
-    e.add_argument("--test-size", type=float, default=0.2, help="held-out fraction of the scans for test.csv (default 0.2)")
-    e.add_argument("--seed", type=int, default=42, help="seed of the stratified train/test split")
+    export = defaults(export_dataset)
+    e.add_argument("--test-size", type=float, default=export["test_size"],
+                   help="held-out fraction of the scans for test.csv (default %(default)s)")
+    e.add_argument("--seed", type=int, default=export["seed"], help="seed of the stratified train/test split")
     e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     _add_verbose(e)
     e.set_defaults(func=cmd_datasets_export)
@@ -284,15 +313,17 @@ def build_parser() -> argparse.ArgumentParser:
     # folds
     p = add("folds", cmd_folds, "triple-stratified K-fold assignment (groups isolated, classes and group sizes balanced)")
     p.add_argument("--csv", required=True, help="input CSV")
-    p.add_argument("--id-col", default="id", help="id column (default id)")
-    p.add_argument("--label-col", default="label", help="label column; a numeric target with many values is binned; tags with --label-sep")
+    fold_defaults = defaults(folds_from_csv)
+    p.add_argument("--id-col", default=fold_defaults["id_col"], help="id column (default %(default)s)")
+    p.add_argument("--label-col", default=fold_defaults["label_col"],
+                   help="label column; a numeric target with many values is binned; tags with --label-sep")
     p.add_argument("--group-col", default=None, help="group column, e.g. patient_id; without it each row is its own group")
-    p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
-    p.add_argument("--seed", type=int, default=42, help="random seed (same seed, same folds)")
+    p.add_argument("--folds", type=int, default=fold_defaults["n_folds"], help="number of folds (default %(default)s)")
+    p.add_argument("--seed", type=int, default=fold_defaults["seed"], help="random seed (same seed, same folds)")
     p.add_argument(
-        "--bins", type=int, default=10,
+        "--bins", type=int, default=fold_defaults["n_bins"],
         help="quantile bins for a numeric label with non-integer values or more than 50 distinct values "
-        "(default 10); 0 never bins, e.g. for integer-coded labels of more than 50 classes",
+        "(default %(default)s); 0 never bins, e.g. for integer-coded labels of more than 50 classes",
     )
     target = p.add_mutually_exclusive_group()
     target.add_argument("--label-sep", default=None,
@@ -307,11 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("build-records", cmd_build_records, "images + CSV -> fold-sharded TFRecords with a manifest")
     p.add_argument("--csv", required=True, help="CSV with one row per image")
     p.add_argument("--images", required=True, help="images folder; every path must stay inside it")
-    p.add_argument("--out", default="records", help="output folder (default records/)")
-    p.add_argument("--id-col", default="id", help="id column (default id)")
+    p.add_argument("--out", default=str(BUILD_DEFAULTS["out"]), help="output folder (default %(default)s/)")
+    p.add_argument("--id-col", default=BUILD_DEFAULTS["id_col"], help="id column (default %(default)s)")
     p.add_argument("--path-col", default=None, help="column of image paths relative to --images; "
                    "without it an image is <id>.<ext> for the first extension found")
-    p.add_argument("--label-col", default="label", help="label column (train split)")
+    p.add_argument("--label-col", default=BUILD_DEFAULTS["label_col"], help="label column (train split)")
     p.add_argument("--label-sep", default=None, metavar="SEP",
                    help='multi-label: --label-col holds tags separated by SEP, e.g. " " (Planet, Plant Pathology 2021)')
     p.add_argument("--label-cols", type=_names, default=None, metavar="A,B,...",
@@ -327,18 +358,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-col", default=None, help="group column kept together in one fold, e.g. patient_id")
     p.add_argument("--meta", nargs="*", default=[], metavar="COL", help="extra metadata columns to store: numeric when every value is a number "
                    "(float, NaN when missing), else categorical (index into the manifest's vocab)")
-    p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
-    p.add_argument("--seed", type=int, default=42, help="fold seed (default 42)")
+    p.add_argument("--folds", type=int, default=BUILD_DEFAULTS["n_folds"], help="number of folds (default %(default)s)")
+    p.add_argument("--seed", type=int, default=BUILD_DEFAULTS["seed"], help="fold seed (default %(default)s)")
     p.add_argument("--size", type=int, default=None, help="store SIZE x SIZE images: the shorter side is resized to SIZE (bicubic) and the centre "
                    "cropped to a square (nothing squashed). Default keeps each image's size, and RGB upright "
                    "JPEGs are stored byte-for-byte")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality when re-encoding (default 95)")
-    p.add_argument("--workers", type=int, default=0, help="processes that re-encode images, and threads that run --verify decode (default 0 = all cores); output bytes do not depend on it")
-    p.add_argument("--split", choices=["train", "test"], default="train", help="train (labels, folds) or test (no labels)")
-    p.add_argument("--shard-size", type=int, default=2048, help="max examples per shard (default 2048)")
+    p.add_argument("--quality", type=int, default=BUILD_DEFAULTS["quality"],
+                   help="JPEG quality when re-encoding (default %(default)s)")
+    p.add_argument("--workers", type=int, default=BUILD_DEFAULTS["workers"], help="processes that re-encode images, and threads that run --verify decode (default 0 = all cores); output bytes do not depend on it")
+    p.add_argument("--split", choices=SPLITS, default=BUILD_DEFAULTS["split"],
+                   help="train (labels, folds) or test (no labels)")
+    p.add_argument("--shard-size", type=int, default=BUILD_DEFAULTS["shard_size"],
+                   help="max examples per shard (default %(default)s)")
     p.add_argument("--classes-from", default=None, help="test split: manifest.json of the train records, for the class list")
-    p.add_argument("--verify", choices=["decode", "markers"], default="decode",
-                   help="integrity check of JPEGs stored untouched: decode (reads every byte; default) or "
+    p.add_argument("--verify", choices=VERIFY_MODES, default=BUILD_DEFAULTS["verify"],
+                   help="integrity check of JPEGs stored untouched (default %(default)s): decode (reads every byte) or "
                         "markers (JPEG structure and end marker only: catches truncation, not bit errors; copy speed)")
     p.add_argument("--skip-bad", action="store_true", help="skip bad rows instead of failing; they are listed in the manifest")
     p.add_argument("--exclude", default=None, metavar="LIST.csv",
@@ -383,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--records", default="records", help="records folder")
     p.add_argument("--space", required=True, help="YAML search space")
     p.add_argument("--out", required=True, help="tuning folder")
-    p.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="random", help="search algorithm (default random)")
+    p.add_argument("--tuner", choices=TUNERS, default=DEFAULT_TUNER, help="search algorithm (default %(default)s)")
     p.add_argument("--trials", type=int, default=10, help="max trials in all (re-run with more to extend a search)")
     p.add_argument("--objective", default=None,
                    help="metric to optimise, e.g. val_auc or val_log_loss; *loss* is minimised, "
@@ -422,15 +456,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradcam", type=lambda s: s.split(","), default=None, help="comma-separated ids for Grad-CAM")
     p.add_argument("--records", default=None,
                    help="training records of the run: images for the top-losses grid and Grad-CAM (left out without)")
-    p.add_argument("--format", choices=["html", "md"], default="html", help="report.html (default) or report.md")
+    p.add_argument("--format", choices=FORMATS, default=DEFAULT_FORMAT, help="the page: report.html or report.md "
+                   "(default %(default)s)")
     _add_backend_arg(p, "auto: KERAS_BACKEND if set, else detected")
 
     # demo
     p = add("demo", cmd_demo, "the whole workflow offline on the embedded digits datasets")
-    p.add_argument("--out", default="demo", help="demo folder (default demo/)")
+    demo_defaults = defaults(demo)
+    p.add_argument("--out", default=demo_defaults["out"], help="demo folder (default %(default)s/)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--quick", action="store_true", help="tiny setting (seconds, for smoke tests)")
-    p.add_argument("--task", choices=list(DEMO_TASKS), default="classification",
+    p.add_argument("--task", choices=list(DEMO_TASKS), default=demo_defaults["task"],
                    help="classification (digits), multilabel (digit mosaics, tags) or regression (the digit as a number)")
 
     _add_backend_arg(p, "auto: KERAS_BACKEND if set, else detected")

@@ -57,6 +57,8 @@ from tfkit.run_view import RunView, oof_values, read_run
 from tfkit.utils import TfkitError, atomic_dir, pyplot, save_figure, write_csv, write_json
 
 METHODS = ("mean", "rank", "weights", "greedy")
+DEFAULT_METHOD = "weights"
+GREEDY_STEPS = 20  # bag size of greedy selection
 _TINY = 1e-15  # floor of a blended true-class probability before the log, as in tfkit.metrics
 
 
@@ -213,7 +215,7 @@ def _score(values: np.ndarray, labels: np.ndarray, task: str, metric: str, n_cla
     return float(compute_metrics(labels, pred, task, names=[metric], num_classes=n_classes)[metric])
 
 
-def greedy_weights(values: np.ndarray, labels: np.ndarray, task: str, metric: str, steps: int = 20) -> np.ndarray:
+def greedy_weights(values: np.ndarray, labels: np.ndarray, task: str, metric: str, steps: int = GREEDY_STEPS) -> np.ndarray:
     """Ensemble selection with replacement (Caruana et al. 2004) on ``metric``.
 
     Starts from the best single run; each step adds the run whose inclusion
@@ -261,7 +263,7 @@ def rank_blend(values: np.ndarray) -> np.ndarray:
 
 
 def method_weights(method: str, values: np.ndarray, labels: np.ndarray, task: str, metric: str,
-                   steps: int = 20) -> np.ndarray | None:
+                   steps: int = GREEDY_STEPS) -> np.ndarray | None:
     """The weights ``method`` fits on these rows (``None`` for ``rank``, which has none)."""
     if method == "mean":
         return np.full(values.shape[0], 1.0 / values.shape[0])
@@ -280,7 +282,7 @@ def apply_blend(values: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
 
 
 def nested_blend(method: str, values: np.ndarray, labels: np.ndarray, folds: np.ndarray, task: str,
-                 metric: str, steps: int = 20) -> tuple[np.ndarray, dict[int, np.ndarray | None]]:
+                 metric: str, steps: int = GREEDY_STEPS) -> tuple[np.ndarray, dict[int, np.ndarray | None]]:
     """Honest OOF blend: each fold's rows blended with weights fitted on the other folds' rows.
 
     Returns:
@@ -416,12 +418,12 @@ def _evaluate_methods(methods: Sequence[str], values: np.ndarray, index: pd.Data
 def ensemble(
     runs: Sequence[str | os.PathLike],
     out: str | os.PathLike,
-    method: str = "weights",
+    method: str = DEFAULT_METHOD,
     metric: str | None = None,
     subs: Sequence[str | os.PathLike] | None = None,
     test_records: str | os.PathLike | None = None,
     tta: int | None = None,
-    steps: int = 20,
+    steps: int = GREEDY_STEPS,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:

@@ -26,7 +26,6 @@ Example::
 
 from __future__ import annotations
 
-import html
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,11 +34,12 @@ import numpy as np
 import pandas as pd
 
 from tfkit.manifest import Manifest, resolve_task
+from tfkit.report_page import DEFAULT_FORMAT, FORMATS, check_format, write_page  # noqa: F401  (FORMATS re-exported)
 from tfkit.report_targets import target_sections
 from tfkit.run import RunFolder, oof_probabilities
 from tfkit.show import to_rgb
 from tfkit.targets import output_names
-from tfkit.utils import TfkitError, atomic_write, pyplot, save_figure, write_csv
+from tfkit.utils import TfkitError, pyplot, save_figure, write_csv
 
 N_BINS = 10
 
@@ -334,60 +334,6 @@ def plot_gradcam(images: np.ndarray, cams: list[np.ndarray], titles: list[list[s
     return save_figure(fig, path)
 
 
-# --------------------------------------------------------------------------- page
-
-
-def _table_html(frame: pd.DataFrame, floats: str = "{:.4f}") -> str:
-    return frame.to_html(index=False, float_format=lambda v: floats.format(v), border=0, classes="t", escape=True)
-
-
-def _write_page(out: Path, fmt: str, title: str, sections: list[tuple[str, str | None, pd.DataFrame | None, str]]) -> Path:
-    """sections: (heading, png name or None, table or None, note)."""
-    if fmt == "md":
-        lines = [f"# {title}", ""]
-        for head, png, table, note in sections:
-            lines += [f"## {head}", ""]
-            if note:
-                lines += [note, ""]
-            if png:
-                lines += [f"![{head}]({png})", ""]
-            if table is not None:
-                lines += [table.to_markdown(index=False, floatfmt=".4f") if _has_tabulate() else "```\n" + table.to_string(index=False) + "\n```", ""]
-        path = out / "report.md"
-        with atomic_write(path) as f:
-            f.write("\n".join(lines))
-        return path
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-        "img{max-width:100%}table.t{border-collapse:collapse;font-size:13px}"
-        "table.t td,table.t th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right}</style>",
-        f"</head><body><h1>{html.escape(title)}</h1>",
-    ]
-    for head, png, table, note in sections:
-        parts.append(f"<h2>{html.escape(head)}</h2>")
-        if note:
-            parts.append(f"<p>{html.escape(note)}</p>")
-        if png:
-            parts.append(f"<img src='{html.escape(png)}' alt='{html.escape(head)}'>")
-        if table is not None:
-            parts.append(_table_html(table))
-    parts.append("</body></html>")
-    path = out / "report.html"
-    with atomic_write(path) as f:
-        f.write("\n".join(parts))
-    return path
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 # --------------------------------------------------------------------------- report
 
 
@@ -397,7 +343,7 @@ def report(
     n_worst: int = 16,
     gradcam_ids: Sequence[str] | None = None,
     records: str | os.PathLike | None = None,
-    fmt: str = "html",
+    fmt: str = DEFAULT_FORMAT,
     n_gradcam: int = 4,
 ) -> Path:
     """Write the evaluation report of a run's out-of-fold predictions.
@@ -424,8 +370,7 @@ def report(
 
         report("runs/digits", records="records", gradcam_ids=["img_0007"])
     """
-    if fmt not in ("html", "md"):
-        raise TfkitError(f"report: fmt must be 'html' or 'md', got {fmt!r}")
+    check_format(fmt)
     folder = RunFolder(run)
     cfg, manifest = folder.load()
     oof = folder.read_oof()
@@ -439,7 +384,7 @@ def report(
         sections += target_sections(oof, classes, task, out, folder.read_thresholds(), n_worst)
         worst_rows = pd.read_csv(out / "top_losses.csv", dtype={"id": str})
         sections += _channel_section(records, manifest, cfg, worst_rows, n_worst, out)
-        path = _write_page(out, fmt, f"tfkit report: {folder.path.name}", sections)
+        path = write_page(out, fmt, f"tfkit report: {folder.path.name}", sections)
         print(f"report -> {path}")
         return path
 
@@ -488,7 +433,7 @@ def report(
                          "Where each fold model looks: heatmaps of the last convolutional feature map for the "
                          "true class and the predicted class (out-of-fold models)."))
     sections += _channel_section(records, manifest, cfg, worst, n_worst, out)
-    path = _write_page(out, fmt, f"tfkit report: {folder.path.name}", sections)
+    path = write_page(out, fmt, f"tfkit report: {folder.path.name}", sections)
     print(f"report -> {path}")
     return path
 
