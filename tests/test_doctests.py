@@ -1,7 +1,8 @@
 """Every ``>>>`` example in these modules runs and prints what its docstring says.
 
 Examples that cannot run here (they need a records folder or a trained run) are
-written as plain ``Example::`` code blocks instead, so none is skipped.
+written as plain ``Example::`` code blocks instead, so none is skipped. The
+``tfkit.records`` modules' examples run in ``tests/test_records.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import pytest
 
 MODULES = [
     "utils", "config", "backend", "strategy", "manifest", "datasets", "data", "show", "models", "losses", "metrics", "scheduler",
-    "optim", "swa", "train_step", "callbacks", "checks", "fold_setup", "lr_find", "run", "train", "tune",
+    "optim", "swa", "train_step", "callbacks", "checks", "folds", "preflight", "quiet", "batchnorm",
+    "report_targets", "augment", "augment.backend", "augment.batch", "augment.checks", "augment.colour", "augment.draws",
+    "augment.layer", "augment.views", "metadata", "metrics_multilabel", "metrics_regression", "targets", "thresholds",
+    "fold_setup", "lr_find", "run", "train", "tune",
     "predict", "report", "report_page", "search_space", "demo", "cli", "heads", "exclude", "run_view", "ensemble", "clean", "runs", "distill",
 ]
 

@@ -20,9 +20,10 @@ and before Keras validates, so validation, early stopping, the schedule
 Frozen BN layers (a frozen backbone) are left alone: Keras runs a
 non-trainable BatchNormalization in inference mode and the pass skips it.
 
-Example:
-    >>> cb = PreciseBN(train_folds_eval_dataset, max_batches=64)  # doctest: +SKIP
-    >>> wrapper.fit(train_ds, validation_data=val_ds, callbacks=[SwapEMAWeights(True), cb])  # doctest: +SKIP
+Example (needs a model and the training folds' datasets)::
+
+    cb = PreciseBN(train_folds_eval_dataset, max_batches=64)
+    wrapper.fit(train_ds, validation_data=val_ds, callbacks=[SwapEMAWeights(True), cb])
 """
 
 from __future__ import annotations

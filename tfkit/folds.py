@@ -585,7 +585,12 @@ def format_fold_table(table: pd.DataFrame) -> str:
 
     Example:
         >>> df = pd.DataFrame({"label": [0, 1] * 10})
-        >>> print(format_fold_table(fold_table(df, assign_folds(df, 2, "label"), "label")))  # doctest: +SKIP
+        >>> print(format_fold_table(fold_table(df, assign_folds(df, 2, "label"), "label")))
+               images  groups  n[0]  n[1] pos_rate
+        fold
+        0          10      10     5     5   0.5000
+        1          10      10     5     5   0.5000
+        total      20      20    10    10
     """
     counts = [c for c in table.columns if c in ("images", "groups") or c.startswith("n[")]
     total = table[counts].sum()
@@ -643,7 +648,16 @@ def folds_from_csv(
             tags, or a bad ``n_folds``; the message names the line.
 
     Example:
-        >>> folds_from_csv("train.csv", "folds.csv", label_col="target", group_col="patient_id")  # doctest: +SKIP
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> pd.DataFrame({"id": [f"i{k}" for k in range(12)], "target": [0, 1, 2] * 4,
+        ...               "patient_id": [k // 2 for k in range(12)]}).to_csv(d / "train.csv", index=False)
+        >>> folds = folds_from_csv(d / "train.csv", d / "folds.csv", label_col="target", group_col="patient_id",
+        ...                        n_folds=3)  # doctest: +ELLIPSIS
+        3 folds of 12 images, 6 groups (label 'target', group 'patient_id', seed 42) -> ...folds.csv
+        ...
+        >>> folds.groupby("fold").size().tolist()
+        [4, 4, 4]
     """
     from tfkit.preflight import check_out_file
 

@@ -20,9 +20,16 @@ files:
 
 Hashing reads every byte: about 0.6 GB/s per core here, in threads.
 
-Example:
-    >>> manifest = check_records("records")  # doctest: +SKIP
-    >>> check_out_file("submission.csv", "--out")  # doctest: +SKIP
+Example (``check_records`` needs a records folder)::
+
+    manifest = check_records("records")
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> check_out_file(folder, "--out")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    tfkit.utils.TfkitError: --out ... is a folder; give a file name such as .../submission.csv
 """
 
 from __future__ import annotations
@@ -111,9 +118,9 @@ def check_records(records: str | os.PathLike, verify: bool = True, threads: int 
     Raises:
         TfkitError: naming the folder, the manifest or the first bad shard.
 
-    Example:
-        >>> check_records("records")["classes"]  # doctest: +SKIP
-        ['0', '1', '2']
+    Example (needs a records folder written by ``tfkit build-records``)::
+
+        check_records("records")["classes"]  # ['0', '1', '2']
     """
     if _is_remote(records):
         from tfkit.records import load_manifest

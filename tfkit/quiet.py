@@ -22,9 +22,10 @@ Both steps are skipped when the user set ``TF_CPP_MIN_LOG_LEVEL`` themselves or
 (:func:`show_everything`). Child processes (tune trials) inherit the choice
 through the environment.
 
-Example:
-    >>> import tfkit  # installs the quiet import (tfkit/__init__.py calls install())
-    >>> show_everything()  # doctest: +SKIP
+Example (``show_everything`` changes this process's environment, so it is not run here)::
+
+    import tfkit       # installs the quiet import (tfkit/__init__.py calls install())
+    show_everything()  # what tfkit <command> --verbose does before TensorFlow is imported
 """
 
 from __future__ import annotations

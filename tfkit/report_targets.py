@@ -11,8 +11,9 @@ From ``oof.csv`` (and ``thresholds.json``):
   distribution's mean score), ``per_target.csv`` (RMSE, MAE, Pearson,
   Spearman), ``top_losses.csv`` (largest absolute errors).
 
-Example:
-    >>> sections = target_sections(oof, names, "multilabel", Path("report"), saved={})  # doctest: +SKIP
+Example (needs a multi-label run's ``oof.csv``)::
+
+    sections = target_sections(oof, names, "multilabel", Path("report"), saved={})
 """
 
 from __future__ import annotations

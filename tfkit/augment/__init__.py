@@ -33,6 +33,8 @@ occlusion ops apply to all of them; hue, saturation and contrast need RGB and
 are skipped for C != 3, with a message logged once.
 
 Example:
+    >>> import tensorflow as tf
+    >>> from tfkit.config import AugmentConfig
     >>> cfg = AugmentConfig(hflip_p=0.5, hue_p=0.5, hue=0.05)
     >>> x = tf.zeros([8, 64, 64, 3], tf.uint8)
     >>> y = tf.one_hot(tf.range(8) % 2, 2)

@@ -13,6 +13,7 @@ counter-based random draws of :mod:`tfkit.augment.draws`). Operators (``+``,
 ``*``, ``<``, ``&``, ``~``), indexing and slicing are the arrays' own.
 
 Example:
+    >>> import tensorflow as tf
     >>> ops = ops_for(tf.zeros([2, 8, 8, 3]))
     >>> ops.name
     'tensorflow'

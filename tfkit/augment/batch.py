@@ -66,6 +66,7 @@ def resize_batch(images: Any, out_size: int, interpolation: str = "nearest", bac
         float32 ``[B, out_size, out_size, C]`` in [0, 1].
 
     Example:
+        >>> import tensorflow as tf
         >>> resize_batch(tf.zeros([2, 64, 48, 3], tf.uint8), 32).shape
         TensorShape([2, 32, 32, 3])
     """
@@ -131,6 +132,7 @@ def augment_batch(images: Any, labels: Any, cfg: AugmentConfig, out_size: int, s
         TfkitError: bad config value, image shape/dtype, or seed shape.
 
     Example:
+        >>> import tensorflow as tf
         >>> cfg = AugmentConfig(dihedral_p=1.0, cutmix_p=0.5)
         >>> x, y = augment_batch(tf.zeros([4, 40, 40, 3], tf.uint8), tf.one_hot([0, 1, 2, 0], 3), cfg, 32, [0, 1])
         >>> x.shape, y.shape
@@ -189,9 +191,17 @@ def batch_augmenter(cfg: AugmentConfig | None, out_size: int, jit_compile: bool 
         and a shape-[2] int seed.
 
     Example:
+        >>> import numpy as np
+        >>> import tensorflow as tf
         >>> fn = batch_augmenter(AugmentConfig(hflip_p=0.5), 32)
-        >>> ds = batches.enumerate().map(  # doctest: +SKIP
-        ...     lambda i, b: fn(b[0], b[1], tf.stack([tf.constant(42, tf.int64), i])))
+        >>> images, labels = fn(np.zeros((2, 40, 40, 3), np.uint8), None, tf.constant([42, 0], tf.int64))
+        >>> images.shape.as_list(), labels
+        ([2, 32, 32, 3], None)
+
+        In a pipeline, the batch index makes each batch's seed::
+
+            ds = batches.enumerate().map(
+                lambda i, b: fn(b[0], b[1], tf.stack([tf.constant(42, tf.int64), i])))
     """
     import tensorflow as tf
 

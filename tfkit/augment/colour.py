@@ -41,6 +41,7 @@ def hue_matrix(theta: Any, ops: Ops | None = None) -> Any:
         float32 [B, 3, 3]; grey stays grey.
 
     Example:
+        >>> import tensorflow as tf
         >>> hue_matrix(tf.constant([0.0])).numpy()[0].round(6).tolist()
         [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
     """

@@ -17,6 +17,7 @@ The element index is row-major over the draw's shape with the image index
 first, so image ``i`` of a batch draws from its own counters.
 
 Example:
+    >>> from tfkit.augment.backend import ops_for
     >>> rng = Rng(ops_for(backend="tensorflow"), [1, 2])
     >>> rng.uniform(7, [4]).shape
     TensorShape([4])

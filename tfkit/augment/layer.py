@@ -38,6 +38,7 @@ class Augment(keras.layers.Layer):
         Images (or ``(images, labels)``), float32 in [0, 1].
 
     Example:
+        >>> import tensorflow as tf
         >>> layer = Augment(AugmentConfig(hflip_p=0.5), 32, seed=1)
         >>> layer(tf.zeros([2, 32, 32, 3]), training=True).shape
         TensorShape([2, 32, 32, 3])

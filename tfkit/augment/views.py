@@ -35,6 +35,7 @@ def dihedral(images: Any, k: int) -> Any:
         The transformed batch (same dtype, exact: only reversals and transposes).
 
     Example:
+        >>> import tensorflow as tf
         >>> x = tf.random.uniform([1, 4, 4, 3])
         >>> bool(tf.reduce_all(dihedral(dihedral(x, 1), dihedral_inverse(1)) == x))
         True
@@ -123,6 +124,7 @@ def tta_views(images: Any, n_views: int, mode: str = "dihedral", interpolation: 
         ``[n_views, B, H, W, C]``; view 0 is always the identity.
 
     Example:
+        >>> import tensorflow as tf
         >>> tta_views(tf.zeros([2, 8, 8, 3]), 4, "flips").shape
         TensorShape([4, 2, 8, 8, 3])
     """
