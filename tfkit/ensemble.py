@@ -52,9 +52,9 @@ import numpy as np
 import pandas as pd
 
 from tfkit.manifest import Manifest
-from tfkit.run import recompute_cv_frame
+from tfkit.run import EnsembleFolder, recompute_cv_frame
 from tfkit.run_view import RunView, oof_values, read_run
-from tfkit.utils import TfkitError, atomic_dir, pyplot, save_figure, write_csv, write_json
+from tfkit.utils import TfkitError, atomic_dir, pyplot, save_figure, write_csv
 
 METHODS = ("mean", "rank", "weights", "greedy")
 DEFAULT_METHOD = "weights"
@@ -493,13 +493,14 @@ def ensemble(
         submission = pd.concat([ids, pd.DataFrame(apply_blend(test_values, chosen["weights"]),
                                                   columns=tests[0].columns.drop(ids.columns[0]))], axis=1)
     with atomic_dir(out, overwrite=overwrite, what="ensemble --out") as tmp:
-        write_csv(tmp / "oof.csv", blended)
-        write_json(tmp / "cv.json", cv)
-        write_json(tmp / "weights.json", weights)
-        write_json(tmp / "manifest.json", views[0].manifest.to_dict())
+        folder = EnsembleFolder(tmp)
+        folder.write_oof(blended)
+        folder.write_cv(cv)
+        folder.write_weights(weights)
+        folder.write_manifest(views[0].manifest)
         if submission is not None:
-            write_csv(tmp / "submission.csv", submission)
-        plot_correlation(values, names, single, chosen["weights"], metric, tmp / "correlation.png")
+            write_csv(folder.submission_path, submission)
+        plot_correlation(values, names, single, chosen["weights"], metric, folder.correlation_path)
     print(f"ensemble of {len(views)} runs on {len(index)} OOF images ({task})")
     print(_methods_table(table, names, single, metric, method))
     print(f"-> {method}: CV {metric} {chosen['nested']:.4f} (in-sample {chosen['in_sample']:.4f}) -> {out}"

@@ -20,6 +20,11 @@
 Life cycle: ``train`` creates the folder and writes everything but the TTA
 files and the report; readers never write the training files.
 
+An ensemble folder (:class:`EnsembleFolder`, written by ``tfkit ensemble``) keeps
+the run layout's ``oof.csv``, ``cv.json`` and ``manifest.json`` (so the tools
+that read OOF predictions read it too) and adds ``weights.json`` (the blend),
+``correlation.png`` and ``submission.csv``; it has no ``config.yaml`` and no folds.
+
 Example:
     >>> import pandas as pd
     >>> oof = pd.DataFrame({"id": ["a", "b", "c", "d"], "fold": [0, 0, 1, 1], "label": [0, 1, 1, 0],
@@ -45,7 +50,7 @@ from tfkit.config import Config, load_config, save_config
 from tfkit.manifest import Manifest
 from tfkit.utils import TfkitError, read_json, write_csv, write_json
 
-__all__ = ["RunFolder", "FoldFiles", "oof_frame", "oof_probabilities", "oof_metrics", "recompute_cv", "recompute_cv_frame",
+__all__ = ["RunFolder", "EnsembleFolder", "FoldFiles", "oof_frame", "oof_probabilities", "oof_metrics", "recompute_cv", "recompute_cv_frame",
            "primary_metric", "clean_metrics"]
 
 
@@ -192,6 +197,40 @@ class RunFolder:
         write_csv(self.oof_tta_path, frame)
         write_json(self.cv_tta_path, result)
         return self.cv_tta_path
+
+
+class EnsembleFolder(RunFolder):
+    """The output folder of ``tfkit ensemble``: a run folder's OOF files plus the blend (module docstring).
+
+    Args:
+        path: the ensemble folder (need not exist yet).
+
+    Example:
+        >>> f = EnsembleFolder("blend")
+        >>> f.weights_path.name, f.cv_path.name, f.is_complete()
+        ('weights.json', 'cv.json', False)
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(path)
+        self.weights_path = self.path / "weights.json"
+        self.correlation_path = self.path / "correlation.png"
+        self.submission_path = self.path / "submission.csv"
+
+    def __repr__(self) -> str:
+        return f"EnsembleFolder({str(self.path)!r})"
+
+    def is_complete(self) -> bool:
+        """Whether ``tfkit ensemble`` wrote this folder: its four files present, and no run's ``config.yaml``."""
+        files = (self.cv_path, self.weights_path, self.oof_path, self.manifest_path)
+        return all(p.is_file() for p in files) and not self.config_path.is_file()
+
+    def read_weights(self) -> dict:
+        """``weights.json``: the method, the metric and each member run's weight and score."""
+        return read_json(self.weights_path)
+
+    def write_weights(self, weights: dict) -> None:
+        write_json(self.weights_path, weights)
 
 
 def clean_metrics(metrics: dict) -> dict:

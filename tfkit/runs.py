@@ -27,17 +27,17 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from tfkit.run import EnsembleFolder, RunFolder
 from tfkit.run_view import RunView, is_run_folder, read_run
-from tfkit.utils import TfkitError, pyplot, read_json, save_figure, write_csv
+from tfkit.utils import TfkitError, pyplot, save_figure, write_csv
 
 # Keys that change nothing about the model a run trains.
 _IGNORED_KEYS = ("train.verbose", "train.folds")
-_ENSEMBLE_FILES = ("cv.json", "weights.json", "oof.csv", "manifest.json")
 
 
 def is_ensemble_folder(path: str | os.PathLike) -> bool:
     """Whether ``path`` is an output folder of ``tfkit ensemble``."""
-    return all((Path(path) / f).is_file() for f in _ENSEMBLE_FILES) and not (Path(path) / "config.yaml").is_file()
+    return EnsembleFolder(path).is_complete()
 
 
 def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -55,7 +55,8 @@ def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
         if is_run_folder(p) or is_ensemble_folder(p):
             hits = [p]
         else:
-            marks = sorted({c.parent for name in ("config.yaml", "weights.json") for c in p.rglob(name)})
+            names = (RunFolder(p).config_path.name, EnsembleFolder(p).weights_path.name)  # one marks each kind
+            marks = sorted({c.parent for name in names for c in p.rglob(name)})
             hits = [d for d in marks if not any(part.startswith(".") for part in d.relative_to(p).parts)
                     and (is_run_folder(d) or is_ensemble_folder(d))]
         if not hits:
@@ -97,7 +98,8 @@ def _train_row(view: RunView, metric: str) -> dict[str, Any]:
 
 
 def _ensemble_row(path: Path, metric: str) -> dict[str, Any]:
-    cv, weights = read_json(path / "cv.json"), read_json(path / "weights.json")
+    folder = EnsembleFolder(path)
+    cv, weights = folder.read_cv(), folder.read_weights()
     members = ", ".join(r["name"] for r in weights.get("runs", []))
     return {"kind": "ensemble", "metric": metric, "cv": cv.get("metrics", {}).get(metric, np.nan),
             "cv_tta": np.nan, "tta": "", "folds": f"{cv.get('n_folds_trained', '')}/{cv.get('n_folds', '')}",
@@ -138,7 +140,7 @@ def runs_table(paths: Sequence[str | os.PathLike], out: str | os.PathLike | None
     found = find_runs(paths)
     views = {i: read_run(p) for i, p in enumerate(found) if not is_ensemble_folder(p)}
     if metric is None:
-        primaries = [v.primary for v in views.values()] or [read_json(p / "cv.json").get("primary") for p in found]
+        primaries = [v.primary for v in views.values()] or [RunFolder(p).read_cv().get("primary") for p in found]
         metric = Counter(primaries).most_common(1)[0][0]
     configs = {i: _flat_config(v.cfg) for i, v in views.items()}
     keys = _differing(configs)
