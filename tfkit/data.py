@@ -434,6 +434,69 @@ def load_examples(
 # --------------------------------------------------------------------------- datasets
 
 
+def _check_request(mode: str, pad_remainder: bool, with_ids: bool, augment_on: str) -> None:
+    """The argument checks of :func:`build_dataset` that need no records."""
+    if mode not in MODES:
+        raise TfkitError(f"build_dataset: mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if pad_remainder and (mode == "train" or with_ids):
+        raise TfkitError("build_dataset: pad_remainder is for eval/predict batches without ids")
+    if augment_on not in ("host", "device"):
+        raise TfkitError(f"data.augment_on: expected host or device, got {augment_on!r}")
+
+
+def _batchable(task: str | None, num_classes: int, mix: Callable | None, encode_meta: Callable | None) -> Callable:
+    """The per-example map to what is batched: image, id, encoded target ``y`` (teacher-mixed), metadata."""
+
+    def to_batchable(ex: dict) -> dict:
+        out = {"image": ex["image"], "id": ex["id"]}
+        out["y"] = encode_targets(ex["label"], task, num_classes) if task else ex["label"]
+        if mix is not None:
+            out["y"] = mix(ex["id"], out["y"])
+        if encode_meta is not None:
+            out["meta"] = encode_meta(ex["meta"])
+        return out
+
+    return to_batchable
+
+
+def _shuffled(ds: tf.data.Dataset, records: str, folds: Sequence[int] | None, manifest: Manifest, dcfg: Any,
+              targets: Any, repeat: bool) -> tf.data.Dataset:
+    """The training stream's order: class-balanced oversampling (``data.oversample``) or a plain shuffle."""
+    seed = int(dcfg.seed)
+    if not dcfg.oversample:
+        ds = ds.shuffle(dcfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        return ds.repeat() if repeat else ds
+    if manifest.kind != "single":
+        raise TfkitError(f"data.oversample balances single-label classes; these records are {manifest.kind}")
+    labels = read_index(records, folds, manifest)["label"].to_numpy()
+    if targets is not None:
+        labels = np.concatenate([labels, targets.pseudo_labels])
+    ds = _balanced(ds, labels, manifest.num_classes, seed, dcfg.shuffle_buffer)
+    return ds if repeat else ds.take(len(labels))
+
+
+def _finisher(augmenter: Callable, host_augment: bool, seed: int, with_meta: bool, mode: str,
+              with_ids: bool) -> Callable:
+    """The per-batch map: augment (or only resize) the images, then shape the element ``mode`` yields."""
+
+    def finish(step: tf.Tensor, b: dict):
+        if host_augment:
+            # Stateless per-batch seed: batch i gets the same random parameters
+            # whatever the number of parallel workers.
+            op_seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)])
+            image, y = augmenter(b["image"], b["y"], op_seed)
+        else:
+            # Resize only: labels stay out of the compiled function.
+            image, _ = augmenter(b["image"], None, tf.zeros([2], tf.int64))
+            y = b["y"]
+        x = {"image": image, "meta": b["meta"]} if with_meta else image
+        if mode == "predict":
+            return (x, b["id"]) if with_ids else x
+        return (x, y, b["id"]) if with_ids else (x, y)
+
+    return finish
+
+
 def build_dataset(
     records: str,
     cfg: Config,
@@ -496,13 +559,8 @@ def build_dataset(
         x.shape, y.shape
         (TensorShape([64, 32, 32, 3]), TensorShape([64, 10]))
     """
-    if mode not in MODES:
-        raise TfkitError(f"build_dataset: mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if pad_remainder and (mode == "train" or with_ids):
-        raise TfkitError("build_dataset: pad_remainder is for eval/predict batches without ids")
     dcfg = cfg.data
-    if dcfg.augment_on not in ("host", "device"):
-        raise TfkitError(f"data.augment_on: expected host or device, got {dcfg.augment_on!r}")
+    _check_request(mode, pad_remainder, with_ids, dcfg.augment_on)
     manifest = _manifest(records, manifest)
     if mode != "predict" and not manifest.has_labels:
         raise TfkitError(f"{records}: the records hold no labels (built without a label column); "
@@ -527,16 +585,7 @@ def build_dataset(
         ds = targets.add_examples(ds, _records.count_from_names(files), seed, meta_names)
     mix = targets.mixer() if targets is not None else None  # the id lookup is built here, eagerly
     decode = _decoder(manifest, size)
-
-    def to_batchable(ex: dict) -> dict:
-        out = {"image": ex["image"], "id": ex["id"]}
-        out["y"] = encode_targets(ex["label"], task, num_classes) if task else ex["label"]
-        if mix is not None:
-            out["y"] = mix(ex["id"], out["y"])
-        if encode_meta is not None:
-            out["meta"] = encode_meta(ex["meta"])
-        return out
-
+    to_batchable = _batchable(task, num_classes, mix, encode_meta)
     decoded = False
     if dcfg.cache:
         # Cache after decode (decoding is the costly step), before shuffle, so every
@@ -544,19 +593,7 @@ def build_dataset(
         ds = ds.map(decode, num_parallel_calls=DECODE_CALLS, deterministic=ordered).cache()
         decoded = True
     if train:
-        if dcfg.oversample:
-            if manifest.kind != "single":
-                raise TfkitError(f"data.oversample balances single-label classes; these records are {manifest.kind}")
-            labels = read_index(records, folds, manifest)["label"].to_numpy()
-            if targets is not None:
-                labels = np.concatenate([labels, targets.pseudo_labels])
-            ds = _balanced(ds, labels, num_classes, seed, dcfg.shuffle_buffer)
-            if not repeat:
-                ds = ds.take(len(labels))
-        else:
-            ds = ds.shuffle(dcfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-            if repeat:
-                ds = ds.repeat()
+        ds = _shuffled(ds, records, folds, manifest, dcfg, targets, repeat)
     if decoded:
         ds = ds.map(to_batchable, num_parallel_calls=DECODE_CALLS, deterministic=ordered)
     else:
@@ -569,22 +606,7 @@ def build_dataset(
     # Built once per dataset, outside the map function: one XLA program per
     # input shape (eval compiles a second one for its last partial batch).
     augmenter = _augment.batch_augmenter(cfg.augment if host_augment else None, size)
-
-    def finish(step: tf.Tensor, b: dict):
-        if host_augment:
-            # Stateless per-batch seed: batch i gets the same random parameters
-            # whatever the number of parallel workers.
-            op_seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)])
-            image, y = augmenter(b["image"], b["y"], op_seed)
-        else:
-            # Resize only: labels stay out of the compiled function.
-            image, _ = augmenter(b["image"], None, tf.zeros([2], tf.int64))
-            y = b["y"]
-        x = {"image": image, "meta": b["meta"]} if encode_meta is not None else image
-        if mode == "predict":
-            return (x, b["id"]) if with_ids else x
-        return (x, y, b["id"]) if with_ids else (x, y)
-
+    finish = _finisher(augmenter, host_augment, seed, encode_meta is not None, mode, with_ids)
     ds = ds.enumerate().map(finish, num_parallel_calls=BATCH_CALLS, deterministic=ordered)
     if pad_remainder:
         ds = ds.map(_pad_to(batch, mode), num_parallel_calls=BATCH_CALLS, deterministic=True)

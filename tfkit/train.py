@@ -127,15 +127,7 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
     steps = setup.train_steps()
     if steps < 1:
         raise TfkitError(f"fold {fold}: the training folds hold fewer examples than one batch of {setup.global_batch}")
-    cw = None
-    if cfg.train.class_weight:
-        if cfg.train.class_weight != "balanced":
-            raise TfkitError(f"train.class_weight: expected null or balanced, got {cfg.train.class_weight!r}")
-        if setup.task not in ("binary", "multiclass"):
-            raise TfkitError(f"train.class_weight=balanced weighs single-label classes; the task is {setup.task} "
-                             "(for multi-label imbalance use train.loss=asl or focal)")
-        labels = tfdata.read_index(records, folds=setup.train_folds, manifest=setup.manifest)["label"].to_numpy()
-        cw = class_weights(labels, setup.num_classes)
+    cw = _class_weight(setup, records)
     if setup.metadata is not None:
         write_json(files.metadata, setup.metadata)
         print(f"fold {fold}: {describe_metadata(setup.metadata)}")
@@ -199,6 +191,20 @@ def train_fold(cfg: Config, records: str | os.PathLike, fold: int, out: str | os
     resume.remove()
     keras.backend.clear_session()
     return summary
+
+
+def _class_weight(setup: FoldSetup, records: str | os.PathLike) -> dict | None:
+    """Keras ``class_weight`` of ``train.class_weight=balanced`` from the training folds' labels (else None)."""
+    mode = setup.cfg.train.class_weight
+    if not mode:
+        return None
+    if mode != "balanced":
+        raise TfkitError(f"train.class_weight: expected null or balanced, got {mode!r}")
+    if setup.task not in ("binary", "multiclass"):
+        raise TfkitError(f"train.class_weight=balanced weighs single-label classes; the task is {setup.task} "
+                         "(for multi-label imbalance use train.loss=asl or focal)")
+    labels = tfdata.read_index(records, folds=setup.train_folds, manifest=setup.manifest)["label"].to_numpy()
+    return class_weights(labels, setup.num_classes)
 
 
 def _build_phase(setup: FoldSetup, phase: dict, previous: keras.Model | None, state: dict, resume: ResumeFolder,

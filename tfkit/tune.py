@@ -514,6 +514,75 @@ def _role() -> str:
     return "chief" if dist_utils.is_chief_oracle() else "worker"
 
 
+def _search_spec(space: SearchSpace, cfg: Config, obj: Any, tuner_name: str, folds: list[int],
+                 records: str | os.PathLike) -> dict[str, Any]:
+    """What a search is started with (saved as ``tune_spec.json``; a resume must match it)."""
+    spec = {
+        "space": {"params": {p.key: dataclasses.asdict(p) for p in space.params}, "fixed": dict(space.fixed)},
+        "base": config_to_dict(cfg), "objective": [obj.name, obj.direction], "tuner": tuner_name,
+        "folds": folds, "records": str(Path(records).resolve()),
+    }
+    spec["base"]["train"].pop("verbose", None)  # printing more or less does not change the search
+    return json.loads(json.dumps(spec))  # tuples -> lists, as read back from disk
+
+
+def _claim_folder(out: Path, spec: dict[str, Any], role: str, overwrite: bool) -> None:
+    """Start the tuning folder (chief or single process) or wait for it (worker); refuse a different search."""
+    state_path = out / _STATE_FILE
+    if role != "worker":
+        if overwrite or not state_path.is_file():
+            prepare_out_dir(out, overwrite=overwrite, what="tuning folder")
+            write_json(state_path, spec)
+    else:
+        # The chief initialises the folder; a worker started first waits for it.
+        waited = time.time()
+        while not state_path.is_file():
+            if time.time() - waited > 3600:
+                raise TfkitError(f"worker: the chief never initialised {out} (no {_STATE_FILE} after an hour)")
+            time.sleep(0.5)
+    if state_path.is_file():
+        changed = _changed_settings(read_json(state_path), spec)
+        if changed:
+            raise TfkitError(
+                f"{out} holds a search started with different {', '.join(changed)}; "
+                "re-run with the original settings to resume, choose another --out, or pass --overwrite"
+            )
+
+
+def _changed_settings(saved: dict[str, Any], spec: dict[str, Any]) -> list[str]:
+    """The settings that differ from the saved search; config keys by name (``train.lr``), not ``base``."""
+    changed = sorted(k for k in spec if saved.get(k) != spec[k])
+    if "base" in changed:
+        old, new = saved.get("base") or {}, spec["base"]
+        changed.remove("base")
+        changed += sorted(f"{sec}.{key}" for sec in new for key in new[sec]
+                          if (old.get(sec) or {}).get(key, "<missing>") != new[sec][key])
+    return changed
+
+
+def _search(kt: KFoldTuner) -> None:
+    """Run the search; Keras Tuner's fatal and too-many-failures errors become one-line TfkitErrors."""
+    try:
+        kt.search()
+    except keras_tuner.errors.FatalError as e:
+        cause = e.__cause__ if isinstance(e.__cause__, TfkitError) else None
+        raise TfkitError(str(cause or e)) from e
+    except RuntimeError as e:  # Keras Tuner's "too many consecutive failed trials"
+        if "failed" not in str(e):
+            raise
+        raise TfkitError(f"tune: {str(e).splitlines()[0]}") from e
+
+
+def _trials_run_by(out: Path, tuner_id: str) -> list[str]:
+    """Ids of the trials this tuner (a worker) ran, from each trial's ``tfkit_trial.json``."""
+    ran = []
+    for info in sorted((out / PROJECT).glob(f"trial_*/run/{_TRIAL_FILE}")):
+        data = read_json(info)
+        if data.get("tuner_id") == tuner_id:
+            ran.append(data["trial_id"])
+    return ran
+
+
 def tune(
     cfg: Config,
     space: str | os.PathLike | Mapping[str, Any] | SearchSpace,
@@ -575,10 +644,7 @@ def tune(
     obj = parse_objective(objective or resolved.train.monitor)
     check_objective(obj.name, resolved.train.metrics, resolved.train.monitor)
     n_folds = manifest.require_folds()
-    if cv:
-        folds = list(cfg.train.folds) if cfg.train.folds is not None else list(range(n_folds))
-    else:
-        folds = [fold]
+    folds = (list(cfg.train.folds) if cfg.train.folds is not None else list(range(n_folds))) if cv else [fold]
     manifest.check_folds(folds, option="--fold/train.folds")
     validate(cfg, manifest)  # the base config, before the tuning folder exists (each trial's is checked again)
     search_space.check(cfg, manifest)
@@ -586,39 +652,8 @@ def tune(
     role = _role()
     out = Path(out)
     tuner_name = tuner if isinstance(tuner, str) else type(tuner).__name__
-    spec = {
-        "space": {"params": {p.key: dataclasses.asdict(p) for p in search_space.params},
-                  "fixed": dict(search_space.fixed)},
-        "base": config_to_dict(cfg), "objective": [obj.name, obj.direction], "tuner": tuner_name,
-        "folds": folds, "records": str(Path(records).resolve()),
-    }
-    spec["base"]["train"].pop("verbose", None)  # printing more or less does not change the search
-    spec = json.loads(json.dumps(spec))  # tuples -> lists, as read back from disk
-    state_path = out / _STATE_FILE
-    if role != "worker":
-        if overwrite or not state_path.is_file():
-            prepare_out_dir(out, overwrite=overwrite, what="tuning folder")
-            write_json(state_path, spec)
-    else:
-        # The chief initialises the folder; a worker started first waits for it.
-        waited = time.time()
-        while not state_path.is_file():
-            if time.time() - waited > 3600:
-                raise TfkitError(f"worker: the chief never initialised {out} (no {_STATE_FILE} after an hour)")
-            time.sleep(0.5)
-    if state_path.is_file():
-        saved = read_json(state_path)
-        changed = sorted(k for k in spec if saved.get(k) != spec[k])
-        if "base" in changed:  # name the config keys, not just "base"
-            old, new = saved.get("base") or {}, spec["base"]
-            changed.remove("base")
-            changed += sorted(f"{sec}.{key}" for sec in new for key in new[sec]
-                              if (old.get(sec) or {}).get(key, "<missing>") != new[sec][key])
-        if changed:
-            raise TfkitError(
-                f"{out} holds a search started with different {', '.join(changed)}; "
-                "re-run with the original settings to resume, choose another --out, or pass --overwrite"
-            )
+    spec = _search_spec(search_space, cfg, obj, tuner_name, folds, records)
+    _claim_folder(out, spec, role, overwrite)
 
     oracle = tuner if not isinstance(tuner, str) else build_oracle(
         tuner, obj, max_trials, seed=cfg.train.seed, max_epochs=cfg.train.epochs
@@ -628,22 +663,9 @@ def tune(
         oracle, SpaceHyperModel(cfg, search_space), records, folds, manifest=manifest, train_fn=train_fn,
         directory=out, project_name=PROJECT, isolate=isolate,
     )
-    try:
-        kt.search()
-    except keras_tuner.errors.FatalError as e:
-        cause = e.__cause__ if isinstance(e.__cause__, TfkitError) else None
-        raise TfkitError(str(cause or e)) from e
-    except RuntimeError as e:  # Keras Tuner's "too many consecutive failed trials"
-        if "failed" not in str(e):
-            raise
-        raise TfkitError(f"tune: {str(e).splitlines()[0]}") from e
+    _search(kt)
     if role == "worker":
-        ran = []
-        for info in sorted((out / PROJECT).glob(f"trial_*/run/{_TRIAL_FILE}")):
-            data = read_json(info)
-            if data.get("tuner_id") == kt.tuner_id:
-                ran.append(data["trial_id"])
-        return {"role": "worker", "tuner_id": kt.tuner_id, "trials": ran}
+        return {"role": "worker", "tuner_id": kt.tuner_id, "trials": _trials_run_by(out, kt.tuner_id)}
     summary = write_outputs(kt, search_space, cfg, out)
     summary["role"] = role
     print(
