@@ -80,7 +80,7 @@ from tfkit import records as tfrec
 from tfkit.config import Config, TrainConfig
 from tfkit.manifest import Manifest, resolve_task
 from tfkit.run import RunFolder
-from tfkit.utils import TfkitError
+from tfkit.utils import TfkitError, read_id_csv
 
 __all__ = ["check_distill_config", "temper", "mix_targets", "TrainTargets", "PseudoRows", "prepare_targets", "teacher_table",
            "pseudo_rows", "source_mismatch", "DISTILL_TASKS"]
@@ -334,13 +334,8 @@ def pseudo_rows(cfg: Config, manifest: Manifest, train_ids: Sequence[str], task:
     """
     t, id_col = cfg.train, cfg.predict.id_column
     path, records = str(t.pseudo), str(t.pseudo_records)
-    if not Path(path).is_file():
-        raise TfkitError(f"train.pseudo: submission CSV not found: {path}")
-    sub = pd.read_csv(path, dtype={id_col: str})
-    if id_col not in sub.columns:
-        raise TfkitError(f"train.pseudo {path}: no id column {id_col!r} (predict.id_column); columns: {', '.join(sub.columns)}")
-    if sub[id_col].duplicated().any():
-        raise TfkitError(f"train.pseudo {path}: id {sub[id_col][sub[id_col].duplicated()].iloc[0]!r} appears twice")
+    sub = read_id_csv(path, id_col, f"train.pseudo {path}", f"train.pseudo: submission CSV not found: {path}",
+                      id_hint=" (predict.id_column)")
     proba = _submission_proba(sub, path, manifest.classes, task, cfg)
     test = Manifest.from_dict(tfrec.load_manifest(records))
     _check_test_records(test, manifest, cfg, records)

@@ -54,7 +54,7 @@ import pandas as pd
 from tfkit.manifest import Manifest
 from tfkit.run import EnsembleFolder, recompute_cv_frame
 from tfkit.run_view import RunView, oof_values, read_run
-from tfkit.utils import TfkitError, atomic_dir, pyplot, save_figure, write_csv
+from tfkit.utils import TfkitError, atomic_dir, pyplot, read_id_csv, save_figure, write_csv
 
 METHODS = ("mean", "rank", "weights", "greedy")
 DEFAULT_METHOD = "weights"
@@ -306,13 +306,7 @@ def nested_blend(method: str, values: np.ndarray, labels: np.ndarray, folds: np.
 def read_submission(path: str | os.PathLike, id_column: str) -> pd.DataFrame:
     """A ``tfkit predict`` probability CSV, checked: the id column, unique ids, numeric columns."""
     path = Path(path)
-    if not path.is_file():
-        raise TfkitError(f"ensemble --subs: file not found: {path}")
-    frame = pd.read_csv(path, dtype={id_column: str})
-    if id_column not in frame.columns:
-        raise TfkitError(f"{path}: no id column {id_column!r} (columns: {', '.join(frame.columns)})")
-    if frame[id_column].duplicated().any():
-        raise TfkitError(f"{path}: id {frame[id_column][frame[id_column].duplicated()].iloc[0]!r} appears twice")
+    frame = read_id_csv(path, id_column, str(path), f"ensemble --subs: file not found: {path}")
     for col in frame.columns.drop(id_column):
         if not pd.api.types.is_numeric_dtype(frame[col]):
             raise TfkitError(f"{path}: column {col!r} is not numeric; blend probability submissions "

@@ -174,6 +174,44 @@ def write_csv(path: str | os.PathLike, frame: Any, **kwargs: Any) -> None:
         frame.to_csv(f, **kwargs)
 
 
+def read_id_csv(path: str | os.PathLike, id_col: str, where: str, missing: str, id_hint: str = "") -> Any:
+    """A CSV of one row per id (ids read as strings), checked: the file, its id column, each id once.
+
+    Args:
+        path: the CSV.
+        id_col: its id column.
+        where: the start of each message, naming the option and the file (e.g. ``"train.pseudo sub.csv"``).
+        missing: the whole message when the file does not exist.
+        id_hint: said after the id column's name, e.g. ``" (predict.id_column)"``.
+
+    Returns:
+        The DataFrame.
+
+    Raises:
+        TfkitError: one line: no such file, no id column (the columns listed), or an id twice (named).
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "sub.csv")
+        >>> _ = Path(path).write_text("id,p\n007,0.5\n007,0.1\n")
+        >>> read_id_csv(path, "id", "--subs sub.csv", "--subs: file not found")
+        Traceback (most recent call last):
+        ...
+        tfkit.utils.TfkitError: --subs sub.csv: id '007' appears twice
+    """
+    import pandas as pd
+
+    if not Path(path).is_file():
+        raise TfkitError(missing)
+    frame = pd.read_csv(path, dtype={id_col: str})
+    if id_col not in frame.columns:
+        raise TfkitError(f"{where}: no id column {id_col!r}{id_hint}; columns: {', '.join(frame.columns)}")
+    dup = frame[id_col].duplicated()
+    if dup.any():
+        raise TfkitError(f"{where}: id {frame[id_col][dup].iloc[0]!r} appears twice")
+    return frame
+
+
 def prepare_out_dir(path: str | os.PathLike, overwrite: bool, what: str = "output folder") -> Path:
     """Create ``path`` or refuse a non-empty one unless ``overwrite``.
 

@@ -29,6 +29,32 @@ __all__ = ["Ops", "TFOps", "JaxOps", "ops_for", "BACKENDS"]
 
 BACKENDS = ("tensorflow", "jax")
 
+# Ops that only forward their arguments to one library function: op -> (its path in tensorflow, in
+# jax.numpy), bound by Ops._bind_forwards. Arguments are positional and mean the same on both backends:
+# reshape(x, shape), broadcast_to(x, shape), where(cond, a, b), clip(x, lo, hi), minimum(a, b),
+# maximum(a, b), floor/exp/log/log1p/sqrt/cos/sin/tan(x), pow(x, y), floormod(x, n),
+# transpose(x, perm), xor(a, b) (uint32 bitwise).
+FORWARDS = {
+    "reshape":      ("reshape", "reshape"),
+    "broadcast_to": ("broadcast_to", "broadcast_to"),
+    "where":        ("where", "where"),
+    "clip":         ("clip_by_value", "clip"),
+    "minimum":      ("minimum", "minimum"),
+    "maximum":      ("maximum", "maximum"),
+    "floor":        ("floor", "floor"),
+    "exp":          ("exp", "exp"),
+    "log":          ("math.log", "log"),
+    "log1p":        ("math.log1p", "log1p"),
+    "sqrt":         ("sqrt", "sqrt"),
+    "cos":          ("cos", "cos"),
+    "sin":          ("sin", "sin"),
+    "tan":          ("tan", "tan"),
+    "pow":          ("pow", "power"),
+    "floormod":     ("math.floormod", "mod"),
+    "transpose":    ("transpose", "transpose"),
+    "xor":          ("bitwise.bitwise_xor", "bitwise_xor"),
+}
+
 
 class Ops:
     """Primitives shared by both backends; subclasses bind them to one library.
@@ -39,6 +65,26 @@ class Ops:
     """
 
     name = ""
+
+    def _bind_forwards(self, library: Any) -> None:
+        """Bind each op of :data:`FORWARDS` to this backend's function in ``library`` (kept as ``self.lib``)."""
+        self.lib = library
+        column = BACKENDS.index(self.name)
+        for op, paths in FORWARDS.items():
+            fn, path = library, paths[column]
+            for part in path.split("."):
+                fn = getattr(fn, part)
+            setattr(self, op, fn)
+
+    # Spelled alike in tensorflow and jax.numpy (positional arguments, same defaults):
+    def zeros(self, shape: Sequence[Any], dtype: str = "float32") -> Any:
+        return self.lib.zeros(shape, dtype)
+
+    def ones(self, shape: Sequence[Any], dtype: str = "float32") -> Any:
+        return self.lib.ones(shape, dtype)
+
+    def stack(self, xs: Sequence[Any], axis: int = 0) -> Any:
+        return self.lib.stack(xs, axis)
 
     def u32(self, value: int) -> Any:
         """A uint32 scalar constant."""
@@ -79,6 +125,7 @@ class TFOps(Ops):
         import tensorflow as tf
 
         self.tf = tf
+        self._bind_forwards(tf)
 
     def is_array(self, x: Any) -> bool:
         return self.tf.is_tensor(x)
@@ -101,68 +148,11 @@ class TFOps(Ops):
     def range(self, n: Any, dtype: str = "int32") -> Any:
         return self.tf.range(n, dtype=dtype)
 
-    def zeros(self, shape: Sequence[Any], dtype: str = "float32") -> Any:
-        return self.tf.zeros(shape, dtype)
-
-    def ones(self, shape: Sequence[Any], dtype: str = "float32") -> Any:
-        return self.tf.ones(shape, dtype)
-
     def full(self, shape: Sequence[Any], value: Any, dtype: str = "float32") -> Any:
         return self.tf.fill(shape, self.tf.constant(value, dtype))
 
-    def reshape(self, x: Any, shape: Sequence[Any]) -> Any:
-        return self.tf.reshape(x, shape)
-
-    def broadcast_to(self, x: Any, shape: Sequence[Any]) -> Any:
-        return self.tf.broadcast_to(x, shape)
-
-    def stack(self, xs: Sequence[Any], axis: int = 0) -> Any:
-        return self.tf.stack(xs, axis)
-
     def concat(self, xs: Sequence[Any], axis: int = 0) -> Any:
         return self.tf.concat(xs, axis)
-
-    def where(self, cond: Any, a: Any, b: Any) -> Any:
-        return self.tf.where(cond, a, b)
-
-    def clip(self, x: Any, lo: Any, hi: Any) -> Any:
-        return self.tf.clip_by_value(x, lo, hi)
-
-    def minimum(self, a: Any, b: Any) -> Any:
-        return self.tf.minimum(a, b)
-
-    def maximum(self, a: Any, b: Any) -> Any:
-        return self.tf.maximum(a, b)
-
-    def floor(self, x: Any) -> Any:
-        return self.tf.floor(x)
-
-    def exp(self, x: Any) -> Any:
-        return self.tf.exp(x)
-
-    def log(self, x: Any) -> Any:
-        return self.tf.math.log(x)
-
-    def log1p(self, x: Any) -> Any:
-        return self.tf.math.log1p(x)
-
-    def sqrt(self, x: Any) -> Any:
-        return self.tf.sqrt(x)
-
-    def cos(self, x: Any) -> Any:
-        return self.tf.cos(x)
-
-    def sin(self, x: Any) -> Any:
-        return self.tf.sin(x)
-
-    def tan(self, x: Any) -> Any:
-        return self.tf.tan(x)
-
-    def pow(self, x: Any, y: Any) -> Any:
-        return self.tf.pow(x, y)
-
-    def floormod(self, x: Any, n: Any) -> Any:
-        return self.tf.math.floormod(x, n)
 
     def sum(self, x: Any, axis: Any = None, keepdims: bool = False) -> Any:
         return self.tf.reduce_sum(x, axis, keepdims=keepdims)
@@ -195,17 +185,11 @@ class TFOps(Ops):
     def roll(self, x: Any, shift: Any, axis: int) -> Any:
         return self.tf.roll(x, shift, axis=axis)
 
-    def transpose(self, x: Any, perm: Sequence[int]) -> Any:
-        return self.tf.transpose(x, perm)
-
     def flip(self, x: Any, axes: Sequence[int]) -> Any:
         return self.tf.reverse(x, axes)
 
     def segment_sum(self, data: Any, ids: Any, n: int) -> Any:
         return self.tf.math.unsorted_segment_sum(data, ids, n)
-
-    def xor(self, a: Any, b: Any) -> Any:
-        return self.tf.bitwise.bitwise_xor(a, b)
 
     def shr(self, x: Any, n: int) -> Any:
         return self.tf.bitwise.right_shift(x, self.tf.constant(n, x.dtype))
@@ -239,6 +223,7 @@ class JaxOps(Ops):
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise TfkitError("augment backend 'jax': JAX is not installed (pip install tfkit-vision[jax])") from e
         self.jax, self.jnp = jax, jnp
+        self._bind_forwards(jnp)
 
     def is_array(self, x: Any) -> bool:
         return isinstance(x, self.jax.Array)
@@ -261,68 +246,11 @@ class JaxOps(Ops):
     def range(self, n: Any, dtype: str = "int32") -> Any:
         return self.jnp.arange(n, dtype=dtype)
 
-    def zeros(self, shape: Sequence[Any], dtype: str = "float32") -> Any:
-        return self.jnp.zeros(shape, dtype)
-
-    def ones(self, shape: Sequence[Any], dtype: str = "float32") -> Any:
-        return self.jnp.ones(shape, dtype)
-
     def full(self, shape: Sequence[Any], value: Any, dtype: str = "float32") -> Any:
         return self.jnp.full(shape, value, dtype)
 
-    def reshape(self, x: Any, shape: Sequence[Any]) -> Any:
-        return self.jnp.reshape(x, shape)
-
-    def broadcast_to(self, x: Any, shape: Sequence[Any]) -> Any:
-        return self.jnp.broadcast_to(x, shape)
-
-    def stack(self, xs: Sequence[Any], axis: int = 0) -> Any:
-        return self.jnp.stack(xs, axis)
-
     def concat(self, xs: Sequence[Any], axis: int = 0) -> Any:
         return self.jnp.concatenate(xs, axis)
-
-    def where(self, cond: Any, a: Any, b: Any) -> Any:
-        return self.jnp.where(cond, a, b)
-
-    def clip(self, x: Any, lo: Any, hi: Any) -> Any:
-        return self.jnp.clip(x, lo, hi)
-
-    def minimum(self, a: Any, b: Any) -> Any:
-        return self.jnp.minimum(a, b)
-
-    def maximum(self, a: Any, b: Any) -> Any:
-        return self.jnp.maximum(a, b)
-
-    def floor(self, x: Any) -> Any:
-        return self.jnp.floor(x)
-
-    def exp(self, x: Any) -> Any:
-        return self.jnp.exp(x)
-
-    def log(self, x: Any) -> Any:
-        return self.jnp.log(x)
-
-    def log1p(self, x: Any) -> Any:
-        return self.jnp.log1p(x)
-
-    def sqrt(self, x: Any) -> Any:
-        return self.jnp.sqrt(x)
-
-    def cos(self, x: Any) -> Any:
-        return self.jnp.cos(x)
-
-    def sin(self, x: Any) -> Any:
-        return self.jnp.sin(x)
-
-    def tan(self, x: Any) -> Any:
-        return self.jnp.tan(x)
-
-    def pow(self, x: Any, y: Any) -> Any:
-        return self.jnp.power(x, y)
-
-    def floormod(self, x: Any, n: Any) -> Any:
-        return self.jnp.mod(x, n)
 
     def sum(self, x: Any, axis: Any = None, keepdims: bool = False) -> Any:
         return self.jnp.sum(x, axis=_axis(axis), keepdims=keepdims)
@@ -356,17 +284,11 @@ class JaxOps(Ops):
     def roll(self, x: Any, shift: Any, axis: int) -> Any:
         return self.jnp.roll(x, shift, axis=axis)
 
-    def transpose(self, x: Any, perm: Sequence[int]) -> Any:
-        return self.jnp.transpose(x, perm)
-
     def flip(self, x: Any, axes: Sequence[int]) -> Any:
         return self.jnp.flip(x, axis=tuple(axes))
 
     def segment_sum(self, data: Any, ids: Any, n: int) -> Any:
         return self.jax.ops.segment_sum(data, ids, num_segments=n)
-
-    def xor(self, a: Any, b: Any) -> Any:
-        return self.jnp.bitwise_xor(a, b)
 
     def shr(self, x: Any, n: int) -> Any:
         return self.jnp.right_shift(x, self.jnp.asarray(n, x.dtype))
