@@ -193,7 +193,7 @@ def read_id_csv(path: str | os.PathLike, id_col: str, where: str, missing: str, 
     Example:
         >>> import tempfile
         >>> path = os.path.join(tempfile.mkdtemp(), "sub.csv")
-        >>> _ = Path(path).write_text("id,p\n007,0.5\n007,0.1\n")
+        >>> _ = Path(path).write_text("id,p\\n007,0.5\\n007,0.1\\n")
         >>> read_id_csv(path, "id", "--subs sub.csv", "--subs: file not found")
         Traceback (most recent call last):
         ...
