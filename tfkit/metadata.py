@@ -122,7 +122,7 @@ def fit_encoding(rows: Any, names: Sequence[str], manifest: Mapping[str, Any], c
             known = values[np.isfinite(values)]
             mean = float(known.mean()) if known.size else 0.0
             std = float(known.std()) if known.size else 1.0
-            columns.append({"name": name, "kind": "numeric", "mean": mean, "std": std if std > 0 else 1.0,
+            columns.append({"name": name, "kind": "numeric", "mean": mean, "std": std if std > np.finfo(np.float32).tiny else 1.0,  # the layer divides in float32
                             "missing": int(n - known.size)})
         else:
             vocab = list(spec.get("vocab") or [])
