@@ -111,3 +111,37 @@ def test_gradient_on_tensorflow_matches_the_analytic_one():
     grad, aux = B.gradient(lambda t: (keras.ops.sum(t ** 3), keras.ops.sum(t)), x)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(grad), 3 * x ** 2, rtol=1e-6)
     assert float(aux) == pytest.approx(2.5)
+
+
+# Several CLI commands in one JAX process (a JAX start-up costs ~20 s on 2 cores): argv lists as JSON.
+CLI_SEQUENCE = textwrap.dedent(
+    """
+    import json, sys
+    from tfkit.cli import main
+    rcs = [main(argv) for argv in json.loads(sys.argv[1])]
+    import keras
+    print("RESULT", json.dumps({"rcs": rcs, "backend": keras.backend.backend()}))
+    """
+)
+
+
+def test_lr_find_and_demo_run_on_jax_over_two_devices(small_records, jax_env, tmp_path):
+    env = {k: v for k, v in jax_env.items() if k != "KERAS_BACKEND"}  # --backend selects it
+    tiny = ["data.image_size=16", "data.batch_size=8", "model.width=4"]
+    argvs = [["lr-find", "--backend", "jax", "--records", str(small_records), "--out", str(tmp_path / "lr"),
+              "--steps", "12", "--max-lr", "0.01", "--set", *tiny],
+             ["demo", "--quick", "--backend", "jax", "--out", str(tmp_path / "demo")]]
+    proc = subprocess.run([sys.executable, "-c", CLI_SEQUENCE, json.dumps(argvs)], capture_output=True, text=True,
+                          timeout=900, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    assert json.loads(lines[-1][7:]) == {"rcs": [0, 0], "backend": "jax"}
+    sweep = __import__("pandas").read_csv(tmp_path / "lr" / "lr_find.csv")
+    assert len(sweep) == 12 and sweep["lr"].is_monotonic_increasing and np.isfinite(sweep["loss"]).any()
+    assert (tmp_path / "lr" / "lr_find.png").is_file() and "suggest" in proc.stdout.lower()
+    demo = tmp_path / "demo"
+    done = json.loads((demo / "run" / "fold0" / "done.json").read_text())
+    assert done["runtime"]["backend"] == "jax" and done["replicas"] == 2
+    for rel in ("submission.csv", "run/cv.json", "run/report/report.html", "run/fold1/model.keras"):
+        assert (demo / rel).is_file(), rel
+    assert "held-out test accuracy" in proc.stdout

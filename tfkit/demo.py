@@ -40,9 +40,22 @@ DIGITS_CONFIG = Path(__file__).parent / "configs" / "digits.yaml"
 # averages seeded passes of the training augmentation (small affine, contrast).
 DEMO_PREDICT = ["predict.tta=4", "predict.tta_mode=augment", "predict.average=mean"]
 QUICK = [
-    "data.image_size=16", "data.batch_size=32", "model.width=4", "train.epochs=1",
+    "data.image_size=16", "model.width=4", "train.epochs=1",
     "train.warmup_epochs=0", "train.verbose=0", "predict.tta=2",
 ]
+QUICK_ROWS = (120, 40)  # train, test images of the quick subset
+
+
+def quick_batch_size(n_replicas: int, train_rows: int = QUICK_ROWS[0] // 2 - 4) -> int:
+    """Per-device batch of ``--quick``: 32, or less so that one global batch (per-device batch
+    x replicas) fits in a training fold of the quick subset (60 rows, a few less when the
+    stratified halves are uneven): on a TPU v5e-8 a global batch of 256 would not.
+
+    Example:
+        >>> quick_batch_size(1), quick_batch_size(2), quick_batch_size(8)
+        (32, 28, 7)
+    """
+    return max(1, min(32, train_rows // n_replicas))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +140,11 @@ def demo(out: str | os.PathLike = "demo", overwrite: bool = False, quick: bool =
     spec = DEMO_TASKS[task]
     t0 = time.time()
     out = prepare_out_dir(out, overwrite, what="demo folder")
-    overrides = DEMO_PREDICT + list(spec.overrides) + (QUICK if quick else [])
+    overrides = DEMO_PREDICT + list(spec.overrides)
+    if quick:
+        from tfkit.strategy import get_strategy, replicas
+
+        overrides += QUICK + [f"data.batch_size={quick_batch_size(replicas(get_strategy()))}"]
     cfg = load_config(DIGITS_CONFIG, overrides)
     size = int(cfg.data.image_size)
     n_folds = 2 if quick else 5
@@ -136,8 +153,8 @@ def demo(out: str | os.PathLike = "demo", overwrite: bool = False, quick: bool =
     data = export_dataset(spec.dataset, out / "data", test_size=0.2, seed=42)
     train_csv, test_csv = Path(data["train_csv"]), Path(data["test_csv"])
     if quick:
-        train_csv = _subset(train_csv, 120, out / "train_quick.csv", spec.stratify)
-        test_csv = _subset(test_csv, 40, out / "test_quick.csv", spec.stratify)
+        train_csv = _subset(train_csv, QUICK_ROWS[0], out / "train_quick.csv", spec.stratify)
+        test_csv = _subset(test_csv, QUICK_ROWS[1], out / "test_quick.csv", spec.stratify)
 
     print(f"[2/6] building records ({size} px, {n_folds} folds) -> {out / 'records'}")
     records, test_records = out / "records" / "train", out / "records" / "test"
