@@ -6,17 +6,26 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 
+from test_quiet import NOISE, _clean_env
 from tfkit.cli import main
 from tfkit.utils import read_json
 
 
 def test_demo_quick_via_cli(tmp_path, capsys):
+    # The real command in a new user's environment (no TF_CPP_MIN_LOG_LEVEL): it also shows that the
+    # demo prints no TensorFlow C++ start-up line and no retracing warning (tests/test_quiet.py).
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
-    text = capsys.readouterr().out
+    res = subprocess.run([sys.executable, "-m", "tfkit", "demo", "--quick", "--out", str(out)],
+                         capture_output=True, text=True, env=_clean_env(), timeout=1200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    text = res.stdout
+    assert not NOISE.search(text + res.stderr), NOISE.search(text + res.stderr).group(0) + "\n" + res.stderr[-3000:]
     assert "CV accuracy" in text and "held-out test accuracy" in text
     for rel in ("run/cv.json", "run/cv_tta.json", "run/oof_tta.csv", "run/report/report.html",
                 "run/report/confusion_matrix.png", "records/train/manifest.json", "records/test/manifest.json",
@@ -33,7 +42,7 @@ def test_demo_quick_via_cli(tmp_path, capsys):
     truth = test.set_index("id").loc[sub["id"], "label"].astype(str).to_numpy()
     acc = np.mean(np.asarray(classes)[sub[classes].to_numpy().argmax(1)] == truth)
     assert f"held-out test accuracy ({len(sub)} images, 2-fold ensemble + TTA): {acc:.4f}" in text
-    # refusing to overwrite is a one-line CLI error
+    # refusing to overwrite is a one-line CLI error (checked before anything heavy is imported)
     assert main(["demo", "--quick", "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
 
