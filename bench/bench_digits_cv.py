@@ -7,8 +7,15 @@ fold with ``tfkit/configs/digits.yaml`` and scores an RBF SVC (C=10, gamma
 
 Usage:
     python bench/bench_digits_cv.py [--quick] [--work DIR] [--size 32] [--set train.epochs=20] [--backend jax]
+                                    [--cross-check]
 
 Quality bar (issue 4): CV accuracy >= 0.99 within 10 minutes on 2 CPU cores.
+
+``--cross-check`` then TTA-predicts the held-out test images with ``tfkit
+predict`` on the backend that trained the run and again on the other backend
+(each in its own process, as a user would), and prints the held-out accuracy of
+both and the largest difference between their probabilities (issue 12: within
+1e-3).
 """
 
 from __future__ import annotations
@@ -19,8 +26,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 CONFIG = Path(__file__).resolve().parents[1] / "tfkit" / "configs" / "digits.yaml"
 
@@ -46,6 +51,52 @@ def svc_cv(data_dir: Path, folds_csv: Path) -> tuple[float, float]:
     return correct / len(y), time.time() - t0
 
 
+def _predict(backend: str, run: Path, test_records: Path, out: Path, tta: int, mode: str):
+    """``tfkit predict`` in its own process (as a user runs it); returns the submission and its seconds."""
+    import subprocess
+
+    import pandas as pd
+
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "tfkit", "predict", "--backend", backend, "--run", str(run),
+                    "--records", str(test_records), "--tta", str(tta), "--set", f"predict.tta_mode={mode}",
+                    "--out", str(out)], check=True)
+    return pd.read_csv(out, dtype={"id": str}).set_index("id").sort_index(), time.time() - t0
+
+
+def cross_check(data_dir: Path, records: Path, run: Path, trained_on: str, size: int, tta: int = 4) -> float:
+    """Held-out TTA accuracy on the training backend, then the same run's predictions on both backends.
+
+    Accuracy uses ``tta_mode=augment`` (views from the training augmentation:
+    digits are not dihedral-invariant, 6 vs 9). The backends draw augment views
+    from different random generators (Threefry on JAX, Philox on TensorFlow), so
+    the comparison of the models uses the deterministic dihedral views.
+
+    Returns:
+        The largest absolute difference between the two backends' probabilities.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from tfkit.records import build_records
+
+    test_records = run.parent / "test_records"
+    build_records(data_dir / "test.csv", data_dir / "images", test_records, size=size, split="test",
+                  classes_from=records / "manifest.json", overwrite=True, progress=False)
+    truth = pd.read_csv(data_dir / "test.csv", dtype={"id": str}).set_index("id")["label"].astype(str)
+    probs, seconds = _predict(trained_on, run, test_records, run.parent / "submission.csv", tta, "augment")
+    acc = float((probs.columns[probs.to_numpy().argmax(1)] == truth.loc[probs.index].to_numpy()).mean())
+    print(f"TTA x{tta} (augment views) on {trained_on}: held-out accuracy {acc:.4f} on {len(probs)} images "
+          f"({seconds:.1f} s)")
+    other = "tensorflow" if trained_on == "jax" else "jax"
+    a, b = (_predict(k, run, test_records, run.parent / f"dihedral_{k}.csv", tta, "dihedral")[0]
+            for k in (trained_on, other))
+    gap = float(np.abs(a.to_numpy() - b.loc[a.index].to_numpy()).max())
+    print(f"TTA x{tta} (dihedral views): max |p_{trained_on} - p_{other}| over {a.shape[0]} images x "
+          f"{a.shape[1]} classes: {gap:.2e} (bar 1e-3: {'PASS' if gap < 1e-3 else 'FAIL'})")
+    return gap
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="2 epochs, 2 folds: a smoke test, not the figure")
@@ -54,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
     p.add_argument("--backend", choices=["auto", "tensorflow", "jax"], default="auto",
                    help="Keras backend (JAX over several host devices: XLA_FLAGS=--xla_force_host_platform_device_count=2)")
+    p.add_argument("--cross-check", action="store_true",
+                   help="then TTA-predict the test images on both backends and compare (within 1e-3)")
     args = p.parse_args(argv)
 
     from tfkit.backend import select_backend
@@ -93,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         ok = acc >= 0.99 and t_train <= 600
         print(f"quality bar (accuracy >= 0.99, training <= 600 s): {'PASS' if ok else 'FAIL'}")
     print(f"run folder: {run}")
+    if args.cross_check:
+        from tfkit.backend import current_backend
+
+        cross_check(data, records, run, current_backend(), args.size)
     return 0
 
 
