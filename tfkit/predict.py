@@ -269,7 +269,9 @@ def _tta_body(x, seed, call, n_models: int, n_views: int, mode: str, average: st
 def _tensorflow_step(body, models: list):
     import tensorflow as tf
 
-    @tf.function(reduce_retracing=True)
+    # autograph=False: body is the same code jax.jit runs (no Python branch on a
+    # tensor); AutoGraph would only rewrite the augmentation's source again.
+    @tf.function(reduce_retracing=True, autograph=False)
     def step(x, seed):
         return body(x, seed, lambda i, inputs: models[i](inputs, training=False))
 

@@ -208,7 +208,10 @@ def batch_augmenter(cfg: AugmentConfig | None, out_size: int, jit_compile: bool 
     if cfg is not None:
         check_augment_config(cfg)
 
-    @tf.function(jit_compile=jit_compile)
+    # autograph=False: the ops are backend-neutral (no Python branch on a tensor, as
+    # JAX requires), so AutoGraph's source rewrite would only cost time: ~2.5 s per
+    # dataset built, measured on a 2-fold tiny training.
+    @tf.function(jit_compile=jit_compile, autograph=False)
     def fn(images, labels, seed):
         if cfg is None:
             return resize_batch(images, out_size, backend="tensorflow"), labels
