@@ -7,6 +7,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tfkit.checks import monitor_names, validate
 from tfkit.cli import main
@@ -76,10 +78,37 @@ def test_good_config_and_replicas(manifest):
 def test_predict_section_checked_when_predicting(manifest):
     cfg = load_config(None, [*TINY, "predict.tta_mode=rotations"])
     validate(cfg, manifest)  # training ignores the predict section
-    for bad, key in (("predict.tta_mode=rotations", "predict.tta_mode"), ("predict.tta=9", "predict.tta=9"),
-                     ("predict.output=csv", "predict.output"), ("predict.fold_weights=auc", "predict.fold_weights")):
+    for bad, key in ((["predict.tta_mode=rotations"], "predict.tta_mode"),
+                     (["predict.tta=9", "predict.tta_mode=dihedral"], "predict.tta=9"),
+                     (["predict.tta=9", "augment.dihedral_p=0.5"], "predict.tta=9"),  # auto -> dihedral
+                     (["predict.output=csv"], "predict.output"), (["predict.fold_weights=auc"], "predict.fold_weights")):
         with pytest.raises(TfkitError, match=f"^{key}"):
-            validate(load_config(None, [*TINY, bad]), manifest, predicting=True)
+            validate(load_config(None, [*TINY, *bad]), manifest, predicting=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(dihedral=st.sampled_from([0.0, 0.5, 1.0]), hflip=st.sampled_from([0.0, 0.5]),
+       vflip=st.sampled_from([0.0, 0.5]), explicit=st.sampled_from([None, "flips", "augment", "five_crop"]))
+def test_auto_tta_views_are_those_training_drew(dihedral, hflip, vflip, explicit):
+    overrides = [f"augment.dihedral_p={dihedral}", f"augment.hflip_p={hflip}", f"augment.vflip_p={vflip}"]
+    cfg = load_config(None, overrides + ([f"predict.tta_mode={explicit}"] if explicit else []))
+    if explicit:  # an explicit choice is kept
+        assert cfg.predict.tta_mode == explicit
+    elif dihedral:  # dihedral views only for a model trained on the 8 symmetries
+        assert cfg.predict.tta_mode == "dihedral"
+    else:  # no rotation by 90 degrees was ever seen: flips when both flips were drawn, else the training passes
+        assert cfg.predict.tta_mode == ("flips" if hflip and vflip else "augment")
+
+
+def test_auto_tta_mode_resolves_from_a_runs_own_augmentation(tmp_path):
+    from tfkit.config import save_config
+
+    path = tmp_path / "config.yaml"
+    save_config(load_config(None, ["augment.preset=digits", "predict.tta_mode=auto"]), path)
+    assert "tta_mode: augment" in path.read_text()  # the run folder records the concrete views
+    # predict --set predict.tta_mode=auto on a run resolves against that run's augment section
+    assert load_config(path, ["predict.tta_mode=auto"]).predict.tta_mode == "augment"
+    assert load_config(path, ["predict.tta_mode=auto", "augment.dihedral_p=1"]).predict.tta_mode == "dihedral"
 
 
 def test_monitor_names_follow_the_task():

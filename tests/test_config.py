@@ -16,6 +16,7 @@ from tfkit.config import (
     config_from_dict,
     config_to_dict,
     load_config,
+    resolve_tta_mode,
     save_config,
 )
 
@@ -23,7 +24,9 @@ from tfkit.config import (
 def test_empty_file_is_the_defaults(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("")
-    assert load_config(p) == Config()
+    defaults = Config()
+    defaults.predict.tta_mode = resolve_tta_mode(defaults.augment)  # "auto" is made concrete at load
+    assert load_config(p) == defaults and defaults.predict.tta_mode == "augment"
 
 
 def test_yaml_then_overrides_win(tmp_path):

@@ -46,7 +46,8 @@ __all__ = ["validate", "resolve_run_config", "check_tta", "monitor_names", "AUGM
 
 AUGMENT_ON = ("host", "device")
 CLASS_WEIGHTS = (None, "balanced")
-TTA_MODES = ("dihedral", "flips", "five_crop", "ten_crop", "augment")
+# "auto" is made concrete when a config is loaded (tfkit.config.resolve_tta_mode)
+TTA_MODES = ("auto", "dihedral", "flips", "five_crop", "ten_crop", "augment")
 # tfkit.augment.MAX_VIEWS, spelled out so checking a config stays light (a test keeps them equal)
 MAX_VIEWS = {"dihedral": 8, "flips": 4, "five_crop": 6, "ten_crop": 12}
 AVERAGES = ("mean", "gmean")

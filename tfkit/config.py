@@ -264,7 +264,9 @@ class PredictConfig:
     """Test-time augmentation and fold ensembling (`tfkit.predict`)."""
 
     tta: int = 1  # number of views per image
-    tta_mode: str = "dihedral"  # dihedral | flips | augment
+    # auto | dihedral | flips | five_crop | ten_crop | augment. auto (made concrete when the
+    # config is loaded, see resolve_tta_mode): views the model was trained to see.
+    tta_mode: str = "auto"
     average: str = "mean"  # mean | gmean
     fold_weights: str = "equal"  # equal | cv
     id_column: str = "id"
@@ -453,7 +455,33 @@ def config_from_dict(values: dict[str, Any] | None, overrides: Iterable[str] = (
         )
     _apply(cfg.augment, AUGMENT_PRESETS[preset], "augment")
     _apply(cfg, nested, "")
+    if cfg.predict.tta_mode == "auto":
+        cfg.predict.tta_mode = resolve_tta_mode(cfg.augment)
     return cfg
+
+
+def resolve_tta_mode(augment: AugmentConfig) -> str:
+    """The TTA views that ``predict.tta_mode: auto`` means for a run trained with ``augment``.
+
+    Views a model never saw in training are not free accuracy: a digits model
+    shown a 6 turned upside down reads a 9. So ``auto`` is ``dihedral`` only when
+    training drew the 8 symmetries (``dihedral_p > 0``), ``flips`` when it drew
+    both flips, and otherwise ``augment``: seeded passes of the run's own
+    training augmentation at half strength (``tfkit.predict``).
+
+    Example:
+        >>> resolve_tta_mode(load_config(None, ["augment.preset=lesion"]).augment)
+        'dihedral'
+        >>> resolve_tta_mode(load_config(None, ["augment.preset=digits"]).augment)
+        'augment'
+        >>> load_config(None, ["augment.preset=digits"]).predict.tta_mode
+        'augment'
+    """
+    if augment.dihedral_p > 0:
+        return "dihedral"
+    if augment.hflip_p > 0 and augment.vflip_p > 0:
+        return "flips"
+    return "augment"
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> Config:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from tfkit.checks import AVERAGES, MAX_VIEWS, TTA_MODES, check_tta, validate  # noqa: F401  (re-exported)
-from tfkit.config import Config, PredictConfig
+from tfkit.config import Config, PredictConfig, resolve_tta_mode
 from tfkit.manifest import Manifest, resolve_task
 from tfkit.metrics import lower_is_better
 from tfkit.preflight import check_out_dir, check_out_file, check_records
@@ -356,6 +356,10 @@ def make_tta_step(
     import keras
 
     check_tta(n_views, mode, average, task)
+    if mode == "auto":
+        if augment_cfg is None:
+            raise TfkitError("predict.tta_mode=auto needs the run's augment config (the views it was trained on)")
+        mode = resolve_tta_mode(augment_cfg)
     if mode == "augment":
         if augment_cfg is None:
             raise TfkitError("predict.tta_mode=augment needs the run's augment config")
