@@ -160,6 +160,22 @@ def test_augment_mode_is_seeded_and_view0_is_identity():
     np.testing.assert_allclose(plain[0], _p(model, x), atol=1e-5)
 
 
+@pytest.mark.parametrize("seed", [0, 7])
+def test_augment_views_do_not_depend_on_how_many_devices_share_a_batch(seed):
+    # A run predicted on 1 device (batches of 4) and on 2 devices (global batches of 8 = 2 x 4, the
+    # last one padded) gets the same views per image: each block of 4 rows is seeded by its place
+    # in the stream, not by the batch that carries it.
+    model, x = _model(9), _images(10, seed)
+    cfg = load_config(None, ["augment.preset=digits"])
+    kw = dict(n_views=3, mode="augment", augment_cfg=cfg.augment, seed=seed, progress=False, seed_rows=4)
+    one = predict_proba([model], _ds(x, 4), **kw)
+    two = predict_proba([model], _ds(x, 8), **kw)
+    np.testing.assert_allclose(one, two, atol=1e-6)
+    # without blocks, the draws follow the batch: the same images get other views
+    other = predict_proba([model], _ds(x, 8), **{**kw, "seed_rows": None})
+    assert np.abs(other - one).max() > 1e-5
+
+
 def test_bad_options_are_one_line_errors():
     model = _model(10)
     with pytest.raises(TfkitError, match="predict.tta=9"):

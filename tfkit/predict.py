@@ -191,14 +191,18 @@ def _tta_augment_config(aug_cfg: Any) -> Any:
     )
 
 
-def _views(images, n_views: int, mode: str, aug_cfg: Any, seed):
+def _views(images, n_views: int, mode: str, aug_cfg: Any, seed, seed_rows: int | None = None):
     """``[n_views, B, H, W, C]`` views of a batch; view 0 is always the identity.
 
     ``dihedral``, ``flips``, ``five_crop`` (the full image, then the centre and
     four corner crops of 0.875 of the side, resized back: up to 6 views) and
     ``ten_crop`` (those and their mirrors: up to 12) are
     :func:`tfkit.augment.tta_views`; crops resample like training
-    (``aug_cfg.interpolation``). ``augment`` draws seeded augmentation passes.
+    (``aug_cfg.interpolation``). ``augment`` draws seeded augmentation passes,
+    per block of ``seed_rows`` rows: batch ``i`` of ``R`` blocks seeds block ``r``
+    as block ``i * R + r`` of the whole stream, so an image gets the same views
+    whether its batch holds one device's rows or several devices' (the draws
+    themselves are equal on both backends: :mod:`tfkit.augment.draws`).
     """
     from keras import ops
 
@@ -208,12 +212,17 @@ def _views(images, n_views: int, mode: str, aug_cfg: Any, seed):
         interpolation = aug_cfg.interpolation if aug_cfg is not None else "nearest"
         return augment.tta_views(images, n_views, mode=mode, interpolation=interpolation)
     views = [images]
-    size = int(images.shape[1])
+    size, rows = int(images.shape[1]), int(images.shape[0])
+    block = seed_rows if seed_rows and rows % seed_rows == 0 else rows
+    blocks = rows // block
     seed = ops.cast(seed, "int32")
     for v in range(1, n_views):
-        view_seed = ops.stack([seed[0], seed[1] * n_views + v])
-        aug, _ = augment.augment_batch(images, None, aug_cfg, size, view_seed)
-        views.append(ops.cast(aug, images.dtype))
+        parts = []
+        for r in range(blocks):
+            view_seed = ops.stack([seed[0], (seed[1] * blocks + r) * n_views + v])
+            aug, _ = augment.augment_batch(images[r * block:(r + 1) * block], None, aug_cfg, size, view_seed)
+            parts.append(ops.cast(aug, images.dtype))
+        views.append(parts[0] if blocks == 1 else ops.concatenate(parts, axis=0))
     return ops.stack(views, axis=0)
 
 
@@ -234,7 +243,8 @@ def _average_views(out, average: str, multiclass: bool):
     return gp / (gp + gq)
 
 
-def _tta_body(x, seed, call, n_models: int, n_views: int, mode: str, average: str, task: str, augment_cfg: Any):
+def _tta_body(x, seed, call, n_models: int, n_views: int, mode: str, average: str, task: str, augment_cfg: Any,
+              seed_rows: int | None = None):
     """One batch under TTA through every model, in ``keras.ops`` (traced by either backend).
 
     ``call(i, inputs)`` runs model ``i``; returns ``(tta [M, B, C], identity [M, B, C])``.
@@ -245,7 +255,7 @@ def _tta_body(x, seed, call, n_models: int, n_views: int, mode: str, average: st
     if n_views == 1:
         flat = images
     else:
-        views = _views(images, n_views, mode, augment_cfg, seed)
+        views = _views(images, n_views, mode, augment_cfg, seed, seed_rows)
         flat = ops.reshape(views, (-1, *images.shape[1:]))
     inputs = flat
     if isinstance(x, dict):
@@ -326,6 +336,7 @@ def make_tta_step(
     average: str = "mean",
     task: str = "multiclass",
     augment_cfg: Any = None,
+    seed_rows: int | None = None,
 ):
     """Build the compiled function that predicts one batch under TTA with every model.
 
@@ -342,6 +353,8 @@ def make_tta_step(
         average: ``mean`` | ``gmean``.
         task: the run's task; decides how a geometric mean is renormalised.
         augment_cfg: :class:`tfkit.config.AugmentConfig` for ``mode="augment"``.
+        seed_rows: ``mode="augment"`` draws its views per block of this many rows
+            (the per-device batch), so the views do not depend on the device count.
 
     Returns:
         ``step(x, seed) -> (tta [M, B, C], identity [M, B, C])`` where ``seed`` is
@@ -367,7 +380,7 @@ def make_tta_step(
     models = list(models)
 
     def body(x, seed, call):
-        return _tta_body(x, seed, call, len(models), n_views, mode, average, task, augment_cfg)
+        return _tta_body(x, seed, call, len(models), n_views, mode, average, task, augment_cfg, seed_rows)
 
     if keras.backend.backend() == "jax":
         return _jax_step(body, models)
@@ -386,6 +399,7 @@ def predict_proba(
     seed: int = 0,
     per_model: bool = False,
     progress: bool = True,
+    seed_rows: int | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Predict a dataset with TTA and a weighted ensemble of models.
 
@@ -403,6 +417,8 @@ def predict_proba(
         seed: base seed of ``mode="augment"``; same seed, same predictions.
         per_model: also return each model's TTA and untransformed predictions.
         progress: show a progress bar.
+        seed_rows: rows per seeded block of ``mode="augment"`` views (see
+            :func:`make_tta_step`); tfkit passes the per-device batch.
 
     Returns:
         ``[N, C]`` float32 ensemble predictions; with ``per_model=True`` the tuple
@@ -422,7 +438,7 @@ def predict_proba(
     if w.shape != (len(models),) or np.any(w < 0) or w.sum() <= 0:
         raise TfkitError(f"predict_proba: expected {len(models)} non-negative weights, got {list(np.ravel(w))}")
     w = w / w.sum()
-    step = make_tta_step(models, n_views, mode, average, task, augment_cfg)
+    step = make_tta_step(models, n_views, mode, average, task, augment_cfg, seed_rows)
     tta_parts, plain_parts = [], []
     full = None  # size of the first batch; a shorter last batch is padded to it
     for i, batch in enumerate(tqdm(dataset, desc=f"predict x{n_views} views", disable=not progress, leave=False)):
@@ -585,9 +601,14 @@ def _image_size(run: str | os.PathLike, folds: Sequence[int], cfg: Config) -> in
     return cfg.data.image_size
 
 
+def _device_batch(cfg: Config) -> int:
+    """Images per predict batch on one device (``predict.batch_size``, else ``data.batch_size``)."""
+    return int(cfg.predict.batch_size or cfg.data.batch_size)
+
+
 def _batch_size(cfg: Config) -> int:
     """Images per predict batch: the per-device batch times the devices (1 on TensorFlow)."""
-    return int(cfg.predict.batch_size or cfg.data.batch_size) * int(_strategy().num_replicas_in_sync)
+    return _device_batch(cfg) * int(_strategy().num_replicas_in_sync)
 
 
 def _check_same_records(records: str | os.PathLike, manifest: Manifest) -> None:
@@ -826,7 +847,7 @@ def predict(
         ds = image_folder_dataset(index["path"].tolist(), cfg.data.image_size, _batch_size(cfg))
     proba = predict_proba(
         models, ds, pcfg.tta, pcfg.tta_mode, pcfg.average, weights=weights, task=task,
-        augment_cfg=cfg.augment, seed=pcfg.seed, progress=progress,
+        augment_cfg=cfg.augment, seed=pcfg.seed, progress=progress, seed_rows=_device_batch(cfg),
     )
     if len(proba) != len(ids):
         raise TfkitError(f"predict: {len(proba)} predictions for {len(ids)} ids (records index and data disagree)")
@@ -892,7 +913,7 @@ def oof_tta(
             raise TfkitError(f"{records}: fold {k} has examples without labels; OOF needs labelled training records")
         _, tta_out, plain_out = predict_proba(
             [model], ds, pcfg.tta, pcfg.tta_mode, pcfg.average, task=task, augment_cfg=cfg.augment,
-            seed=pcfg.seed, per_model=True, progress=progress,
+            seed=pcfg.seed, per_model=True, progress=progress, seed_rows=_device_batch(cfg),
         )
         with_tta.append(_oof_layout(index, tta_out[0], classes, task))
         without.append(_oof_layout(index, plain_out[0], classes, task))
