@@ -5,16 +5,22 @@
 #   2. build records of the embedded digits, train 2 folds on JAX over 2 forced host devices
 #      (the CPU stands in for the v5e-8's chips: same code path, keras DataParallel);
 #   3. predict with TTA on JAX;
-#   4. load the same run on TensorFlow, predict again and compare (within 1e-3).
-# Too heavy for CI (a fresh venv downloads ~1 GB): run it by hand; prints the figures at the end.
+#   4. load the same run on TensorFlow, predict again and compare (within 1e-3);
+#   5. none of these commands printed a TensorFlow C++ line (run as a new user: no TF_CPP_MIN_LOG_LEVEL).
+# .ci/run runs it after the test suite (the venv downloads ~600 MB: ~3 min, the run ~3 min).
 #   bash bench/kaggle_tpu_smoke.sh    # PY=/path/to/python3.12 VENV=/tmp/kaggle_tpu_venv KEEP=1 (reuse it) TTA=4 EPOCHS=3
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-PY=${PY:-/root/.pyenv/versions/3.12.1/bin/python3.12}
+PY=${PY:-$(command -v python3.12 || echo /root/.pyenv/versions/3.12.1/bin/python3.12)}
+if [ ! -x "$PY" ]; then
+  echo "kaggle_tpu_smoke: no Python 3.12 found (tried python3.12 on PATH and $PY); set PY=/path/to/python3.12" >&2
+  exit 2
+fi
 VENV=${VENV:-/tmp/kaggle_tpu_venv}
 WORK=$(mktemp -d /tmp/kaggle_tpu_smoke.XXXXXX)
-export PIP_DISABLE_PIP_VERSION_CHECK=1 TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
+unset TF_CPP_MIN_LOG_LEVEL TFKIT_VERBOSE  # as a new user runs it: tfkit's own quiet start-up
 t0=$(date +%s)
 step() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 
@@ -46,13 +52,19 @@ TTA=${TTA:-4}
 CFG=(--config "$ROOT/tfkit/configs/digits.yaml" --set train.epochs="${EPOCHS:-3}" --set train.verbose=0)
 step "train folds 0,1 on JAX, 2 host devices"
 XLA_FLAGS=--xla_force_host_platform_device_count=2 tfkit train --backend jax --records records --out run \
-  --folds 0,1 "${CFG[@]}"
+  --folds 0,1 "${CFG[@]}" 2> train.err; cat train.err >&2
 step "TTA predict on JAX"
 XLA_FLAGS=--xla_force_host_platform_device_count=2 tfkit predict --backend jax --run run --records test_records \
-  --tta "$TTA" --set predict.tta_mode=flips --out sub_jax.csv
+  --tta "$TTA" --set predict.tta_mode=flips --out sub_jax.csv 2> predict_jax.err; cat predict_jax.err >&2
 step "the same run on TensorFlow"
 tfkit predict --backend tensorflow --run run --records test_records --tta "$TTA" --set predict.tta_mode=flips \
-  --out sub_tf.csv
+  --out sub_tf.csv 2> predict_tf.err; cat predict_tf.err >&2
+if grep -nE 'absl::InitializeLog|^[IWE][0-9]{4} [0-9:.]+ +[0-9]+ [^ ]+:[0-9]+\]|oneDNN custom operations|cpu_feature_guard' \
+    train.err predict_jax.err predict_tf.err >&2; then
+  echo "FAIL: TensorFlow C++ lines reached a new user's terminal (above)" >&2
+  exit 1
+fi
+echo "no TensorFlow C++ line in the output of train and the two predicts"
 python - <<'PY'
 import json
 import numpy as np, pandas as pd

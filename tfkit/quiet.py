@@ -125,6 +125,30 @@ def held_stderr() -> Iterator[None]:
                 sys.stderr.flush()
 
 
+_first_compile_done = False
+
+
+def first_xla_compile() -> None:
+    """Run this process's first XLA compilation under :func:`held_stderr` (once; no-op unless :func:`wanted`).
+
+    TensorFlow 2.20 (the version in Kaggle's TPU image) logs ``Compiled cluster
+    using XLA!`` (with absl's "before InitializeLog" preamble) at a process's
+    first XLA compilation, through absl before ``InitializeLog``, so no log level
+    hides it (2.21 does not log it). Compiling a one-op program here uses up that
+    once-per-process line. It runs an op, so call it only where TensorFlow's
+    runtime is already in use (devices cannot be configured afterwards):
+    :func:`tfkit.augment.batch_augmenter` calls it, when a pipeline is built.
+    """
+    global _first_compile_done
+    if _first_compile_done or not wanted():
+        return
+    _first_compile_done = True
+    import tensorflow as tf
+
+    with held_stderr():
+        tf.function(lambda x: x + 1.0, jit_compile=True)(tf.constant(1.0))
+
+
 class _HeldLoader(importlib.abc.Loader):
     """Runs the real loader of ``tensorflow`` inside :func:`held_stderr`, then steps aside."""
 

@@ -207,6 +207,10 @@ def batch_augmenter(cfg: AugmentConfig | None, out_size: int, jit_compile: bool 
 
     if cfg is not None:
         check_augment_config(cfg)
+    if jit_compile:
+        from tfkit.quiet import first_xla_compile
+
+        first_xla_compile()  # TF 2.20 would print a C++ line at the pipeline's first compilation
 
     # autograph=False: the ops are backend-neutral (no Python branch on a tensor, as
     # JAX requires), so AutoGraph's source rewrite would only cost time: ~2.5 s per
