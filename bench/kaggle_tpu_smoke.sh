@@ -12,9 +12,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-PY=${PY:-$(command -v python3.12 || echo /root/.pyenv/versions/3.12.1/bin/python3.12)}
-if [ ! -x "$PY" ]; then
-  echo "kaggle_tpu_smoke: no Python 3.12 found (tried python3.12 on PATH and $PY); set PY=/path/to/python3.12" >&2
+# A candidate counts only if it runs and is 3.12: a pyenv shim named python3.12 sits on PATH
+# even when pyenv's selected version is another one, and then fails when called.
+is_312() { [ -n "$1" ] && "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' >/dev/null 2>&1; }
+if [ -z "${PY:-}" ]; then
+  PYENV_DIR=${PYENV_ROOT:-${HOME:-/root}/.pyenv}
+  for cand in "$(command -v python3.12 || true)" /usr/bin/python3.12 /usr/local/bin/python3.12 \
+              "$PYENV_DIR"/versions/3.12*/bin/python3.12 /root/.pyenv/versions/3.12*/bin/python3.12; do
+    if is_312 "$cand"; then PY=$cand; break; fi
+  done
+fi
+if ! is_312 "${PY:-}"; then
+  echo "kaggle_tpu_smoke: no working Python 3.12 found (tried python3.12 on PATH, /usr/bin, /usr/local/bin and pyenv's versions); set PY=/path/to/python3.12" >&2
   exit 2
 fi
 VENV=${VENV:-/tmp/kaggle_tpu_venv}

@@ -99,7 +99,7 @@ def test_widen_channels_properties(c, axis, seed):
 
 def _first_conv(model):
     bb = model.get_layer("backbone")
-    return keras.Model(bb.inputs, bb.get_layer("s0_conv0").output)
+    return keras.Model(bb.inputs[0], bb.get_layer("s0_conv0").output)
 
 
 @pytest.mark.parametrize("fmt", ["weights.h5", "keras"])

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -373,7 +374,10 @@ def _build_plain(name: str, image_size: int, weights: str | None, width: int, ch
         backbone = spec.builder(shape, None, "backbone", width=width)
     else:
         try:
-            backbone = spec.builder(shape, app_weights, "backbone")
+            with warnings.catch_warnings():
+                # keras.applications warns on C != 1, 3 channels; tfkit widens the input on purpose.
+                warnings.filterwarnings("ignore", message="This model usually expects 1 or 3 input channels")
+                backbone = spec.builder(shape, app_weights, "backbone")
         except ValueError as e:
             raise TfkitError(f"model {name} at image_size={image_size}: {str(e).splitlines()[0]}")
     if weights not in (None, "", "imagenet"):
