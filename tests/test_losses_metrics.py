@@ -7,7 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as skm
 from sklearn.utils.class_weight import compute_class_weight
@@ -34,6 +34,8 @@ def multiclass_data(draw, min_classes=2, max_classes=6):
 
 @SETTINGS
 @given(multiclass_data(3))
+# a true class given 7e-19 (below any fixed floor like 1e-15): clipped where sklearn clips
+@example((np.array([0, 1, 2]), np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.5, 0.5, 7e-19]]), 3))
 def test_multiclass_metrics_match_sklearn(data):
     y, p, c = data
     m = compute_metrics(y, p, "multiclass")

@@ -47,9 +47,10 @@ METRICS = ("accuracy", "auc", "f1", "log_loss", "qwk", "rmse", "mae")
 F_SCORES = tuple(f"f{b}{avg}" for b in (1, 2) for avg in ("", "_micro", "_samples"))
 TARGET_METRICS = (*F_SCORES[1:], *(f + "_tuned" for f in F_SCORES), "map", "pearson", "spearman", "qwk_tuned", "emd")
 METRICS = METRICS + TARGET_METRICS
-# Clip probabilities before the log like scikit-learn, so a confident wrong
-# prediction costs a large but finite amount.
-_EPS = 1e-15
+# Clip probabilities before the log like scikit-learn (>= 1.5: the machine epsilon of
+# float64, which tfkit computes in), so a confident wrong prediction costs a large but
+# finite amount, and the same amount as in sklearn.metrics.log_loss.
+PROBA_EPS = float(np.finfo(np.float64).eps)
 
 
 # --------------------------------------------------------------------------- numpy
@@ -190,7 +191,7 @@ def compute_metrics(
                 raise TfkitError(f"compute_metrics: binary task but predictions have {p.shape[1]} columns")
             p1 = p[:, -1]
             pred = (p1 >= 0.5).astype(np.int64)
-            pc = np.clip(p1, _EPS, 1 - _EPS)
+            pc = np.clip(p1, PROBA_EPS, 1 - PROBA_EPS)
             tp, fp, fn = np.sum((pred == 1) & (y == 1)), np.sum((pred == 1) & (y == 0)), np.sum((pred == 0) & (y == 1))
             out = {
                 "accuracy": float(np.mean(pred == y)),
@@ -211,7 +212,7 @@ def compute_metrics(
             fp = onehot_p.sum(0) - tp
             fn = onehot_t.sum(0) - tp
             present = (onehot_t.sum(0) + onehot_p.sum(0)) > 0
-            pc = np.clip(p, _EPS, 1 - _EPS)
+            pc = np.clip(p, PROBA_EPS, 1 - PROBA_EPS)
             pc = pc / pc.sum(1, keepdims=True)
             out = {
                 "accuracy": float(np.mean(pred == y)),
@@ -268,7 +269,7 @@ def multilabel_metrics(labels: Any, proba: Any, thresholds: dict[str, Any] | Non
     if y.shape[0] != p.shape[0]:
         raise TfkitError(f"compute_metrics: {y.shape[0]} labels but {p.shape[0]} predictions")
     pred = mlm.binarise(p, 0.5)
-    pc = np.clip(p, _EPS, 1 - _EPS)
+    pc = np.clip(p, PROBA_EPS, 1 - PROBA_EPS)
     out = {
         "accuracy": float(np.mean(pred == y)),
         "auc": mlm.column_means(y, p, binary_auc),
