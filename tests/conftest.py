@@ -17,6 +17,15 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Speed only (no test depends on them; a user's setting wins). The suite runs as two pytest workers
+# on two cores, and the tests' models are tiny: one intra-op thread per TensorFlow process instead of
+# every process spreading each op over all cores, and XLA's CPU backend compiling without LLVM's
+# expensive optimisations (compilation, not running, dominates a tiny model on JAX: ~20% of a
+# JAX test's time). Subprocesses inherit them; JAX_XLA_FLAGS adds 2 forced host devices.
+for _key, _value in (("TF_NUM_INTRAOP_THREADS", "1"), ("OMP_NUM_THREADS", "1"),
+                     ("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_multi_thread_eigen=false")):
+    os.environ.setdefault(_key, _value)
+JAX_XLA_FLAGS = f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=2"
 
 from pathlib import Path  # noqa: E402
 
@@ -135,6 +144,6 @@ def jax_env(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cache = tmp_path_factory.mktemp("jax_cache")
     return dict(
         os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2",
-        XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_COMPILATION_CACHE_DIR=str(cache),
+        XLA_FLAGS=JAX_XLA_FLAGS, JAX_COMPILATION_CACHE_DIR=str(cache),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )

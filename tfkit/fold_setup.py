@@ -32,7 +32,7 @@ from tfkit.manifest import Manifest, resolve_task
 from tfkit.metadata import fit_encoding
 from tfkit.metrics import keras_metrics
 from tfkit.models import model_from_config
-from tfkit.strategy import JaxStrategy, get_strategy, gradient_replicas, set_mixed_precision
+from tfkit.strategy import get_strategy, gradient_replicas, set_mixed_precision
 from tfkit.targets import head_size, output_names
 from tfkit.train_step import TrainingModel
 from tfkit.utils import TfkitError
@@ -109,13 +109,6 @@ class FoldSetup:
     def device_augment(self) -> bool:
         return self.cfg.data.augment_on == "device"
 
-    @property
-    def pads_eval(self) -> bool:
-        """Eval/predict batches are padded to the global batch (JAX: split over the devices, one
-        compiled shape; the train step's ``jax_test_step`` reads the row mask). Slice predictions
-        to the validation rows."""
-        return isinstance(self.strategy, JaxStrategy)
-
     def build_model(self, size: int) -> keras.Model:
         """The config's model at ``size`` pixels (call inside ``strategy.scope()``)."""
         num_classes, n_targets = head_size(self.manifest, self.task)
@@ -146,9 +139,8 @@ class FoldSetup:
         wrapper = TrainingModel(model, sam_rho=t.sam_rho, augment_cfg=self.cfg.augment if self.device_augment else None,
                                 image_size=size, seed=seed)
         # Padded eval batches carry a row mask as sample weights, which Keras gives only to
-        # weighted_metrics; the JAX train step gives them none, like Keras' unweighted metrics.
-        kind = "weighted_metrics" if self.pads_eval else "metrics"
-        extra = {kind: keras_metrics(t.metrics, self.task, self.num_classes),
+        # weighted_metrics; the train steps give them none, like Keras' unweighted metrics.
+        extra = {"weighted_metrics": keras_metrics(t.metrics, self.task, self.num_classes),
                  "steps_per_execution": t.steps_per_execution} if metrics else {}
         wrapper.compile(optimizer=optimizer, loss=create_loss(t, self.task, self.num_classes), **extra)
         return wrapper
@@ -158,12 +150,14 @@ class FoldSetup:
 
         ``mode="train"`` repeats and augments on the host unless augmentation runs on device, and
         carries the fold's teacher targets and pseudo rows; the other modes yield the hard labels;
-        eval and predict batches are padded when :attr:`pads_eval` (unless ``pad_remainder`` is given).
+        eval and predict batches are padded to the global batch (unless ``pad_remainder`` is given):
+        one static shape, so one trace per fold on TensorFlow and one program split over the devices
+        on JAX; slice predictions to the validation rows.
         """
         if mode == "train":
             kwargs = dict(augment=not self.device_augment, repeat=True, targets=self.targets, **kwargs)
         else:
-            kwargs.setdefault("pad_remainder", self.pads_eval)
+            kwargs.setdefault("pad_remainder", True)
         return tfdata.build_dataset(self.records, with_size(self.cfg, size),
                                     folds=self.train_folds if folds is None else list(folds), mode=mode,
                                     manifest=self.manifest, batch_size=self.global_batch, **kwargs)

@@ -251,15 +251,15 @@ def _precise_bn(setup: FoldSetup, inner: keras.Model, size: int, steps: int) -> 
     if not bns or not precise_bn_enabled(setup.cfg.train.precise_bn, steps, max(b.momentum for b in bns)):
         return None
     batches = precise_bn_batches(setup.count(setup.train_folds), setup.global_batch)
-    return PreciseBN(setup.dataset(size, "eval").repeat(), batches)
+    # unpadded: zero rows would enter the batch statistics (the pass skips the short last batch)
+    return PreciseBN(setup.dataset(size, "eval", pad_remainder=False).repeat(), batches)
 
 
 def _evaluate(setup: FoldSetup, path: Path, size: int, index: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """OOF rows and validation metrics of the saved model at ``path`` on the held-out fold."""
     model = load_model(path, f"fold {setup.fold} model")
     proba = predict_array(model, setup.dataset(size, "predict", folds=[setup.fold]))
-    if setup.pads_eval:
-        proba = proba[: len(index)]  # the padded rows of the last batch
+    proba = proba[: len(index)]  # the padded rows of the last batch
     if len(index) != len(proba):
         raise TfkitError(f"fold {setup.fold}: {len(proba)} predictions for {len(index)} validation rows")
     frame = oof_frame(index, proba, setup.classes, setup.task)

@@ -72,10 +72,24 @@ class TrainingModel(keras.Model):
         return getattr(self, STEPS[backend])(*args)
 
     def test_step(self, *args: Any) -> Any:
-        """Keras' hook: Keras' own step on TensorFlow; on JAX one that reads padded batches."""
+        """Keras' hook: this backend's validation step, exact on padded batches (see :meth:`tf_test_step`)."""
         if keras.backend.backend() == "jax":
             return self.jax_test_step(*args)
-        return super().test_step(*args)
+        return self.tf_test_step(*args)
+
+    @staticmethod
+    def _real_rows_loss(loss: Any, x: Any, sw: Any) -> tuple[Any, Any]:
+        """``(loss, rows)`` of a validation batch whose padded rows have weight 0 in ``sw``.
+
+        Keras' ``sum_over_batch_size`` divides the weighted sum by every row, padded
+        ones included; rescaled to the mean over the real rows and counted with their
+        number, the epoch's ``val_loss`` equals the unpadded one.
+        """
+        rows = keras.ops.cast(keras.ops.shape(keras.tree.flatten(x)[0])[0], "float32")
+        if sw is None:
+            return loss, rows
+        real = keras.ops.sum(keras.ops.cast(sw, "float32"))
+        return loss * rows / keras.ops.maximum(real, 1.0), real
 
     # ----------------------------------------------------------------------- TensorFlow
 
@@ -105,6 +119,29 @@ class TrainingModel(keras.Model):
             for v, e in zip(variables, eps):
                 v.assign_sub(e)
         self.optimizer.apply(grads, variables)
+        # No sample weights for the metrics (class weights are the loss's): they are compiled as
+        # weighted_metrics for the padded validation batches (FoldSetup.wrap).
+        return self.compute_metrics(x, y, y_pred, sample_weight=None)
+
+    def tf_test_step(self, data: Any) -> dict:
+        """One validation batch (TensorFlow backend), exact on batches padded to a static shape.
+
+        tfkit pads the last validation batch with zero rows and passes a 0/1 row
+        mask as the sample weights (:func:`tfkit.data.build_dataset`'s
+        ``pad_remainder``): one traced shape per fold, and the mask keeps padded
+        rows out of the loss and every metric.
+
+        Args:
+            data: ``(x, y)`` or ``(x, y, mask)``.
+
+        Returns:
+            The metric logs.
+        """
+        x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = self(x, training=False)
+        loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sw, training=False)
+        loss, rows = self._real_rows_loss(unscale_loss_for_distribution(loss), x, sw)
+        self._loss_tracker.update_state(loss, sample_weight=rows)
         return self.compute_metrics(x, y, y_pred, sample_weight=sw)
 
     def _tf_gradients(self, x: Any, y: Any, sw: Any, variables: list, track: bool) -> tuple[list, Any]:
@@ -189,13 +226,7 @@ class TrainingModel(keras.Model):
         return grads, non_trainable
 
     def jax_test_step(self, state: tuple, data: Any) -> tuple[dict, tuple]:
-        """One validation batch (JAX backend), exact on batches padded to a static shape.
-
-        On JAX tfkit pads the last validation batch with zero rows and passes a
-        0/1 row mask as the sample weights (:func:`tfkit.data.build_dataset`'s
-        ``pad_remainder``): the mask keeps padded rows out of every metric, and
-        here the loss is the mean over the real rows, counted with their number,
-        so ``val_loss`` equals the unpadded one.
+        """One validation batch (JAX backend): :meth:`tf_test_step`, written pure.
 
         Args:
             state: ``(trainable, non_trainable, metrics)`` variable values.
@@ -204,16 +235,11 @@ class TrainingModel(keras.Model):
         Returns:
             ``(logs, new state)``.
         """
-        import jax.numpy as jnp
-
         trainable, non_trainable, metric_vars = state
         x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
         _, (loss, y_pred, non_trainable, metric_vars) = self.compute_loss_and_updates(
             trainable, non_trainable, metric_vars, x, y, sw, training=False)
-        rows = keras.tree.flatten(x)[0].shape[0]
-        if sw is not None:
-            real = jnp.sum(sw.astype("float32"))
-            loss, rows = loss * rows / jnp.maximum(real, 1.0), real
+        loss, rows = self._real_rows_loss(loss, x, sw)
         with keras.StatelessScope(state_mapping=list(zip(self.metrics_variables, metric_vars))) as scope:
             self._loss_tracker.update_state(loss, sample_weight=rows)
             logs = self.compute_metrics(x, y, y_pred, sw)
