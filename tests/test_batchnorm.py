@@ -61,6 +61,24 @@ def test_frozen_backbone_batchnorm_stays_in_inference_mode():
         np.testing.assert_array_equal(a, np.asarray(b))
 
 
+def test_statistics_pass_reads_unpadded_training_batches(small_records):
+    # Validation batches are padded with zero rows to one static shape; the statistics pass must not
+    # see those rows: it reads the training folds unpadded and skips each pass's short last batch.
+    from tfkit.fold_setup import FoldSetup
+    from tfkit.train import _precise_bn
+
+    cfg = load_config(None, ["data.image_size=16", "data.batch_size=16", "model.width=4", "train.precise_bn=on"])
+    setup = FoldSetup.create(cfg, small_records, fold=0)
+    n_train = setup.count(setup.train_folds)
+    assert n_train % 16 and setup.count([0]) % 16  # both end with a partial batch
+    callback = _precise_bn(setup, setup.build_model(16), 16, steps=n_train // 16)
+    one_pass = list(callback.dataset.take(-(-n_train // 16)))
+    assert [len(b) for b in one_pass] == [2] * len(one_pass)  # (x, y): no row mask
+    assert [int(b[1].shape[0]) for b in one_pass] == [16] * (n_train // 16) + [n_train % 16]
+    val = list(setup.dataset(16, "eval", folds=[0]))
+    assert {int(b[1].shape[0]) for b in val} == {16} and sum(float(b[2].numpy().sum()) for b in val) == setup.count([0])
+
+
 def test_auto_switch_follows_the_stale_share():
     assert precise_bn_enabled("auto", 10, 0.99) and precise_bn_enabled("auto", 458, 0.99)
     assert not precise_bn_enabled("auto", 459, 0.99) and not precise_bn_enabled("auto", 50, 0.9)

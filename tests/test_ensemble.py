@@ -307,3 +307,11 @@ def test_end_to_end_blend_of_trained_runs_with_predicted_test_records(two_traine
     cv = read_json(out / "cv.json")
     classes = [str(c) for c in read_json(out / "manifest.json")["classes"]]
     assert recompute_cv_frame(oof, classes, "multiclass", names=list(cv["metrics"]))["metrics"] == pytest.approx(cv["metrics"])
+
+
+def test_blend_log_floor_is_the_metrics_floor():
+    # tfkit.ensemble keeps its own copy (importing tfkit.metrics would import Keras before the CLI
+    # picks a backend): the weights it fits must optimise the log loss tfkit.metrics reports.
+    from tfkit import ensemble, metrics
+
+    assert ensemble._TINY == metrics.PROBA_EPS

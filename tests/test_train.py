@@ -76,6 +76,13 @@ def test_run_folder_and_cv_recomputable(run2, digits_records):
         acc = float(np.mean(part[[f"p_{c}" for c in classes]].to_numpy().argmax(1) == part["label"].to_numpy()))
         assert stored["folds"][k]["accuracy"] == pytest.approx(acc)
     assert stored["primary"] == "accuracy" and stored["n_folds_trained"] == 2
+    for k in ("0", "1"):
+        # Validation ran on batches padded to one static shape (a fold of ~287 rows in batches of 32)
+        # with the padded rows masked: the logged scores are the saved model's on exactly the fold.
+        hist = pd.read_csv(out / f"fold{k}" / "history.csv")
+        assert hist["val_accuracy"].iloc[-1] == pytest.approx(stored["folds"][k]["accuracy"], abs=1e-6)
+        for logged in ("val_log_loss", "val_loss"):  # no label smoothing: the loss is the log loss
+            assert hist[logged].iloc[-1] == pytest.approx(stored["folds"][k]["log_loss"], abs=1e-4)
 
 
 def test_validation_ids_are_exactly_the_fold(run2, digits_records):

@@ -52,7 +52,6 @@ import numpy as np
 import pandas as pd
 
 from tfkit.manifest import Manifest
-from tfkit.metrics import PROBA_EPS
 from tfkit.run import EnsembleFolder, recompute_cv_frame
 from tfkit.run_view import RunView, oof_values, read_run
 from tfkit.utils import TfkitError, atomic_dir, pyplot, read_id_csv, save_figure, write_csv
@@ -60,6 +59,9 @@ from tfkit.utils import TfkitError, atomic_dir, pyplot, read_id_csv, save_figure
 METHODS = ("mean", "rank", "weights", "greedy")
 DEFAULT_METHOD = "weights"
 GREEDY_STEPS = 20  # bag size of greedy selection
+# The floor of a blended true-class probability before the log: tfkit.metrics.PROBA_EPS, not imported
+# from there because tfkit.metrics imports Keras and the CLI reads this module before choosing a backend.
+_TINY = float(np.finfo(np.float64).eps)
 
 
 # --------------------------------------------------------------------------- runs
@@ -162,7 +164,7 @@ def _objective(values: np.ndarray, labels: np.ndarray, task: str):
     q = values[:, np.arange(n), labels.astype(np.int64)].T  # [N, M]: each run's true-class probability
 
     def log_loss(w: np.ndarray) -> tuple[float, np.ndarray]:
-        p = np.maximum(q @ w, PROBA_EPS)  # the floor tfkit.metrics uses before the log
+        p = np.maximum(q @ w, _TINY)
         return float(-np.mean(np.log(p))), -(q.T @ (1.0 / p)) / n
 
     return log_loss
