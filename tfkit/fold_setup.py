@@ -162,6 +162,12 @@ class FoldSetup:
                                     folds=self.train_folds if folds is None else list(folds), mode=mode,
                                     manifest=self.manifest, batch_size=self.global_batch, **kwargs)
 
+    def statistics_batches(self, size: int) -> Any:
+        """Un-augmented, unpadded batches of the training folds, for BatchNorm statistics passes
+        (precise BN, SWA): padded zero rows would enter the statistics; the passes skip the short
+        last batch instead."""
+        return self.dataset(size, "eval", pad_remainder=False)
+
     def train_steps(self) -> int:
         """Full batches per epoch of the training stream: the training folds plus the pseudo rows."""
         n_pseudo = self.targets.n_pseudo if self.targets is not None else 0

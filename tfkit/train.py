@@ -251,8 +251,7 @@ def _precise_bn(setup: FoldSetup, inner: keras.Model, size: int, steps: int) -> 
     if not bns or not precise_bn_enabled(setup.cfg.train.precise_bn, steps, max(b.momentum for b in bns)):
         return None
     batches = precise_bn_batches(setup.count(setup.train_folds), setup.global_batch)
-    # unpadded: zero rows would enter the batch statistics (the pass skips the short last batch)
-    return PreciseBN(setup.dataset(size, "eval", pad_remainder=False).repeat(), batches)
+    return PreciseBN(setup.statistics_batches(size).repeat(), batches)
 
 
 def _evaluate(setup: FoldSetup, path: Path, size: int, index: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
@@ -286,8 +285,7 @@ def _finish_swa(setup: FoldSetup, files: FoldFiles, swa: SwaAverage, plan: list[
         if phase["frozen"]:
             setup.freeze_backbone(swa_model)
         swa.assign_to(swa_model)
-        # unpadded: zero rows would enter the batch statistics
-        n_bn = bn_update(swa_model, setup.dataset(size, "eval", pad_remainder=False), max_batches=SWA_BN_BATCHES)
+        n_bn = bn_update(swa_model, setup.statistics_batches(size), max_batches=SWA_BN_BATCHES)
     write_keras_model(swa_model, model)
     best_metrics = _evaluate(setup, best, best_size, index)[1] if best.is_file() else None
     return size, dict(swa.info(), bn_batches=n_bn, image_size=size, best_checkpoint_metrics=best_metrics)
