@@ -10,6 +10,8 @@ Session fixtures build real data once per test session:
   class list (labels kept as indices).
 * ``small_records``: a tiny train set (60 digits, 32 px, 3 folds, metadata columns
   ``age`` numeric and ``site`` categorical, groups) for fast tests.
+* ``tiny_run``: a 3-fold run of :data:`TINY_RUN` on ``small_records``, trained once per
+  session and copied for each test module that asks (a module's writes stay its own).
 """
 
 from __future__ import annotations
@@ -24,9 +26,30 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_multi_thread_eigen=false")
 JAX_XLA_FLAGS = f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=2"
 
+import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+
+# Scheduling only (no test depends on it): pytest-xdist's --dist loadfile hands out whole files in
+# collection order, so the longest files (measured, 2026-12-03) go first and the many short ones
+# fill in at the end; by default xdist would order files by their number of tests, which put the
+# few-but-long end-to-end files last.
+LONGEST_FIRST = (
+    "test_tune.py", "test_notebook.py", "test_jax.py", "test_augment.py", "test_demo.py", "test_train.py",
+    "test_kill.py", "test_e2e_targets.py", "test_batchnorm.py", "test_backend.py", "test_quiet.py",
+    "test_data.py", "test_predict.py", "test_folds.py", "test_ensemble.py", "test_strategy.py", "test_distill.py",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist >= 3.6
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
 
 
 @pytest.fixture(scope="session")
@@ -95,6 +118,29 @@ def small_records(small_csv: Path, digits_dir: Path, tmp_path_factory: pytest.Te
         size=32, n_folds=3, seed=42, workers=1, progress=False,
     )
     return out
+
+
+# The tiny run several modules read (report, predict, ensemble, bad input, JAX portability).
+TINY_RUN = ["data.image_size=16", "data.batch_size=16", "model.width=4", "train.epochs=1", "train.verbose=0",
+            "train.mixed_precision=off", "train.warmup_epochs=0"]
+
+
+@pytest.fixture(scope="session")
+def _tiny_run_pristine(small_records: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tfkit.config import load_config
+    from tfkit.train import train
+
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    train(load_config(None, TINY_RUN), small_records, run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(_tiny_run_pristine: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's copy of a 3-fold :data:`TINY_RUN` run on ``small_records`` (trained once per session)."""
+    run = tmp_path_factory.mktemp("tiny_run_copy") / "run"
+    shutil.copytree(_tiny_run_pristine, run)
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -34,15 +34,12 @@ UNWRITABLE = "/proc/tfkit-no-such-dir"  # no one, not even root, can create anyt
 
 
 @pytest.fixture(scope="module")
-def world(small_records, small_csv, digits_dir, tmp_path_factory):
+def world(small_records, small_csv, digits_dir, tiny_run, tmp_path_factory):
     """Pristine inputs every row copies: records, a trained run, test records, records with other folds."""
-    from tfkit.config import load_config
     from tfkit.records import build_records
-    from tfkit.train import train
 
     base = tmp_path_factory.mktemp("bad_input")
-    run = base / "run"
-    train(load_config(None, TINY), small_records, run)
+    run = tiny_run
     test = base / "test"
     build_records(csv=small_csv, images=digits_dir / "images", out=test, size=32, split="test", workers=1,
                   classes_from=small_records / "manifest.json", meta_cols=["age", "site"], progress=False)

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import TINY_RUN
 from tfkit.cli import main
 from tfkit.ensemble import (
     apply_blend,
@@ -276,21 +277,17 @@ def test_nothing_is_half_written_when_a_late_step_fails(three_runs, tmp_path, mo
 # --------------------------------------------------------------------------- two real runs
 
 
-TINY = ["data.image_size=16", "data.batch_size=16", "model.width=4", "train.epochs=1", "train.verbose=0",
-        "train.mixed_precision=\"off\"", "train.warmup_epochs=0"]
-
 
 @pytest.fixture(scope="module")
-def two_trained_runs(small_records, tmp_path_factory):
-    """Two tiny runs on the same records: a dense head and an ArcFace head (other width)."""
+def two_trained_runs(tiny_run, small_records, tmp_path_factory):
+    """Two tiny runs on the same records: a dense head (conftest's tiny_run) and an ArcFace head (other width)."""
     from tfkit.config import load_config
     from tfkit.train import train
 
     root = tmp_path_factory.mktemp("trained")
-    train(load_config(None, TINY), small_records, root / "dense")
-    train(load_config(None, [*TINY, "model.width=8", "model.head=arcface", "model.arcface_scale=16"]),
+    train(load_config(None, [*TINY_RUN, "model.width=8", "model.head=arcface", "model.arcface_scale=16"]),
           small_records, root / "arcface")
-    return root / "dense", root / "arcface"
+    return tiny_run, root / "arcface"
 
 
 def test_end_to_end_blend_of_trained_runs_with_predicted_test_records(two_trained_runs, small_records, tmp_path, capsys):

@@ -88,13 +88,9 @@ def one_step(variant: str, init_weights: str) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def tf_run(small_records, tmp_path_factory) -> Path:
-    """Two folds of a tiny run trained on TensorFlow."""
-    from tfkit.train import train
-
-    run = tmp_path_factory.mktemp("tf_run") / "run"
-    train(load_config(None, TINY + TTA), small_records, run, folds=[0, 1])
-    return run
+def tf_run(tiny_run) -> Path:
+    """A tiny 3-fold run trained on TensorFlow (conftest's ``tiny_run``); both sides predict it with ``TTA``."""
+    return tiny_run
 
 
 JAX_SIDE = """
@@ -108,7 +104,7 @@ JAX_SIDE = """
 
     run, records, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     # 1. a run trained on TensorFlow: TTA fold-ensemble predictions, batches split over 2 devices
-    predict(run, out / "sub_jax.csv", records=records, progress=False)
+    predict(run, out / "sub_jax.csv", records=records, tta=4, overrides=["predict.tta_mode=flips"], progress=False)
     # 2. Grad-CAM of the fold-0 model
     x = np.load(out / "x.npy")
     (model,) = load_models(run, [0])
@@ -151,7 +147,8 @@ def test_tensorflow_run_predicts_the_same_on_jax(tf_run, small_records, jax_side
     from tfkit.predict import predict
 
     out, _ = jax_side
-    predict(tf_run, tmp_path / "sub_tf.csv", records=small_records, progress=False)
+    predict(tf_run, tmp_path / "sub_tf.csv", records=small_records, tta=4, overrides=["predict.tta_mode=flips"],
+            progress=False)
     tf_sub = pd.read_csv(tmp_path / "sub_tf.csv", dtype={"id": str})
     jax_sub = pd.read_csv(out / "sub_jax.csv", dtype={"id": str})
     assert jax_sub["id"].tolist() == tf_sub["id"].tolist() and len(tf_sub) == 60  # 2 batches of 32, the last padded

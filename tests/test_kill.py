@@ -114,13 +114,11 @@ def test_train_killed_mid_epoch_and_mid_save_resumes_with_every_row_once(small_r
     assert not any((out / f"fold{k}" / "resume").exists() for k in range(3))
 
 
-def test_predict_killed_mid_save_leaves_no_submission_and_reruns(small_records, small_csv, digits_dir, tmp_path):
-    from tfkit.config import load_config
+def test_predict_killed_mid_save_leaves_no_submission_and_reruns(tiny_run, small_records, small_csv, digits_dir,
+                                                                  tmp_path):
     from tfkit.records import build_records
-    from tfkit.train import train
 
-    run = tmp_path / "run"
-    train(load_config(None, [*TINY, "train.epochs=1"]), small_records, run, folds=[0])
+    run = tiny_run
     test = tmp_path / "test"
     build_records(csv=small_csv, images=digits_dir / "images", out=test, size=32, split="test", workers=1,
                   classes_from=small_records / "manifest.json", progress=False)

@@ -14,22 +14,11 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from tfkit.config import load_config
 from tfkit.models import create_model
 from tfkit.report import gradcam, last_conv_layer, per_class_table, reliability, report, top_losses
 from tfkit.utils import TfkitError, read_json
 
-TINY = ["data.image_size=16", "data.batch_size=16", "model.width=4", "train.epochs=1",
-        "train.verbose=0", "train.mixed_precision=\"off\"", "train.warmup_epochs=0"]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(small_records, tmp_path_factory):
-    from tfkit.train import train
-
-    run = tmp_path_factory.mktemp("run") / "run"
-    train(load_config(None, TINY), small_records, run)
-    return run
+# tiny_run (tests/conftest.py): a 3-fold run of conftest.TINY_RUN on small_records, this module's copy.
 
 
 def test_report_writes_every_file(tiny_run, small_records, tmp_path):

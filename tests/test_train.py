@@ -332,27 +332,27 @@ def test_swa_epochs_validated(small_records, tmp_path):
         train_fold(tiny_cfg(*SWA_TINY, "train.swa_epochs=4"), small_records, 0, tmp_path)
 
 
-_DETERMINISTIC_RUN = r"""
+_DETERMINISTIC_RUNS = r"""
 import sys
+from pathlib import Path
 from tfkit.config import load_config
 from tfkit.train import train
 records, out = sys.argv[1:3]
 cfg = load_config(None, ["data.image_size=32", "data.batch_size=8", "model.name=small_cnn", "model.width=4",
                          "train.epochs=2", "train.verbose=0", "train.warmup_epochs=0", "augment.preset=digits",
                          "train.deterministic=true"])
-train(cfg, records, out, folds=[0])
+for k in range(2):
+    train(cfg, records, Path(out) / f"run{k}", folds=[0])
 """
 
 
 def test_deterministic_training_gives_identical_oof(small_records, tmp_path):
-    # A subprocess: op determinism is a process-wide switch.
+    # A subprocess: op determinism is a process-wide switch. The second run follows the first in the
+    # same process, so any state the first leaves behind (seed generators, traced functions) is tested too.
     import subprocess
     import sys
 
-    outs = []
-    for k in range(2):
-        out = tmp_path / f"run{k}"
-        subprocess.run([sys.executable, "-c", _DETERMINISTIC_RUN, str(small_records), str(out)], check=True,
-                       capture_output=True)
-        outs.append(pd.read_csv(out / "oof.csv"))
+    subprocess.run([sys.executable, "-c", _DETERMINISTIC_RUNS, str(small_records), str(tmp_path)], check=True,
+                   capture_output=True)
+    outs = [pd.read_csv(tmp_path / f"run{k}" / "oof.csv") for k in range(2)]
     pd.testing.assert_frame_equal(outs[0], outs[1])  # bit-identical probabilities, not just close
