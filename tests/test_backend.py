@@ -84,28 +84,6 @@ def test_cli_missing_backend_exits_2(tmp_path, capsys, monkeypatch):
     assert os.environ.get("KERAS_BACKEND") is None  # nothing selected
 
 
-CLI_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    from tfkit.cli import main
-    rc = main(sys.argv[1:])
-    keras = sys.modules.get("keras")
-    print("RESULT", json.dumps({"rc": rc, "backend": keras.backend.backend() if keras else None}))
-    """
-)
-
-
-def test_cli_backend_flag_selects_jax_before_keras_import(small_records, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-    args = ["show", "--backend", "jax", "--records", str(small_records), "--out", str(tmp_path / "show"),
-            "--n", "2", "--draws", "1"]
-    proc = subprocess.run([sys.executable, "-c", CLI_SCRIPT, *args], capture_output=True, text=True,
-                          timeout=300, env=env)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    assert json.loads(lines[-1][7:]) == {"rc": 0, "backend": "jax"}
-
-
 def test_gradient_on_tensorflow_matches_the_analytic_one():
     x = np.array([[1.0, -2.0], [0.5, 3.0]], "float32")
     grad, aux = B.gradient(lambda t: (keras.ops.sum(t ** 3), keras.ops.sum(t)), x)
@@ -125,17 +103,21 @@ CLI_SEQUENCE = textwrap.dedent(
 )
 
 
-def test_lr_find_and_demo_run_on_jax_over_two_devices(small_records, jax_env, tmp_path):
-    env = {k: v for k, v in jax_env.items() if k != "KERAS_BACKEND"}  # --backend selects it
+def test_backend_flag_then_show_lr_find_and_demo_run_on_jax_over_two_devices(small_records, jax_env, tmp_path):
+    # No KERAS_BACKEND: the first command's --backend jax selects JAX before anything imports Keras.
+    env = {k: v for k, v in jax_env.items() if k != "KERAS_BACKEND"}
     tiny = ["data.image_size=16", "data.batch_size=8", "model.width=4"]
-    argvs = [["lr-find", "--backend", "jax", "--records", str(small_records), "--out", str(tmp_path / "lr"),
+    argvs = [["show", "--backend", "jax", "--records", str(small_records), "--out", str(tmp_path / "show"),
+              "--n", "2", "--draws", "1"],
+             ["lr-find", "--backend", "jax", "--records", str(small_records), "--out", str(tmp_path / "lr"),
               "--steps", "12", "--max-lr", "0.01", "--set", *tiny],
              ["demo", "--quick", "--backend", "jax", "--out", str(tmp_path / "demo")]]
     proc = subprocess.run([sys.executable, "-c", CLI_SEQUENCE, json.dumps(argvs)], capture_output=True, text=True,
                           timeout=900, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    assert json.loads(lines[-1][7:]) == {"rcs": [0, 0], "backend": "jax"}
+    assert json.loads(lines[-1][7:]) == {"rcs": [0, 0, 0], "backend": "jax"}
+    assert (tmp_path / "show" / "augment_grid.png").is_file()
     sweep = __import__("pandas").read_csv(tmp_path / "lr" / "lr_find.csv")
     assert len(sweep) == 12 and sweep["lr"].is_monotonic_increasing and np.isfinite(sweep["loss"]).any()
     assert (tmp_path / "lr" / "lr_find.png").is_file() and "suggest" in proc.stdout.lower()

@@ -126,9 +126,9 @@ def test_few_steps_per_epoch_validate_like_a_full_recompute(bn_records, tmp_path
     assert done["precise_bn"]["passes"] == 0
 
 
-def _run_py(code: str, **env: str) -> dict:
+def _run_py(code: str, *args: str, **env: str) -> dict:
     full = {**os.environ, "PYTHONPATH": str(ROOT), **env}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=600)
+    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=full, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -170,31 +170,37 @@ print(json.dumps({"n": n, "replicas": strategy.num_replicas_in_sync,
     np.testing.assert_allclose(r["var"][1], r["var"][0], rtol=0.15)
 
 
-def test_statistics_pass_on_jax():
-    code = _PASS + """
+# One JAX process (a JAX start-up costs ~15 s on 2 cores) for both JAX checks below.
+_JAX_CHECKS = _PASS + """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from test_batchnorm import _oof_and_recomputed
 m = net(); n = recompute_statistics(m, batches, 10)
 conv = m.get_layer("conv")
 h = [np.asarray(conv(b)).reshape(-1, 4) for b in batches]
+acc, rec, done = _oof_and_recomputed(Path(sys.argv[2]), Path(sys.argv[3]))
 print(json.dumps({"backend": keras.backend.backend(), "n": n,
                   "got": np.asarray(m.get_layer("bn").moving_mean).tolist(),
-                  "want": np.mean([x.mean(0) for x in h], 0).tolist()}))
+                  "want": np.mean([x.mean(0) for x in h], 0).tolist(),
+                  "acc": acc, "recomputed": rec, "passes": done["precise_bn"]["passes"]}))
 """
-    r = _run_py(code, KERAS_BACKEND="jax")
+
+
+@pytest.fixture(scope="module")
+def on_jax(bn_records, tmp_path_factory) -> dict:
+    return _run_py(_JAX_CHECKS, str(ROOT / "tests"), str(bn_records), str(tmp_path_factory.mktemp("bn_jax") / "run"),
+                   KERAS_BACKEND="jax")
+
+
+def test_statistics_pass_on_jax(on_jax):
+    r = on_jax
     assert r["backend"] == "jax" and r["n"] == 4
     np.testing.assert_allclose(r["got"], r["want"], rtol=1e-4, atol=1e-4)
 
 
-def test_precise_bn_in_jax_training(bn_records, tmp_path):
+def test_precise_bn_in_jax_training(on_jax):
     """On the JAX backend too, the saved model validates like a full statistics recompute."""
-    code = f"""
-import json, sys
-sys.path.insert(0, {str(ROOT / 'tests')!r})
-from pathlib import Path
-from test_batchnorm import _oof_and_recomputed
-import keras
-acc, rec, done = _oof_and_recomputed(Path({str(bn_records)!r}), Path({str(tmp_path / 'jax')!r}))
-print(json.dumps({{"backend": keras.backend.backend(), "acc": acc, "recomputed": rec, "passes": done["precise_bn"]["passes"]}}))
-"""
-    r = _run_py(code, KERAS_BACKEND="jax")
+    r = on_jax
     assert r["backend"] == "jax" and r["passes"] == 6
     assert abs(r["acc"] - r["recomputed"]) <= 0.03, r

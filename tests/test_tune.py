@@ -320,3 +320,34 @@ def test_distributed_chief_and_two_workers(tmp_path, files, rec):
     assert set(_trial_statuses(out).values()) == {"COMPLETED"}
     assert set(table["tuner_id"]) == {"tuner0", "tuner1"}  # both workers ran trials, the chief none
     assert (out / "best_config.yaml").is_file()
+
+
+def test_trials_run_in_their_own_process_only_on_a_cpu_machine(monkeypatch):
+    from tfkit import backend
+
+    devices: list[str] = []
+    monkeypatch.setattr(backend.glob, "glob", lambda pattern: [d for d in devices if d.startswith(pattern[:9])])
+    assert T.default_isolation({}) is True  # CPU only: a fresh process per trial keeps memory flat
+    # A TPU admits one process: a trial's own process would find it in use and train on the host CPU.
+    assert T.default_isolation({"TPU_ACCELERATOR_TYPE": "v5litepod-8"}) is False
+    devices.append("/dev/accel0")
+    assert T.default_isolation({}) is False
+    devices[:] = ["/dev/nvidia0"]  # this process's TensorFlow or JAX maps most of the GPU's memory
+    assert T.default_isolation({}) is False
+    assert T.default_isolation({"CUDA_VISIBLE_DEVICES": "-1"}) is True  # the GPU is hidden
+
+
+def test_a_search_on_a_tpu_vm_trains_its_trials_in_this_process(monkeypatch, tmp_path, rec, base):
+    def no_child(*args, **kwargs):
+        raise AssertionError("a trial was sent to another process")
+
+    calls = []
+
+    def train_fn(cfg, records, fold, out, manifest=None):  # stands in for train_fold: where it runs is the point
+        calls.append((os.getpid(), fold))
+        return {"metrics": {"accuracy": 0.5}, "monitor": "val_loss", "best": 1.0}
+
+    monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5litepod-8")
+    monkeypatch.setattr(T, "_run_isolated", no_child)
+    s = T.tune(base, SPACE, rec, tmp_path / "tpu", max_trials=2, objective="val_accuracy", fold=0, train_fn=train_fn)
+    assert calls == [(os.getpid(), 0)] * 2 and s["n_completed"] == 2

@@ -70,6 +70,23 @@ def tpu_attached(environ: Mapping[str, str] | None = None) -> bool:
     return bool(glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
+def gpu_attached(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether an NVIDIA GPU is visible to this process: its device files, unless
+    ``CUDA_VISIBLE_DEVICES`` hides every GPU. Looked up without touching the GPU.
+
+    Args:
+        environ: environment to read (default ``os.environ``).
+
+    Example:
+        >>> gpu_attached({"CUDA_VISIBLE_DEVICES": "-1"})
+        False
+    """
+    env = os.environ if environ is None else environ
+    if env.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
 def tensorflow_tpu_build() -> bool:
     """Whether the installed TensorFlow is a TPU build (``tensorflow-tpu``)."""
     for dist in _TF_TPU_DISTRIBUTIONS:

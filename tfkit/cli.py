@@ -167,7 +167,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     tune(
         cfg, args.space, args.records, args.out, tuner=args.tuner, max_trials=args.trials,
-        objective=args.objective, fold=args.fold, cv=args.cv, overwrite=args.overwrite, isolate=not args.in_process,
+        objective=args.objective, fold=args.fold, cv=args.cv, overwrite=args.overwrite,
+        isolate=False if args.in_process else None,  # None: by machine (tfkit.tune.default_isolation)
     )
     return 0
 
@@ -427,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="discard the search in --out and start afresh")
     p.add_argument("--in-process", action="store_true",
                    help="train trials in this process (saves a TensorFlow import per trial, but memory grows "
-                   "~20 MiB per trial); by default each trial runs in a fresh process")
+                   "~20 MiB per trial); by default each trial runs in a fresh process on a CPU machine, and in "
+                   "this one on a TPU VM or beside a GPU (a TPU admits one process)")
     _add_config_args(p)
     _add_backend_arg(p, "train.backend of the config: auto")
 

@@ -319,6 +319,24 @@ def _train_folds(train_fn: Callable[..., Mapping[str, Any]], cfg: Config, record
     return results
 
 
+def default_isolation(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether trials run in their own process by default: yes on a CPU machine (memory stays flat);
+    no on a TPU VM or beside a GPU, whose device the searching process (a notebook's kernel) may
+    already hold: a TPU admits one process, so a trial's process would find it "already in use" and
+    train on the host CPU, and a GPU's memory is already mapped (most of it by TensorFlow, 75% by JAX).
+
+    Args:
+        environ: environment to read (default ``os.environ``).
+
+    Example:
+        >>> default_isolation({"TPU_ACCELERATOR_TYPE": "v5litepod-8"})
+        False
+    """
+    from tfkit.backend import gpu_attached, tpu_attached
+
+    return not (tpu_attached(environ) or gpu_attached(environ))
+
+
 def _run_isolated(train_fn: Callable[..., Mapping[str, Any]], cfg: Config, records: str, folds: list[int],
                   run_dir: Path, manifest: Manifest | dict | None) -> list[Mapping[str, Any]]:
     """Train the folds in a fresh (spawned) process that exits afterwards.
@@ -595,7 +613,7 @@ def tune(
     cv: bool = False,
     overwrite: bool = False,
     train_fn: Callable[..., Mapping[str, Any]] | None = None,
-    isolate: bool = True,
+    isolate: bool | None = None,
 ) -> dict[str, Any]:
     """Search hyperparameters over the K-fold setup; re-running resumes.
 
@@ -620,6 +638,8 @@ def tune(
         isolate: run each trial in a fresh process (memory stays flat over
             long searches; costs one TensorFlow import per trial). False
             trains in this process, after ``clear_session()`` + ``gc``.
+            ``None``: :func:`default_isolation` (a process per trial on a CPU
+            machine, this process on a TPU VM or beside a GPU).
 
     Returns:
         On the chief (or a single process): the summary of
@@ -649,6 +669,8 @@ def tune(
     validate(cfg, manifest)  # the base config, before the tuning folder exists (each trial's is checked again)
     search_space.check(cfg, manifest)
 
+    if isolate is None:
+        isolate = default_isolation()
     role = _role()
     out = Path(out)
     tuner_name = tuner if isinstance(tuner, str) else type(tuner).__name__
