@@ -1,9 +1,11 @@
 """The Kaggle TPU notebook runs top to bottom on CPU with its small setting, on each Keras backend.
 
-The notebook's kernel is its own process, so the JAX run needs no subprocess of ours: the kernel's
-environment selects JAX (``TFKIT_BACKEND=jax``, read by the notebook's second cell before Keras is
-imported) over 2 forced host devices, standing in for a TPU VM's chips. Its tune, K-fold training,
-TTA prediction and report cells then run on JAX with ``keras.distribution.DataParallel``.
+The notebook's kernel is its own process, so the JAX run needs no subprocess of ours. It stands in
+for Kaggle's TPU VM: 2 forced host devices for the chips and ``TPU_ACCELERATOR_TYPE`` set as a TPU VM
+sets it, with no backend named, so the notebook's second cell picks JAX by itself (``auto``) before
+Keras is imported, and its tune cell trains the trial in the kernel's process, as it must beside a TPU.
+Its tune, K-fold training, TTA prediction and report cells then run on JAX with
+``keras.distribution.DataParallel``.
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "kaggle_tpu.ipynb
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_kaggle_notebook_executes_and_writes_a_submission(backend, tmp_path, monkeypatch, jax_env):
-    if backend == "jax":
+    if backend == "jax":  # a TPU VM stand-in: "auto" must pick JAX
         for key in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
                     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"):
             monkeypatch.setenv(key, jax_env[key])
-    monkeypatch.setenv("TFKIT_BACKEND", backend)
+        monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5litepod-8")
+        monkeypatch.delenv("TFKIT_BACKEND", raising=False)
+    else:
+        monkeypatch.setenv("TFKIT_BACKEND", backend)
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
     monkeypatch.setenv("TFKIT_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("TFKIT_NOTEBOOK_OUT", str(tmp_path / "work"))
