@@ -186,7 +186,7 @@ def test_keras_target_metrics_agree_with_numpy():
     for m in got:
         m.update_state(y[:100], p[:100])
         m.update_state(y[100:], p[100:])
-        assert float(m.result()) == pytest.approx(ref[m.name], abs=2e-2 if m.name == "map" else 1e-5), m.name
+        assert float(m.result()) == pytest.approx(ref[m.name], abs=2e-3 if m.name == "map" else 1e-5), m.name
     t = rng.normal(0, 1, (90, 1)).astype(np.float32)
     pr = (t + rng.normal(0, 0.7, (90, 1))).astype(np.float32)
     (pearson,) = keras_metrics(["pearson", "spearman"], "regression", 1)
@@ -198,3 +198,25 @@ def test_keras_target_metrics_agree_with_numpy():
     (emd,) = keras_metrics(["emd"], "distribution", 6)
     emd.update_state(h / h.sum(1, keepdims=True), q)
     assert float(emd.result()) == pytest.approx(compute_metrics(h, q, "distribution")["emd"], rel=1e-4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 60), columns=st.integers(1, 4))
+def test_streaming_map_is_sklearn_average_precision_when_scores_are_the_bins(seed, n, columns):
+    # Scores at bin centres: the histogram loses nothing, so the streamed mAP (fed in two batches)
+    # is exactly the mean of sklearn's average precision over the columns that hold a positive.
+    from tfkit.metrics import HistogramAP
+
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, columns)) < 0.4).astype(np.float32)
+    p = ((rng.integers(0, 20, (n, columns)) * 50 + 25) / 1000).astype(np.float32)
+    m = HistogramAP(columns)
+    m.update_state(y[: n // 2], p[: n // 2])
+    m.update_state(y[n // 2:], p[n // 2:])
+    positives = [k for k in range(columns) if y[:, k].any()]
+    if not positives:
+        assert np.isnan(float(m.result()))
+        return
+    want = np.mean([skm.average_precision_score(y[:, k], p[:, k]) for k in positives])
+    assert float(m.result()) == pytest.approx(want, abs=1e-5)
+    assert float(m.result()) == pytest.approx(compute_metrics(y, p, "multilabel")["map"], abs=1e-5)

@@ -80,3 +80,27 @@ def test_train_via_cli_prints_no_tensorflow_chatter(small_records, tmp_path):
 
 
 # `tfkit demo` is checked for chatter by tests/test_demo.py::test_demo_quick_via_cli, which runs it the same way.
+
+
+_EVERY_LOGGED_METRIC = """
+import tfkit  # first, as the CLI: tfkit sets TF_CPP_MIN_LOG_LEVEL=2 and holds TensorFlow's start-up lines
+import numpy as np, tensorflow as tf
+from tfkit.metrics import TASK_METRICS, keras_metrics
+for task, c in (("binary", 1), ("multiclass", 4), ("multilabel", 4), ("regression", 1), ("distribution", 4)):
+    metrics = keras_metrics(list(TASK_METRICS[task]) + ["pearson", "emd"], task, 5 if task == "regression" else c)
+    y = tf.constant(np.eye(c, dtype="float32")[np.arange(6) % c] if c > 1 else np.arange(6.0)[:, None] % 2)
+    step = tf.function(lambda y, p: [m.update_state(y, p) for m in metrics] and [m.result() for m in metrics])
+    print(task, [round(float(v), 3) for v in step(y, tf.ones_like(y) * 0.3)])
+"""
+
+
+def test_no_logged_metric_makes_onednn_print_an_error_line():
+    # keras.metrics.AUC's multi-label path (once tfkit's streaming mAP) made oneDNN print
+    # "E0000 ... oneDNN supports DT_BOOL only on platforms with AVX-512" in every multi-label run: an
+    # ERROR-level C++ line that TF_CPP_MIN_LOG_LEVEL=2 (tfkit's default) lets through. Every metric a
+    # run of any task logs runs here, in a graph, as in training.
+    res = _py(_EVERY_LOGGED_METRIC)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(res.stdout.splitlines()) == 5
+    # (this script's own tf.function per task may warn about retracing: only C++ lines are asked about)
+    assert not re.search(r"absl|oneDNN|^[IWE]\d{4} ", res.stderr, re.M), res.stderr[-3000:]

@@ -427,9 +427,10 @@ class HistogramAUC(keras.metrics.Metric):
     negatives, like :func:`compute_metrics`. With 1,000 bins it agrees with the
     exact AUC to about 1e-3.
 
-    Why not ``keras.metrics.AUC``: its multi-label path transposes boolean
-    tensors, which oneDNN on CPUs without AVX-512 reports as an error line
-    ("oneDNN supports DT_BOOL only on platforms with AVX-512") in every run.
+    Why not ``keras.metrics.AUC``: on TensorFlow its multi-label path makes
+    oneDNN print an error line ("oneDNN supports DT_BOOL only on platforms with
+    AVX-512"; seen on CPUs with AVX-512 too) in every run, which no default
+    log level hides (tests/test_quiet.py checks every logged metric).
 
     Args:
         num_columns: score columns: 1 for a binary ``[B, 1]`` output, C for multiclass.
@@ -479,6 +480,44 @@ class HistogramAUC(keras.metrics.Metric):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "num_columns": self.num_columns, "bins": self.bins}
+
+
+@keras.saving.register_keras_serializable(package="tfkit")
+class HistogramAP(HistogramAUC):
+    """Streaming average precision (area under the PR curve) from the same score histograms;
+    the mean over the columns that hold a positive (``map`` of a multi-label run, like
+    :func:`compute_metrics`).
+
+    Each bin is one threshold (scores in a bin count as ties): AP is the sum over bins,
+    from the highest, of the bin's share of the positives times the precision of
+    everything scored at or above it, which is scikit-learn's ``average_precision_score``
+    when the scores are the bins. Why not ``keras.metrics.AUC(curve="PR", multi_label=True)``:
+    the oneDNN error line of its multi-label path (see :class:`HistogramAUC`).
+
+    Args:
+        num_columns: score columns (labels).
+        bins: histogram bins.
+        name: metric name.
+
+    Example:
+        >>> m = HistogramAP(1, name="map")
+        >>> m.update_state(np.array([[1], [0], [1], [0]]), np.array([[0.9], [0.8], [0.7], [0.1]]))
+        >>> round(float(m.result()), 4)  # precision 1/1 at the first positive, 2/3 at the second
+        0.8333
+    """
+
+    def __init__(self, num_columns: int, bins: int = 1000, name: str = "map", **kwargs: Any) -> None:
+        super().__init__(num_columns, bins=bins, name=name, **kwargs)
+
+    def result(self) -> Any:
+        pos = ops.flip(ops.reshape(ops.convert_to_tensor(self.pos), (self.num_columns, self.bins)), axis=1)
+        neg = ops.flip(ops.reshape(ops.convert_to_tensor(self.neg), (self.num_columns, self.bins)), axis=1)
+        tp, fp = ops.cumsum(pos, axis=1), ops.cumsum(neg, axis=1)  # at or above each bin, highest first
+        n_pos = ops.sum(pos, axis=1)
+        ap = ops.sum(pos * tp / ops.maximum(tp + fp, 1e-12), axis=1) / ops.maximum(n_pos, 1e-12)
+        valid = ops.cast(n_pos > 0, "float32")
+        n_valid = ops.sum(valid)
+        return ops.where(n_valid > 0, ops.sum(ap * valid) / ops.maximum(n_valid, 1.0), float("nan"))
 
 
 # Default metrics by task: the first is the CV headline (cv.json "primary").
@@ -708,8 +747,8 @@ def _target_keras_metric(name: str, task: str, num_classes: int) -> keras.metric
         if name in ("f1_micro", "f2", "f2_micro"):
             beta, avg = _fscore_parts(name)
             return _built(keras.metrics.FBetaScore(average=avg, beta=beta, threshold=0.5, name=name), num_classes)
-        if name == "map":  # area under the PR curve per label, averaged: mAP on 200 thresholds
-            return keras.metrics.AUC(curve="PR", multi_label=True, num_labels=num_classes, name="map")
+        if name == "map":  # area under the PR curve per label, averaged, on 1,000 score bins
+            return HistogramAP(num_classes, name="map")
     if task == "regression" and name == "pearson":
         return PearsonR(name="pearson")
     if task == "distribution" and name == "emd":
