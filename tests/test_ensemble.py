@@ -277,7 +277,6 @@ def test_nothing_is_half_written_when_a_late_step_fails(three_runs, tmp_path, mo
 # --------------------------------------------------------------------------- two real runs
 
 
-
 @pytest.fixture(scope="module")
 def two_trained_runs(tiny_run, small_records, tmp_path_factory):
     """Two tiny runs on the same records: a dense head (conftest's tiny_run) and an ArcFace head (other width)."""
